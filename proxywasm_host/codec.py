@@ -1,0 +1,142 @@
+"""Byte formats of the proxy-wasm ABI, read and written in place.
+
+The serialized map ("pairs") format, the property path format and Envoy's
+property value encodings (ABI_FACTS §6).  Encoding writes straight into a
+writable buffer (normally a memoryview over the guest's linear memory) and
+decoding reads from one, so a whole map never exists as an intermediate
+``bytes`` object.  Pure Python, no wasmtime.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Iterable, Sequence
+
+Pair = tuple[bytes, bytes]
+
+#: cpp-host refuses (parses as an empty map) serialized maps bigger than this.
+MAX_PAIRS_BYTES = 1 << 20
+#: ... or with more pairs than this.
+MAX_PAIRS_COUNT = 1024
+
+_U32 = struct.Struct("<I")
+_U32x2 = struct.Struct("<II")
+
+
+def pairs_size(pairs: Sequence[Pair]) -> int:
+    """Number of bytes :func:`encode_pairs_into` writes for ``pairs``."""
+    total = 4
+    for key, value in pairs:
+        total += 10 + len(key) + len(value)
+    return total
+
+
+def encode_pairs_into(buf: memoryview, offset: int, pairs: Sequence[Pair]) -> int:
+    """Serialize ``pairs`` into ``buf[offset:]``; return the number of bytes written.
+
+    Layout: u32 N, N × (u32 key_len, u32 value_len), then ``key\\0value\\0`` per pair.
+    """
+    n = len(pairs)
+    _U32.pack_into(buf, offset, n)
+    lengths = offset + 4
+    data = lengths + 8 * n
+    for key, value in pairs:
+        klen = len(key)
+        vlen = len(value)
+        _U32x2.pack_into(buf, lengths, klen, vlen)
+        lengths += 8
+        buf[data : data + klen] = key
+        data += klen
+        buf[data] = 0
+        data += 1
+        buf[data : data + vlen] = value
+        data += vlen
+        buf[data] = 0
+        data += 1
+    return data - offset
+
+
+def encode_pairs(pairs: Sequence[Pair]) -> bytes:
+    """Convenience for tests and callers outside guest memory."""
+    out = bytearray(pairs_size(pairs))
+    encode_pairs_into(memoryview(out), 0, pairs)
+    return bytes(out)
+
+
+def decode_pairs(buf: memoryview | bytes, offset: int = 0, size: int | None = None) -> list[Pair] | None:
+    """Parse a serialized map from ``buf[offset:offset+size]``.
+
+    Returns ``None`` when the bytes are malformed or over cpp-host's limits;
+    Envoy then treats the map as empty (ABI_FACTS §6.1).  Sizes below 4 bytes
+    (the spec's "size 0 or a single 0x00") are an empty map, not an error.
+    """
+    if size is None:
+        size = len(buf) - offset
+    if size < 4:
+        return []
+    if size > MAX_PAIRS_BYTES:
+        return None
+    end = offset + size
+    (n,) = _U32.unpack_from(buf, offset)
+    if n > MAX_PAIRS_COUNT:
+        return None
+    lengths = offset + 4
+    data = lengths + 8 * n
+    if data > end:
+        return None
+    out: list[Pair] = []
+    for _ in range(n):
+        klen, vlen = _U32x2.unpack_from(buf, lengths)
+        lengths += 8
+        kend = data + klen
+        vstart = kend + 1
+        vend = vstart + vlen
+        if vend + 1 > end or buf[kend] != 0 or buf[vend] != 0:
+            return None
+        out.append((bytes(buf[data:kend]), bytes(buf[vstart:vend])))
+        data = vend + 1
+    if data != end:
+        return None
+    return out
+
+
+def split_property_path(path: bytes) -> list[bytes]:
+    """Split a NUL-separated property path; a trailing NUL is tolerated."""
+    if path.endswith(b"\0"):
+        path = path[:-1]
+    if not path:
+        return []
+    return path.split(b"\0")
+
+
+def join_property_path(segments: Iterable[str | bytes]) -> bytes:
+    return b"\0".join(s.encode() if isinstance(s, str) else s for s in segments)
+
+
+# --- property values (Envoy serializeValue, ABI_FACTS §6.3) -----------------------------
+
+
+def encode_int(value: int) -> bytes:
+    """int64 attribute: 8 bytes little-endian two's complement."""
+    return struct.pack("<q", value)
+
+
+def encode_uint(value: int) -> bytes:
+    return struct.pack("<Q", value)
+
+
+def encode_bool(value: bool) -> bytes:
+    return b"\x01" if value else b"\x00"
+
+
+def encode_double(value: float) -> bytes:
+    return struct.pack("<d", value)
+
+
+def encode_map(pairs: Sequence[Pair]) -> bytes:
+    return encode_pairs(pairs)
+
+
+def encode_list(items: Sequence[bytes]) -> bytes:
+    """Lists travel as pairs with each element as the key and an empty value."""
+    return encode_pairs([(item, b"") for item in items])

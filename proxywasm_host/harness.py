@@ -1,0 +1,416 @@
+"""The test harness: load a filter, drive HTTP streams through it, inspect what it did.
+
+    host = Host()
+    plugin = host.load_plugin("hello_world.wasm")
+    stream = plugin.http_stream()
+    stream.send_request_headers({":authority": "localhost:8080", ":path": "/"}, end_of_stream=True)
+    assert stream.request_headers["x-hello"] == "Hello world from localhost:8080"
+
+Everything runs in-process and synchronously; time is virtual and moves only
+when the test calls :meth:`Host.advance_time`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence, Union
+
+from .context import PluginConfig, RootContext
+from .errors import HarnessUsageError
+from .headers import HeaderMap
+from .hostcalls import AbiHost, Clock, LogEntry, SharedState
+from .runtime import CompiledModule, WasmInstance
+from .scenario import (
+    DownstreamResponse,
+    ExchangeResult,
+    HttpRequest,
+    HttpResponse,
+    LocalReply,
+    LogRecord,
+    UpstreamRequest,
+)
+from .stream import CallbackRecord, HttpContext, LocalResponse
+from .types import Action, LogLevel, MetricType
+from .vm import Vm
+
+Headers = Union[Mapping[str, str], Iterable[Sequence[str]]]
+WasmSource = Union[str, Path, bytes, CompiledModule]
+
+
+def _pairs(headers: Headers | None) -> list[tuple[str, str]]:
+    if headers is None:
+        return []
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    out = []
+    for item in items:
+        if isinstance(item, (str, bytes)) or len(item) != 2:
+            raise HarnessUsageError(
+                f"headers must be a dict or a list of (name, value) pairs; got item {item!r}"
+            )
+        out.append((item[0], item[1]))
+    return out
+
+
+def _bytes(data: str | bytes | bytearray) -> bytes:
+    if isinstance(data, str):
+        return data.encode()
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    raise HarnessUsageError(f"a body must be str or bytes, got {type(data).__name__}")
+
+
+def _property_key(key: str | Sequence[str]) -> tuple[str, ...]:
+    if isinstance(key, str):
+        return tuple(key.split("."))
+    return tuple(key)
+
+
+def _action(result: int | None) -> int | None:
+    if result is None:
+        return None
+    return Action(result) if result in (0, 1) else result
+
+
+class Host:
+    """An in-process stand-in for one Envoy: VMs, plugins, shared data and a virtual clock."""
+
+    def __init__(
+        self,
+        *,
+        start_time_ns: int | None = None,
+        log_level: LogLevel = LogLevel.TRACE,
+        random_seed: int = 0,
+    ) -> None:
+        self.clock = Clock() if start_time_ns is None else Clock(wall_ns=start_time_ns)
+        self.shared = SharedState()
+        self.log_level = log_level
+        self.random_seed = random_seed
+        self._vms: dict[tuple[str, str, bytes], Vm] = {}
+        self.plugins: list[Plugin] = []
+
+    def load_plugin(
+        self,
+        wasm: WasmSource,
+        *,
+        root_id: str = "",
+        configuration: str | bytes = b"",
+        vm_configuration: str | bytes = b"",
+        vm_id: str = "",
+        name: str = "",
+        properties: Mapping[str | Sequence[str], Any] | None = None,
+        environment: Mapping[str, str] | None = None,
+        foreign_functions: Mapping[str, Callable[[bytes], bytes | None]] | None = None,
+    ) -> "Plugin":
+        """Start a plugin like Envoy does: reuse or start its VM, then create and configure its root.
+
+        Plugins with the same module, ``vm_id`` and VM configuration share one VM (and its
+        context id space), as in Envoy.  Raises :class:`~proxywasm_host.errors.ModuleLoadError`
+        when the module cannot run, :class:`~proxywasm_host.errors.FilterFailed` when
+        ``on_vm_start``/``on_configure`` returns false.
+        """
+        compiled = wasm if isinstance(wasm, CompiledModule) else CompiledModule.load(wasm)
+        vm_config = _bytes(vm_configuration)
+        key = (compiled.sha256, vm_id, vm_config)
+        vm = self._vms.get(key)
+        if vm is None or vm.failed is not None:
+            abi = AbiHost(
+                compiled.abi_version,
+                vm_id=vm_id,
+                vm_configuration=vm_config,
+                clock=self.clock,
+                shared=self.shared,
+                environment=dict(environment or {}),
+                log_level=self.log_level,
+                random_seed=self.random_seed,
+                foreign_functions=dict(foreign_functions or {}),
+            )
+            vm = Vm(abi, WasmInstance(compiled, abi))
+            vm.start_vm()
+            self._vms[key] = vm
+        elif foreign_functions:
+            vm.host.foreign_functions.update(foreign_functions)
+        config = PluginConfig(
+            root_id=root_id,
+            configuration=_bytes(configuration),
+            vm_configuration=vm_config,
+            vm_id=vm_id,
+            name=name,
+            properties={_property_key(k): v for k, v in (properties or {}).items()},
+        )
+        root = vm.start_plugin(config)
+        plugin = Plugin(self, vm, root, compiled)
+        self.plugins.append(plugin)
+        return plugin
+
+    # -- time ------------------------------------------------------------------------------
+    @property
+    def now_ns(self) -> int:
+        """Virtual wall-clock time (what proxy_get_current_time_nanoseconds returns)."""
+        return self.clock.wall_ns
+
+    def advance_time(self, milliseconds: float = 0, *, seconds: float = 0) -> int:
+        """Move the virtual clock forward, firing every tick that falls due; return ticks fired."""
+        delta = int(round((milliseconds + seconds * 1000) * 1_000_000))
+        if delta < 0:
+            raise HarnessUsageError("advance_time() takes a non-negative duration; time cannot go back")
+        target = self.clock.monotonic_ns + delta
+        fired = 0
+        while True:
+            due = [t for vm in self._vms.values() if vm.failed is None for t in [vm.next_tick()] if t is not None]
+            due = [(ns, root.id, root) for ns, root in due if ns <= target]
+            if not due:
+                break
+            ns, _, root = min(due, key=lambda d: (d[0], d[1]))
+            self.clock.advance_ns(ns - self.clock.monotonic_ns)
+            root.host_vm.fire_tick(root)  # type: ignore[attr-defined]
+            fired += 1
+        self.clock.advance_ns(target - self.clock.monotonic_ns)
+        return fired
+
+
+class Plugin:
+    """One configured plugin (root context) inside a VM."""
+
+    def __init__(self, host: Host, vm: Vm, root: RootContext, module: CompiledModule) -> None:
+        self.host = host
+        self.vm = vm
+        self.root = root
+        self.module = module
+        root.host_vm = vm  # type: ignore[attr-defined]
+        self.streams: list[HttpStream] = []
+
+    @property
+    def abi_version(self) -> str:
+        return self.vm.abi_version.value
+
+    @property
+    def root_id(self) -> str:
+        return self.root.plugin.root_id
+
+    @property
+    def context_id(self) -> int:
+        return self.root.id
+
+    def http_stream(self, *, attributes: Mapping[str | Sequence[str], Any] | None = None) -> "HttpStream":
+        """Open a new HTTP stream; its context is created when the request headers arrive."""
+        if self.root.deleted:
+            raise HarnessUsageError("this plugin was shut down; load it again to open new streams")
+        ctx = HttpContext(self.vm, self.root, attributes={_property_key(k): v for k, v in (attributes or {}).items()})
+        stream = HttpStream(self, ctx)
+        self.streams.append(stream)
+        return stream
+
+    # -- what the filter did ----------------------------------------------------------------
+    @property
+    def logs(self) -> list[LogEntry]:
+        """Every line this plugin's root and streams logged, in order."""
+        return [e for e in self.vm.host.logs if e.root_id == self.root.id or e.root_id == 0]
+
+    def log_messages(self, level: LogLevel | str | None = None) -> list[str]:
+        """Messages logged at ``level`` (e.g. ``"info"`` or ``LogLevel.INFO``), or all of them."""
+        if isinstance(level, str):
+            try:
+                level = LogLevel[level.upper()]
+            except KeyError:
+                raise HarnessUsageError(
+                    f"unknown log level {level!r}; use one of {[lv.label for lv in LogLevel][:6]}"
+                ) from None
+        return [e.message for e in self.logs if level is None or e.level == level]
+
+    @property
+    def tick_period_ms(self) -> int:
+        return self.root.tick_period_ms
+
+    def tick(self) -> None:
+        """Deliver one proxy_on_tick now, whatever the period (like Go proxytest's Tick)."""
+        self.vm.call(self.root, "proxy_on_tick", self.root.id)
+        self.vm.flush()
+
+    def metric(self, name: str) -> int:
+        """Current value of a counter or gauge the filter defined."""
+        for mtype in (MetricType.COUNTER, MetricType.GAUGE):
+            metric_id = self.vm.host.metrics_by_name.get((mtype, name))
+            if metric_id is not None:
+                return self.vm.host.metrics[metric_id].value
+        known = sorted(n for _, n in self.vm.host.metrics_by_name)
+        raise KeyError(f"no counter or gauge named {name!r}; defined: {known}")
+
+    @property
+    def host_errors(self) -> list[str]:
+        return list(self.vm.host.host_errors)
+
+    def shutdown(self) -> bool:
+        """Envoy's plugin teardown: on_done (and on_delete unless the plugin asks to wait)."""
+        return self.vm.shutdown_plugin(self.root)
+
+    # -- one whole exchange ---------------------------------------------------------------
+    def exchange(
+        self,
+        request: HttpRequest,
+        response: HttpResponse = HttpResponse(),
+        *,
+        wait_ms: float = 0,
+    ) -> ExchangeResult:
+        """Run one request/response through the filter; ``wait_ms`` lets paused streams
+        resume on ticks by advancing the virtual clock in steps while the stream is held."""
+        log_mark = len(self.vm.host.logs)
+        stream = self.http_stream()
+        has_body = bool(request.body_chunks)
+        stream.send_request_headers(request.headers, end_of_stream=not has_body and request.trailers is None)
+        for i, chunk in enumerate(request.body_chunks):
+            last = i == len(request.body_chunks) - 1
+            stream.send_request_body(chunk, end_of_stream=last and request.trailers is None)
+        if request.trailers is not None:
+            stream.send_request_trailers(request.trailers)
+        self._wait(stream, wait_ms, lambda: stream.request_paused)
+        if stream.upstream_request is not None and not stream.completed:
+            headers = [(":status", str(response.status)), *response.headers]
+            has_body = bool(response.body_chunks)
+            stream.send_response_headers(headers, end_of_stream=not has_body and response.trailers is None)
+            for i, chunk in enumerate(response.body_chunks):
+                if stream.completed:
+                    break
+                last = i == len(response.body_chunks) - 1
+                stream.send_response_body(chunk, end_of_stream=last and response.trailers is None)
+            if response.trailers is not None and not stream.completed:
+                stream.send_response_trailers(response.trailers)
+            self._wait(stream, wait_ms, lambda: not stream.completed)
+        logs = [
+            LogRecord(e.level.label, e.message)
+            for e in self.vm.host.logs[log_mark:]
+            if e.root_id in (self.root.id, 0)
+        ]
+        local = stream.local_response
+        return ExchangeResult(
+            abi_version=self.abi_version,
+            upstream_request=stream.upstream_request,
+            downstream_response=stream.downstream_response,
+            local_reply=None
+            if local is None
+            else LocalReply(local.status_code, local.body, local.headers, local.details, local.grpc_status),
+            logs=logs,
+        )
+
+    def _wait(self, stream: "HttpStream", wait_ms: float, held: Callable[[], bool]) -> None:
+        step = 10.0
+        waited = 0.0
+        while held() and waited < wait_ms and not stream.completed:
+            self.host.advance_time(step)
+            waited += step
+
+
+class HttpStream:
+    """Drive one HTTP stream and read back what the filter did with it."""
+
+    def __init__(self, plugin: Plugin, ctx: HttpContext) -> None:
+        self.plugin = plugin
+        self.context = ctx
+
+    @property
+    def context_id(self) -> int:
+        return self.context.id
+
+    # -- driving ---------------------------------------------------------------------------
+    def send_request_headers(self, headers: Headers, *, end_of_stream: bool = False) -> int | None:
+        """Deliver request headers (pseudo-headers like ``:authority`` included); return the action."""
+        return _action(self.context.receive_headers(self.context.request, _pairs(headers), end_of_stream))
+
+    def send_request_body(self, data: str | bytes, *, end_of_stream: bool = False) -> int | None:
+        """Deliver one request body chunk; returns the action, or None when Envoy would hold it."""
+        return _action(self.context.receive_data(self.context.request, _bytes(data), end_of_stream))
+
+    def send_request_trailers(self, trailers: Headers) -> int | None:
+        return _action(self.context.receive_trailers(self.context.request, _pairs(trailers)))
+
+    def send_response_headers(self, headers: Headers, *, end_of_stream: bool = False) -> int | None:
+        """Deliver the upstream's response headers; include ``:status`` (default 200 if absent)."""
+        pairs = _pairs(headers)
+        if not any(str(k) == ":status" for k, _ in pairs):
+            pairs.insert(0, (":status", "200"))
+        return _action(self.context.receive_headers(self.context.response, pairs, end_of_stream))
+
+    def send_response_body(self, data: str | bytes, *, end_of_stream: bool = False) -> int | None:
+        return _action(self.context.receive_data(self.context.response, _bytes(data), end_of_stream))
+
+    def send_response_trailers(self, trailers: Headers) -> int | None:
+        return _action(self.context.receive_trailers(self.context.response, _pairs(trailers)))
+
+    def complete(self) -> None:
+        """End the stream now (Envoy: access log, then filter destruction)."""
+        self.context.complete()
+
+    # -- the stream as the filter left it -----------------------------------------------------
+    @property
+    def request_headers(self) -> HeaderMap:
+        return self.context.request.headers or HeaderMap()
+
+    @property
+    def request_body(self) -> bytes:
+        d = self.context.request
+        return bytes(d.forwarded_body + d.buffer)
+
+    @property
+    def request_trailers(self) -> HeaderMap | None:
+        return self.context.request.trailers
+
+    @property
+    def response_headers(self) -> HeaderMap:
+        return self.context.response.headers or HeaderMap()
+
+    @property
+    def response_body(self) -> bytes:
+        d = self.context.response
+        return bytes(d.forwarded_body + d.buffer)
+
+    @property
+    def response_trailers(self) -> HeaderMap | None:
+        return self.context.response.trailers
+
+    @property
+    def request_paused(self) -> bool:
+        """True while the filter holds the request (returned Pause and has not continued)."""
+        return self.context.request.stopped is not None
+
+    @property
+    def response_paused(self) -> bool:
+        return self.context.response.stopped is not None
+
+    @property
+    def local_response(self) -> LocalResponse | None:
+        return self.context.local_response
+
+    @property
+    def callbacks(self) -> list[CallbackRecord]:
+        return list(self.context.callbacks)
+
+    @property
+    def completed(self) -> bool:
+        return self.context.completed
+
+    @property
+    def was_reset(self) -> bool:
+        return self.context.reset
+
+    @property
+    def logs(self) -> list[LogEntry]:
+        return [e for e in self.plugin.vm.host.logs if e.context_id == self.context.id]
+
+    @property
+    def upstream_request(self) -> UpstreamRequest | None:
+        """What reached the upstream: None while (or because) the filter held or answered it."""
+        d = self.context.request
+        if d.forwarded_headers is None:
+            return None
+        trailers = d.forwarded_trailers.items() if d.forwarded_trailers is not None else None
+        return UpstreamRequest(d.forwarded_headers.items(), bytes(d.forwarded_body), trailers)
+
+    @property
+    def downstream_response(self) -> DownstreamResponse | None:
+        """What the client received: None until the response headers got through the filter."""
+        d = self.context.response
+        if d.forwarded_headers is None:
+            return None
+        status = int(d.forwarded_headers.value(":status", "0") or 0)
+        headers = [(k, v) for k, v in d.forwarded_headers.items() if k != ":status"]
+        trailers = d.forwarded_trailers.items() if d.forwarded_trailers is not None else None
+        return DownstreamResponse(status, headers, bytes(d.forwarded_body), trailers)

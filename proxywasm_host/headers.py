@@ -1,0 +1,121 @@
+"""An Envoy-like HTTP header map: ordered, duplicates allowed, names lower-cased.
+
+Operations mirror what Envoy does behind the proxy-wasm header hostcalls
+(ABI_FACTS §4.5): ``get`` returns the first value, ``add`` appends,
+``replace`` (Envoy ``setCopy``) overwrites the first entry and drops the rest
+or appends when absent, ``remove`` drops every entry of the name.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator, Sequence
+
+Pair = tuple[bytes, bytes]
+
+
+def _b(value: str | bytes) -> bytes:
+    return value.encode("utf-8", "surrogateescape") if isinstance(value, str) else bytes(value)
+
+
+def _s(value: bytes) -> str:
+    return value.decode("utf-8", "surrogateescape")
+
+
+class HeaderMap:
+    """Mutable ordered multimap of header name/value bytes."""
+
+    __slots__ = ("_pairs",)
+
+    def __init__(self, pairs: Iterable[Sequence[str | bytes]] = ()) -> None:
+        self._pairs: list[Pair] = [(_b(k).lower(), _b(v)) for k, v in pairs]
+
+    # -- hostcall-level operations (bytes) ---------------------------------------------
+    def pairs(self) -> list[Pair]:
+        return self._pairs
+
+    def set_pairs(self, pairs: Iterable[Pair]) -> None:
+        self._pairs = [(k.lower(), v) for k, v in pairs]
+
+    def get(self, name: bytes) -> bytes | None:
+        name = name.lower()
+        for k, v in self._pairs:
+            if k == name:
+                return v
+        return None
+
+    def add(self, name: bytes, value: bytes) -> None:
+        self._pairs.append((name.lower(), value))
+
+    def replace(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        out: list[Pair] = []
+        done = False
+        for k, v in self._pairs:
+            if k == name:
+                if not done:
+                    out.append((k, value))
+                    done = True
+            else:
+                out.append((k, v))
+        if not done:
+            out.append((name, value))
+        self._pairs = out
+
+    def remove(self, name: bytes) -> None:
+        name = name.lower()
+        self._pairs = [(k, v) for k, v in self._pairs if k != name]
+
+    def byte_size(self) -> int:
+        """Envoy ``HeaderMap::byteSize()``: sum of name and value lengths."""
+        return sum(len(k) + len(v) for k, v in self._pairs)
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+    # -- test-author conveniences (str) -------------------------------------------------
+    def items(self) -> list[tuple[str, str]]:
+        """All entries, in order, as text."""
+        return [(_s(k), _s(v)) for k, v in self._pairs]
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self.items())
+
+    def __getitem__(self, name: str) -> str:
+        value = self.get(_b(name))
+        if value is None:
+            raise KeyError(f"no header {name.lower()!r}; present: {[k for k, _ in self.items()]}")
+        return _s(value)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, (str, bytes)) and self.get(_b(name)) is not None
+
+    def value(self, name: str, default: str | None = None) -> str | None:
+        """First value of ``name`` as text, or ``default``."""
+        value = self.get(_b(name))
+        return default if value is None else _s(value)
+
+    def get_all(self, name: str) -> list[str]:
+        key = _b(name).lower()
+        return [_s(v) for k, v in self._pairs if k == key]
+
+    def copy(self) -> "HeaderMap":
+        clone = HeaderMap()
+        clone._pairs = list(self._pairs)
+        return clone
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, HeaderMap):
+            return self._pairs == other._pairs
+        if isinstance(other, (list, tuple)):
+            try:
+                return self.items() == [(str(k).lower(), str(v)) for k, v in other]
+            except (TypeError, ValueError):
+                return False
+        if isinstance(other, dict):
+            return self.items() == [(str(k).lower(), str(v)) for k, v in other.items()]
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"HeaderMap({self.items()!r})"

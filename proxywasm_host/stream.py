@@ -1,0 +1,548 @@
+"""One HTTP stream through one wasm filter, the way Envoy's filter manager runs it.
+
+The stream context receives request and response events (headers, body
+chunks, trailers), calls the matching ``proxy_on_*`` callback, and decides
+from the result and from what the filter did meanwhile (continue_stream,
+send_local_response, close_stream) what is forwarded upstream or downstream.
+Sans-IO: guest calls go through :class:`~proxywasm_host.vm.Vm`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+from .context import Context, RootContext
+from .errors import HarnessUsageError
+from .headers import HeaderMap
+from .properties import Int, Timestamp, UInt
+from .types import AbiVersion, BufferType, MapType, Status, StreamType
+
+if TYPE_CHECKING:
+    from .vm import Vm
+
+REQUEST, RESPONSE = "request", "response"
+
+
+@dataclass
+class LocalResponse:
+    """What the filter passed to ``proxy_send_local_response``."""
+
+    status_code: int
+    body: bytes
+    headers: list[tuple[str, str]]
+    details: str
+    grpc_status: int | None
+
+
+@dataclass
+class CallbackRecord:
+    """One stream callback the host delivered and what it returned."""
+
+    callback: str
+    args: tuple[int, ...]
+    result: int
+
+
+@dataclass
+class Direction:
+    """State of one direction (request: decoder path, response: encoder path)."""
+
+    name: str
+    headers: HeaderMap | None = None
+    trailers: HeaderMap | None = None
+    buffer: bytearray = field(default_factory=bytearray)  # body held at this filter (HTTP_*_BODY)
+    forwarded_headers: HeaderMap | None = None
+    forwarded_body: bytearray = field(default_factory=bytearray)
+    forwarded_trailers: HeaderMap | None = None
+    end_received: bool = False  # the peer finished sending
+    end_forwarded: bool = False
+    stopped: str | None = None  # "headers" | "body" | "trailers"
+    queued_trailers: HeaderMap | None = None  # trailers held while stopped at headers
+    continue_requested: bool = False
+    maps_released: bool = False  # Envoy drops request/response pointers after continue_stream
+    body_writable: bool = False
+    trailers_creatable: bool = False
+    headers_received: bool = False
+
+
+class HttpContext(Context):
+    """A stream context: one HTTP request/response through the filter."""
+
+    kind = "http"
+
+    def __init__(self, vm: "Vm", root: RootContext, *, attributes: dict[tuple[str, ...], Any] | None = None) -> None:
+        super().__init__(vm.host, vm.host.allocate_context_id())
+        self.vm = vm
+        self._root = root
+        self.request = Direction(REQUEST)
+        self.response = Direction(RESPONSE)
+        self.callbacks: list[CallbackRecord] = []
+        self.local_response: LocalResponse | None = None
+        self._pending_local: LocalResponse | None = None
+        self._local_in_flight = False
+        self._reset_requested = False
+        self.reset = False
+        self.completed = False
+        self.in_log = False
+        self.filter_state_data: dict[bytes, bytes] = {}
+        self.attributes: dict[tuple[str, ...], Any] = dict(attributes or {})
+        self.request_time_ns = vm.host.clock.wall_ns
+        vm.host.register(self)
+
+    @property
+    def root(self) -> RootContext:
+        return self._root
+
+    def _direction(self, stream_type: int) -> Direction:
+        return self.request if stream_type == StreamType.HTTP_REQUEST else self.response
+
+    # ------------------------------------------------------------------------------------
+    # hostcall-facing state
+    # ------------------------------------------------------------------------------------
+    def get_map(self, map_type: int, *, for_write: bool) -> tuple[Status, HeaderMap | None]:
+        if map_type >= MapType.GRPC_CALL_INITIAL_METADATA:
+            return super().get_map(map_type, for_write=for_write)
+        d = self.request if map_type in (MapType.HTTP_REQUEST_HEADERS, MapType.HTTP_REQUEST_TRAILERS) else self.response
+        is_trailers = map_type in (MapType.HTTP_REQUEST_TRAILERS, MapType.HTTP_RESPONSE_TRAILERS)
+        if self.in_log or self.completed:
+            # on_log sees read-only copies; request trailers are gone (ABI_FACTS §3.3)
+            if for_write or map_type == MapType.HTTP_REQUEST_TRAILERS:
+                return (Status.BAD_ARGUMENT if for_write else Status.NOT_FOUND), None
+            hmap = d.forwarded_trailers if is_trailers else (d.forwarded_headers or d.headers)
+            return (Status.OK, hmap) if hmap is not None else (Status.NOT_FOUND, None)
+        if d.maps_released:
+            return Status.BAD_ARGUMENT, None
+        if is_trailers:
+            if d.trailers is None and d.trailers_creatable and for_write:
+                d.trailers = HeaderMap()
+            return (Status.OK, d.trailers) if d.trailers is not None else (Status.BAD_ARGUMENT, None)
+        return (Status.OK, d.headers) if d.headers is not None else (Status.BAD_ARGUMENT, None)
+
+    def get_buffer(self, buffer_type: int) -> tuple[Status, bytes | bytearray | None]:
+        if buffer_type == BufferType.HTTP_REQUEST_BODY:
+            return Status.OK, self.request.buffer
+        if buffer_type == BufferType.HTTP_RESPONSE_BODY:
+            return Status.OK, self.response.buffer
+        return super().get_buffer(buffer_type)
+
+    def set_buffer(self, buffer_type: int, start: int, size: int, data: bytes) -> Status:
+        if buffer_type not in (BufferType.HTTP_REQUEST_BODY, BufferType.HTTP_RESPONSE_BODY):
+            return super().set_buffer(buffer_type, start, size, data)
+        d = self.request if buffer_type == BufferType.HTTP_REQUEST_BODY else self.response
+        if not d.body_writable:
+            return Status.NOT_FOUND
+        buf = d.buffer
+        # Envoy today: start == 0 drains `size` bytes then prepends; start >= len appends;
+        # anything else is BAD_ARGUMENT (ABI_FACTS §4.4).
+        if start == 0:
+            del buf[: min(size, len(buf))]
+            buf[0:0] = data
+        elif start >= len(buf):
+            buf.extend(data)
+        else:
+            return Status.BAD_ARGUMENT
+        return Status.OK
+
+    def continue_stream(self, stream_type: int) -> Status:
+        if stream_type == StreamType.UPSTREAM:
+            return Status.UNIMPLEMENTED
+        if stream_type == StreamType.DOWNSTREAM:
+            return Status.OK
+        d = self._direction(stream_type)
+        d.continue_requested = True
+        # After an HTTP continue Envoy forgets its request-side pointers (even for HTTP_RESPONSE).
+        self.request.maps_released = True
+        self.host.deferred.append(self._after_guest_call)
+        return Status.OK
+
+    def close_stream(self, stream_type: int) -> Status:
+        self._reset_requested = True
+        self.host.deferred.append(self._after_guest_call)
+        return Status.OK
+
+    def send_local_response(
+        self, status: int, details: bytes, body: bytes, headers: list[tuple[bytes, bytes]], grpc_status: int
+    ) -> Status:
+        if self._local_in_flight or self.completed:
+            return Status.OK  # Envoy ignores a local reply sent while one is being encoded
+        self._pending_local = LocalResponse(
+            status_code=status,
+            body=bytes(body),
+            headers=[(k.decode("utf-8", "surrogateescape").lower(), v.decode("utf-8", "surrogateescape")) for k, v in headers],
+            details="_".join(details.decode("utf-8", "surrogateescape").split()),
+            grpc_status=grpc_status if 0 <= grpc_status <= 16 else None,
+        )
+        self.host.deferred.append(self._after_guest_call)
+        return Status.OK
+
+    def set_filter_state(self, key: bytes, value: bytes) -> Status:
+        self.filter_state_data[key] = value
+        return Status.OK
+
+    def filter_state(self, key: bytes) -> bytes | None:
+        return self.filter_state_data.get(key)
+
+    def stream_property(self, segments: list[str]) -> tuple[bool, Any]:
+        from .properties import _navigate
+
+        attrs = self.current_attributes()
+        for length in range(min(len(segments), 3), 0, -1):
+            key = tuple(segments[:length])
+            if key in attrs:
+                return _navigate(attrs[key], segments[length:])
+        return False, None
+
+    def current_attributes(self) -> dict[tuple[str, ...], Any]:
+        """Envoy attributes this stream has right now (ABI_FACTS §9)."""
+        attrs: dict[tuple[str, ...], Any] = {}
+        req = self.request.headers or self.request.forwarded_headers
+        if req is not None:
+            path = req.value(":path", "") or ""
+            attrs[("request", "path")] = path
+            attrs[("request", "url_path")] = path.split("?", 1)[0]
+            attrs[("request", "query")] = path.split("?", 1)[1] if "?" in path else ""
+            attrs[("request", "host")] = req.value(":authority", "") or ""
+            attrs[("request", "scheme")] = req.value(":scheme", "http") or "http"
+            attrs[("request", "method")] = req.value(":method", "") or ""
+            headers: dict[str, str] = {}
+            for k, v in req.items():
+                headers[k] = f"{headers[k]},{v}" if k in headers else v
+            attrs[("request", "headers")] = headers
+            for name, attr in (("referer", "referer"), ("user-agent", "useragent"), ("x-request-id", "id")):
+                value = req.value(name)
+                if value is not None:
+                    attrs[("request", attr)] = value
+            attrs[("request", "time")] = Timestamp(self.request_time_ns)
+            attrs[("request", "protocol")] = "HTTP/1.1"
+        resp = self.response.headers or self.response.forwarded_headers
+        if resp is not None:
+            try:
+                attrs[("response", "code")] = Int(int(resp.value(":status", "0") or 0))
+            except ValueError:
+                pass
+            rh: dict[str, str] = {}
+            for k, v in resp.items():
+                rh[k] = f"{rh[k]},{v}" if k in rh else v
+            attrs[("response", "headers")] = rh
+        trailers = self.response.trailers or self.response.forwarded_trailers
+        if trailers is not None:
+            attrs[("response", "trailers")] = dict(trailers.items())
+        if self.completed or self.in_log:
+            attrs[("request", "size")] = Int(len(self.request.forwarded_body))
+            attrs[("response", "size")] = Int(len(self.response.forwarded_body))
+            attrs[("request", "duration")] = Int(self.host.clock.wall_ns - self.request_time_ns)
+            if self.local_response is not None:
+                attrs[("response", "code_details")] = self.local_response.details
+        attrs[("source", "address")] = "127.0.0.1:52400"
+        attrs[("source", "port")] = Int(52400)
+        attrs[("destination", "address")] = "127.0.0.1:8080"
+        attrs[("destination", "port")] = Int(8080)
+        attrs[("connection", "id")] = UInt(self.id)
+        attrs[("connection_id",)] = UInt(self.id)
+        attrs[("connection", "mtls")] = False
+        attrs.update(self.attributes)
+        return attrs
+
+    # ------------------------------------------------------------------------------------
+    # events from the peers
+    # ------------------------------------------------------------------------------------
+    def _call(self, name: str, *args: int) -> int:
+        result = self.vm.call(self, name, self.id, *args)
+        if self.vm.runtime.has_export(name):
+            self.callbacks.append(CallbackRecord(name, (self.id, *args), result))
+        return result
+
+    def _ensure_created(self) -> None:
+        if not self.created:
+            self.created = True
+            self.vm.call(self, "proxy_on_context_create", self.id, self.root.id)
+
+    def _check_open(self, d: Direction, what: str) -> None:
+        if self.completed:
+            raise HarnessUsageError(
+                f"cannot send {what}: the stream is complete (on_log/on_done/on_delete ran). "
+                "Open a new stream with plugin.http_stream() for another request."
+            )
+        if d.end_received:
+            raise HarnessUsageError(
+                f"cannot send {what}: the {d.name} already ended (end_of_stream was sent or trailers "
+                f"arrived). Pass end_of_stream=False on the last {d.name} event if more is to follow."
+            )
+
+    def receive_headers(self, d: Direction, pairs: Iterable[Sequence[str | bytes]], end_of_stream: bool) -> int | None:
+        if d.headers_received:
+            raise HarnessUsageError(
+                f"{d.name} headers were already sent on this stream; send body chunks or trailers next, "
+                "or open a new stream for another request."
+            )
+        self._check_open(d, f"{d.name} headers")
+        if d is self.response:
+            self._check_response_allowed("response headers")
+        d.headers_received = True
+        d.headers = HeaderMap(pairs)
+        d.end_received = end_of_stream
+        if self.vm.failed is not None:
+            return self._fail_closed()
+        self._ensure_created()
+        name = "proxy_on_request_headers" if d is self.request else "proxy_on_response_headers"
+        args: tuple[int, ...] = (len(d.headers),)
+        if self.vm.abi_version != AbiVersion.V0_1_0:
+            args += (int(end_of_stream),)
+        try:
+            result = self._call(name, *args)
+        except BaseException:
+            self._after_trap()
+            raise
+        if self._pending_local is None and not self._reset_requested:
+            if result in (0, 2):  # Continue, ContinueAndEndStream (Envoy treats 2 as Continue)
+                self._forward_headers(d)
+            else:
+                d.stopped = "headers"
+        self.vm.flush()
+        return result
+
+    def receive_data(self, d: Direction, chunk: bytes, end_of_stream: bool) -> int | None:
+        self._check_open(d, f"{d.name} body")
+        if not d.headers_received:
+            raise HarnessUsageError(f"send the {d.name} headers before its body (Envoy never delivers a body first).")
+        if d is self.response:
+            self._check_response_allowed("response body")
+        if self._aborted(d):
+            d.end_received = end_of_stream
+            return None
+        d.buffer += chunk
+        d.end_received = end_of_stream
+        if d.stopped == "headers":
+            return None  # held by the filter manager until the filter continues
+        return self._deliver_body(d)
+
+    def _deliver_body(self, d: Direction) -> int | None:
+        if self.vm.failed is not None:
+            return self._fail_closed()
+        end = d.end_received and d.queued_trailers is None and d.trailers is None
+        name = "proxy_on_request_body" if d is self.request else "proxy_on_response_body"
+        d.body_writable = True
+        d.trailers_creatable = end
+        try:
+            result = self._call(name, len(d.buffer), int(end))
+        except BaseException:
+            self._after_trap()
+            raise
+        finally:
+            d.trailers_creatable = False
+        if self._pending_local is None and not self._reset_requested:
+            if result == 0:
+                self._forward_body(d)
+            elif result in (1, 2):  # StopIterationAndBuffer / AndWatermark: keep buffering
+                d.stopped = "body"
+            else:  # StopIterationNoBuffer: the filter owns the data
+                d.buffer.clear()
+                d.stopped = "body"
+        if d.stopped != "body":
+            d.body_writable = False
+        self.vm.flush()
+        return result
+
+    def receive_trailers(self, d: Direction, pairs: Iterable[Sequence[str | bytes]]) -> int | None:
+        self._check_open(d, f"{d.name} trailers")
+        if not d.headers_received:
+            raise HarnessUsageError(f"send the {d.name} headers before its trailers.")
+        if d is self.response:
+            self._check_response_allowed("response trailers")
+        d.end_received = True
+        if self._aborted(d):
+            return None
+        trailers = HeaderMap(pairs)
+        if d.stopped == "headers":
+            d.queued_trailers = trailers
+            return None
+        d.trailers = trailers
+        return self._deliver_trailers(d)
+
+    def _deliver_trailers(self, d: Direction) -> int | None:
+        if self.vm.failed is not None:
+            return self._fail_closed()
+        assert d.trailers is not None
+        name = "proxy_on_request_trailers" if d is self.request else "proxy_on_response_trailers"
+        try:
+            result = self._call(name, len(d.trailers))
+        except BaseException:
+            self._after_trap()
+            raise
+        if self._pending_local is None and not self._reset_requested:
+            if result == 0:
+                self._forward_body(d)
+                self._forward_trailers(d)
+            else:
+                d.stopped = "trailers"
+        self.vm.flush()
+        return result
+
+    # ------------------------------------------------------------------------------------
+    # forwarding
+    # ------------------------------------------------------------------------------------
+    def _aborted(self, d: Direction) -> bool:
+        return self.reset or (d is self.request and self.local_response is not None)
+
+    def _check_response_allowed(self, what: str) -> None:
+        if self._local_in_flight:
+            return
+        if self.local_response is not None:
+            raise HarnessUsageError(
+                f"cannot send {what}: the filter answered locally with {self.local_response.status_code}, "
+                "so no upstream response reaches the client. Inspect stream.local_response instead."
+            )
+        if self.reset:
+            raise HarnessUsageError(f"cannot send {what}: the filter reset the stream (proxy_close_stream).")
+        if not self.request.end_forwarded and self.request.forwarded_headers is None:
+            raise HarnessUsageError(
+                f"cannot send {what}: the request headers have not reached the upstream yet "
+                f"(the filter paused them in {self._last_request_callback()}). Let the filter resume the "
+                "request first (e.g. advance the clock to fire its tick, or answer its callout)."
+            )
+
+    def _last_request_callback(self) -> str:
+        for rec in reversed(self.callbacks):
+            if "request" in rec.callback:
+                return rec.callback
+        return "proxy_on_request_headers"
+
+    def _forward_headers(self, d: Direction) -> None:
+        assert d.headers is not None
+        d.forwarded_headers = d.headers.copy()
+        d.stopped = None
+        if d.end_received and not d.buffer and d.trailers is None and d.queued_trailers is None:
+            self._end(d)
+
+    def _forward_body(self, d: Direction) -> None:
+        d.forwarded_body += d.buffer
+        d.buffer.clear()
+        d.stopped = None
+        d.body_writable = False
+        if d.end_received and d.trailers is None and d.queued_trailers is None:
+            self._end(d)
+
+    def _forward_trailers(self, d: Direction) -> None:
+        d.forwarded_trailers = d.trailers.copy() if d.trailers is not None else None
+        d.stopped = None
+        self._end(d)
+
+    def _end(self, d: Direction) -> None:
+        if d.end_forwarded:
+            return
+        d.end_forwarded = True
+        if d is self.response:
+            self.complete()
+
+    def _resume(self, d: Direction) -> None:
+        stopped, d.stopped = d.stopped, None
+        if stopped == "headers":
+            self._forward_headers(d)
+            if d.buffer or (d.end_received and not d.end_forwarded and d.queued_trailers is None):
+                self._deliver_body(d)
+            if d.queued_trailers is not None and d.stopped is None and not self._aborted(d) and not self.completed:
+                d.trailers, d.queued_trailers = d.queued_trailers, None
+                self._deliver_trailers(d)
+        elif stopped == "body":
+            self._forward_body(d)
+        elif stopped == "trailers":
+            self._forward_body(d)
+            self._forward_trailers(d)
+
+    def _after_guest_call(self) -> None:
+        """Deferred work after a guest call returns: local reply, reset, continue."""
+        if self.completed:
+            return
+        if self._pending_local is not None:
+            reply, self._pending_local = self._pending_local, None
+            self.request.continue_requested = self.response.continue_requested = False
+            self._apply_local_reply(reply)
+            return
+        if self._reset_requested:
+            self._reset_requested = False
+            self.reset = True
+            self.complete()
+            return
+        for d in (self.request, self.response):
+            if d.continue_requested:
+                d.continue_requested = False
+                if d.stopped is not None:
+                    self._resume(d)
+
+    def _apply_local_reply(self, reply: LocalResponse) -> None:
+        self.local_response = reply
+        self.request.stopped = None
+        headers: list[tuple[str, str]] = [(":status", str(reply.status_code))]
+        headers += reply.headers
+        if reply.body:
+            headers.append(("content-length", str(len(reply.body))))
+            if not any(k == "content-type" for k, _ in reply.headers):
+                headers.append(("content-type", "text/plain"))
+        if reply.grpc_status is not None:
+            headers.append(("grpc-status", str(reply.grpc_status)))
+        resp = self.response
+        if resp.forwarded_headers is not None:
+            # Response already started downstream: Envoy can only reset the stream.
+            self.reset = True
+            self.complete()
+            return
+        if resp.headers_received:
+            # Upstream response is being encoded: Envoy replies directly, bypassing the filter.
+            resp.headers = HeaderMap(headers)
+            resp.trailers = None
+            resp.buffer = bytearray()
+            resp.forwarded_headers = resp.headers.copy()
+            resp.forwarded_body = bytearray(reply.body)
+            resp.forwarded_trailers = None
+            resp.stopped = None
+            self._end(resp)
+            return
+        # Local reply during decoding: it runs through this filter's encoder callbacks.
+        self._local_in_flight = True
+        try:
+            resp.headers_received = False
+            self.receive_headers(resp, headers, end_of_stream=not reply.body)
+            if reply.body and not self.completed:
+                resp.buffer += reply.body
+                resp.end_received = True
+                if resp.stopped != "headers":
+                    self._deliver_body(resp)
+        finally:
+            self._local_in_flight = False
+
+    def _fail_closed(self) -> None:
+        """Envoy with a failed VM and fail_open=false: 503 local reply, details wasm_fail_stream."""
+        self.local_response = LocalResponse(503, b"", [], "wasm_fail_stream", 14)
+        resp = self.response
+        resp.forwarded_headers = HeaderMap([(":status", "503")])
+        resp.forwarded_body = bytearray()
+        self.completed = True
+        return None
+
+    def _after_trap(self) -> None:
+        self.host.deferred.clear()
+        self._pending_local = None
+        self._fail_closed()
+
+    # ------------------------------------------------------------------------------------
+    # end of stream
+    # ------------------------------------------------------------------------------------
+    def complete(self) -> None:
+        """Access-log phase and destruction: on_log → on_done → on_delete (Envoy HTTP order)."""
+        if self.completed:
+            return
+        self.completed = True
+        if self.vm.failed is not None:
+            self.host.forget(self)
+            return
+        self._ensure_created()
+        self.in_log = True
+        try:
+            self._call("proxy_on_log")
+        finally:
+            self.in_log = False
+        self._call("proxy_on_done")
+        self._call("proxy_on_delete")
+        self.deleted = True
+        self.host.forget(self)

@@ -1,0 +1,205 @@
+"""Calling into the guest the way cpp-host/Envoy does: context bookkeeping around every
+callback, deferred actions, trap handling, plugin start-up and ticks.
+
+Sans-IO: the guest is reached through the :class:`GuestRuntime` protocol the
+runtime layer implements; nothing here imports wasmtime.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from .context import Context, PluginConfig, RootContext
+from .errors import FilterFailed, FilterTrap, HarnessUsageError
+from .hostcalls import AbiHost, LogEntry
+from .types import AbiVersion, LogLevel
+
+
+class WasmTrap(Exception):
+    """Raised by the runtime layer when the guest traps."""
+
+
+class GuestRuntime(Protocol):
+    def has_export(self, name: str) -> bool: ...
+
+    def call(self, name: str, *args: int) -> int | None:
+        """Call an exported function; raise :class:`WasmTrap` when it traps."""
+
+
+def _panic_message(logs: list[LogEntry], since: int) -> str | None:
+    """The message a Rust/Go guest logged right before trapping, if any."""
+    for entry in reversed(logs[since:]):
+        if entry.level >= LogLevel.CRITICAL or entry.source == "stderr" or "panic" in entry.message:
+            return entry.message
+    return None
+
+
+class Vm:
+    """One instance of a module: its ABI state plus the way to call it."""
+
+    def __init__(self, host: AbiHost, runtime: GuestRuntime) -> None:
+        self.host = host
+        self.runtime = runtime
+        self.failed: FilterTrap | None = None
+        self.roots: list[RootContext] = []
+        host.on_root_done = self._deliver_root_delete  # type: ignore[method-assign]
+        self._depth = 0
+
+    @property
+    def abi_version(self) -> AbiVersion:
+        return self.host.abi_version
+
+    # -- the one way into the guest ------------------------------------------------------
+    def call(self, context: Context, name: str, *args: int, default: int = 0) -> int:
+        """Run export ``name`` with ``context`` current; return its i32 result (or ``default``)."""
+        if self.failed is not None:
+            raise HarnessUsageError(
+                f"cannot call {name}: this VM failed earlier ({self.failed.callback} trapped). "
+                "Envoy sends no more callbacks into a failed VM; load a fresh plugin to go on."
+            )
+        if not self.runtime.has_export(name):
+            return default
+        host = self.host
+        saved_current, saved_effective = host.current, host.effective
+        host.current, host.effective = context, None
+        log_mark = len(host.logs)
+        self._depth += 1
+        try:
+            result = self.runtime.call(name, *args)
+        except WasmTrap as trap:
+            self.failed = FilterTrap(name, context.id, str(trap), _panic_message(host.logs, log_mark))
+            host.deferred.clear()
+            raise self.failed from None
+        finally:
+            self._depth -= 1
+            host.current, host.effective = saved_current, saved_effective
+        return default if result is None else result & 0xFFFFFFFF
+
+    def flush(self) -> None:
+        """Run what Envoy defers until the guest call returns, then posted notifications."""
+        host = self.host
+        while host.deferred or host.posted_queue_ready:
+            while host.deferred:
+                host.deferred.pop(0)()
+            while host.posted_queue_ready and self.failed is None:
+                root_id, token = host.posted_queue_ready.pop(0)
+                root = host.contexts.get(root_id)
+                if isinstance(root, RootContext):
+                    self.call(root, "proxy_on_queue_ready", root_id, token)
+
+    # -- VM start and plugin start (ABI_FACTS §1.5, §7.1) --------------------------------
+    def start_vm(self) -> None:
+        """Run the module's start functions, as cpp-host does for every VM instance."""
+        vm_ctx = self.host.vm_context
+        if self.runtime.has_export("_initialize"):
+            self.call(vm_ctx, "_initialize")
+            if self.runtime.has_export("main"):
+                self.call(vm_ctx, "main", 0, 0)
+            elif self.runtime.has_export("__main_void"):
+                self.call(vm_ctx, "__main_void")
+        elif self.runtime.has_export("_start"):
+            self.call(vm_ctx, "_start")
+
+    def start_plugin(self, plugin: PluginConfig) -> RootContext:
+        """Create a root context and run on_context_create → on_vm_start → on_configure."""
+        host = self.host
+        root = host.new_root_context(plugin)
+        host.plugin_in_flight = root
+        try:
+            self.call(root, "proxy_on_context_create", root.id, 0)
+            root.created = True
+            if not self.call(root, "proxy_on_vm_start", root.id, len(plugin.vm_configuration), default=1):
+                root.failed_start = "proxy_on_vm_start returned false"
+                raise FilterFailed(f"plugin {plugin.root_id!r}: proxy_on_vm_start returned false (Envoy: StartFailed)")
+            if not self.call(root, "proxy_on_configure", root.id, len(plugin.configuration), default=1):
+                root.failed_start = "proxy_on_configure returned false"
+                raise FilterFailed(
+                    f"plugin {plugin.root_id!r}: proxy_on_configure returned false (Envoy: ConfigureFailed, "
+                    "the configuration is rejected)"
+                )
+        finally:
+            host.plugin_in_flight = None
+        self.flush()
+        self.roots.append(root)
+        return root
+
+    def shutdown_plugin(self, root: RootContext) -> bool:
+        """Envoy's root shutdown: on_done; true → on_delete now, false → wait for proxy_done."""
+        if self.failed is not None or root.deleted:
+            return True
+        if self.call(root, "proxy_on_done", root.id, default=1):
+            self._deliver_root_delete(root)
+            self.flush()
+            return True
+        root.pending_done = True
+        self.flush()
+        return False
+
+    def _deliver_root_delete(self, root: RootContext) -> None:
+        if root.deleted:
+            return
+        root.deleted = True
+        root.tick_period_ms = 0
+        root.next_tick_ns = None
+        if self.failed is None:
+            self.call(root, "proxy_on_delete", root.id)
+        self.host.forget(root)
+
+    # -- timers -----------------------------------------------------------------------------
+    def next_tick(self) -> tuple[int, RootContext] | None:
+        due = [(r.next_tick_ns, r) for r in self.roots if r.next_tick_ns is not None and not r.deleted]
+        if not due:
+            return None
+        return min(due, key=lambda item: (item[0], item[1].id))  # type: ignore[arg-type,return-value]
+
+    def fire_tick(self, root: RootContext) -> None:
+        assert root.next_tick_ns is not None
+        root.next_tick_ns += root.tick_period_ms * 1_000_000
+        self.call(root, "proxy_on_tick", root.id)
+        self.flush()
+
+
+def guest_exports(abi: AbiVersion) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+    """Every export the host may call for ``abi`` with its expected wasm type (ABI_FACTS §5)."""
+    i = "i32"
+    two, three = (i, i), (i, i, i)
+    table: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+        "malloc": ((i,), (i,)),
+        "proxy_on_memory_allocate": ((i,), (i,)),
+        "_initialize": ((), ()),
+        "_start": ((), ()),
+        "main": (two, (i,)),
+        "__main_void": ((), (i,)),
+        "proxy_on_context_create": (two, ()),
+        "proxy_on_vm_start": (two, (i,)),
+        "proxy_validate_configuration": (two, (i,)),
+        "proxy_on_configure": (two, (i,)),
+        "proxy_on_tick": ((i,), ()),
+        "proxy_on_queue_ready": (two, ()),
+        "proxy_on_new_connection": ((i,), (i,)),
+        "proxy_on_downstream_data": (three, (i,)),
+        "proxy_on_upstream_data": (three, (i,)),
+        "proxy_on_downstream_connection_close": (two, ()),
+        "proxy_on_upstream_connection_close": (two, ()),
+        "proxy_on_request_headers": (two if abi == AbiVersion.V0_1_0 else three, (i,)),
+        "proxy_on_request_body": (three, (i,)),
+        "proxy_on_request_trailers": (two, (i,)),
+        "proxy_on_request_metadata": (two, (i,)),
+        "proxy_on_response_headers": (two if abi == AbiVersion.V0_1_0 else three, (i,)),
+        "proxy_on_response_body": (three, (i,)),
+        "proxy_on_response_trailers": (two, (i,)),
+        "proxy_on_response_metadata": (two, (i,)),
+        "proxy_on_http_call_response": ((i, i, i, i, i), ()),
+        "proxy_on_grpc_receive_initial_metadata": (three, ()),
+        "proxy_on_grpc_receive": (three, ()),
+        "proxy_on_grpc_receive_trailing_metadata": (three, ()),
+        "proxy_on_grpc_close": (three, ()),
+        "proxy_on_done": ((i,), (i,)),
+        "proxy_on_log": ((i,), ()),
+        "proxy_on_delete": ((i,), ()),
+        "envoy_on_resolve_dns": (three, ()),
+        "envoy_on_stats_update": (two, ()),
+    }
+    if abi != AbiVersion.V0_1_0:
+        table["proxy_on_foreign_function"] = (three, ())
+    return table
