@@ -264,3 +264,53 @@ class WasmInstance:
             raise WasmTrap(str(exc)) from None
         except wasmtime.WasmtimeError as exc:
             raise WasmTrap(str(exc)) from None
+
+
+def inspect_module(source: str | Path) -> dict[str, Any]:
+    """Describe a module without running it: ABI, exports, imports and what the host lacks."""
+    path = Path(source)
+    wasm = path.read_bytes()
+    if path.suffix == ".wat":
+        wasm = wasmtime.wat2wasm(wasm.decode())
+    module = wasmtime.Module(engine(), wasm)
+    report: dict[str, Any] = {
+        "file": str(path),
+        "size": len(wasm),
+        "sha256": hashlib.sha256(wasm).hexdigest(),
+        "abi_version": None,
+        "exports": [],
+        "imports": [],
+        "allocator": None,
+        "start": None,
+        "problems": [],
+    }
+    for e in module.exports:
+        kind = type(e.type).__name__.replace("Type", "").lower()
+        entry: dict[str, Any] = {"name": e.name, "kind": kind}
+        if isinstance(e.type, wasmtime.FuncType):
+            entry["type"] = [[str(p) for p in e.type.params], [str(r) for r in e.type.results]]
+            version = AbiVersion.from_marker(e.name)
+            if version is not None and report["abi_version"] is None:
+                report["abi_version"] = version.value
+        report["exports"].append(entry)
+    names = {e.name for e in module.exports}
+    report["allocator"] = next((n for n in ("malloc", "proxy_on_memory_allocate") if n in names), None)
+    if "_initialize" in names:
+        report["start"] = "_initialize" + (" + main" if "main" in names else " + __main_void" if "__main_void" in names else "")
+    elif "_start" in names:
+        report["start"] = "_start"
+    abi = AbiVersion(report["abi_version"]) if report["abi_version"] else None
+    table = {(m, s.name): s for m, s in imports_for(abi)} if abi else {}
+    for imp in module.imports:
+        entry = {"module": imp.module, "name": imp.name, "kind": type(imp.type).__name__.replace("Type", "").lower()}
+        if isinstance(imp.type, wasmtime.FuncType):
+            entry["type"] = [[str(p) for p in imp.type.params], [str(r) for r in imp.type.results]]
+            entry["provided"] = (imp.module, imp.name) in table
+        else:
+            entry["provided"] = False
+        report["imports"].append(entry)
+    try:
+        CompiledModule(wasm, str(path))
+    except ModuleLoadError as exc:
+        report["problems"].append(str(exc))
+    return report

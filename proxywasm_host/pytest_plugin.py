@@ -1,0 +1,169 @@
+"""pytest plugin (entry point ``pytest11: proxywasm``): fixtures, a marker, options and
+readable header diffs.
+
+Fixtures
+    ``proxywasm_host``    a fresh, isolated :class:`~proxywasm_host.Host` per test
+    ``proxywasm_module``  the module named by ``--proxywasm-module``/``proxywasm_module``,
+                          compiled once per session
+    ``proxywasm_plugin``  that module (or the one the ``proxywasm`` marker names) loaded
+                          and configured in the test's host
+
+Marker
+    ``@pytest.mark.proxywasm(wasm=..., root_id=..., configuration=..., vm_configuration=...,
+    vm_id=..., name=..., properties={...})`` sets the plugin for one test.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from .errors import HarnessUsageError
+from .harness import Host, Plugin
+from .headers import HeaderMap
+from .runtime import CompiledModule
+
+_HOSTS = pytest.StashKey[list[Host]]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("proxywasm", "proxy-wasm filter testing")
+    group.addoption(
+        "--proxywasm-module",
+        dest="proxywasm_module",
+        default=None,
+        metavar="PATH",
+        help="the .wasm filter the proxywasm_plugin fixture loads (overrides the ini value)",
+    )
+    group.addoption(
+        "--proxywasm-show-logs",
+        dest="proxywasm_show_logs",
+        action="store_true",
+        default=False,
+        help="show the filter's log lines for passing tests too",
+    )
+    parser.addini("proxywasm_module", "default .wasm filter for the proxywasm_plugin fixture", default="")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "proxywasm(wasm=None, root_id='', configuration='', vm_configuration='', vm_id='', name='', "
+        "properties=None): configure the plugin the proxywasm_plugin fixture loads",
+    )
+
+
+def _module_path(config: pytest.Config) -> str | None:
+    path = config.getoption("proxywasm_module") or config.getini("proxywasm_module")
+    if not path:
+        return None
+    p = Path(path)
+    if not p.is_absolute():
+        p = Path(config.rootpath) / p
+    return str(p)
+
+
+@pytest.fixture(scope="session")
+def proxywasm_module(pytestconfig: pytest.Config) -> CompiledModule:
+    """The filter named on the command line or in the ini file, compiled once per session."""
+    path = _module_path(pytestconfig)
+    if path is None:
+        raise HarnessUsageError(
+            "no filter module configured: pass --proxywasm-module PATH, set proxywasm_module in the "
+            "ini file, or use @pytest.mark.proxywasm(wasm='path/to/filter.wasm') on the test"
+        )
+    return CompiledModule.load(path)
+
+
+@pytest.fixture
+def proxywasm_host(request: pytest.FixtureRequest) -> Iterator[Host]:
+    """A fresh host: its own VMs, shared data, metrics and virtual clock."""
+    host = Host()
+    request.node.stash.setdefault(_HOSTS, []).append(host)
+    yield host
+
+
+@pytest.fixture
+def proxywasm_plugin(request: pytest.FixtureRequest, proxywasm_host: Host) -> Plugin:
+    """The filter loaded into this test's host, configured by the ``proxywasm`` marker."""
+    marker = request.node.get_closest_marker("proxywasm")
+    options: dict[str, Any] = dict(marker.kwargs) if marker else {}
+    if marker and marker.args:
+        options.setdefault("wasm", marker.args[0])
+    wasm = options.pop("wasm", None)
+    unknown = set(options) - {"root_id", "configuration", "vm_configuration", "vm_id", "name", "properties", "environment"}
+    if unknown:
+        raise HarnessUsageError(f"unknown proxywasm marker argument(s) {sorted(unknown)}")
+    if wasm is None:
+        module: CompiledModule | str = request.getfixturevalue("proxywasm_module")
+    else:
+        p = Path(wasm)
+        module = str(p if p.is_absolute() else Path(request.config.rootpath) / p)
+    return proxywasm_host.load_plugin(module, **options)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call":
+        return
+    if not (report.failed or item.config.getoption("proxywasm_show_logs")):
+        return
+    lines = []
+    for host in item.stash.get(_HOSTS, []):
+        for plugin in host.plugins:
+            for entry in plugin.logs:
+                lines.append(f"[{entry.level.label:8}] ctx={entry.context_id} {entry.message}")
+            for err in plugin.host_errors:
+                lines.append(f"[host-bug] {err}")
+    if lines:
+        report.sections.append(("proxy-wasm filter logs", "\n".join(dict.fromkeys(lines))))
+
+
+def _as_pairs(value: Any) -> list[tuple[str, str]] | None:
+    if isinstance(value, HeaderMap):
+        return value.items()
+    if isinstance(value, dict):
+        return [(str(k).lower(), str(v)) for k, v in value.items()]
+    if isinstance(value, (list, tuple)) and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in value):
+        return [(str(k).lower(), str(v)) for k, v in value]
+    return None
+
+
+def header_diff(actual: list[tuple[str, str]], expected: list[tuple[str, str]]) -> list[str]:
+    """Readable explanation of how two header lists differ."""
+    lines = []
+    a_names = {k for k, _ in actual}
+    e_names = {k for k, _ in expected}
+    for k, v in expected:
+        if k not in a_names:
+            lines.append(f"missing header: {k}: {v}")
+    for k, v in actual:
+        if k not in e_names:
+            lines.append(f"unexpected header: {k}: {v}")
+    for name in [k for k, _ in expected if k in a_names]:
+        av = [v for k, v in actual if k == name]
+        ev = [v for k, v in expected if k == name]
+        if av != ev:
+            lines.append(f"header {name}: expected {ev if len(ev) > 1 else ev[0]!r}, got {av if len(av) > 1 else av[0]!r}")
+    lines.append("full diff (- expected, + actual):")
+    lines.extend(
+        "  " + line
+        for line in difflib.ndiff([f"{k}: {v}" for k, v in expected], [f"{k}: {v}" for k, v in actual])
+        if line[:1] in "-+ "
+    )
+    return lines
+
+
+def pytest_assertrepr_compare(config: pytest.Config, op: str, left: Any, right: Any) -> list[str] | None:
+    if op != "==" or not (isinstance(left, HeaderMap) or isinstance(right, HeaderMap)):
+        return None
+    actual, expected = (left, right) if isinstance(left, HeaderMap) else (right, left)
+    a, e = _as_pairs(actual), _as_pairs(expected)
+    if a is None or e is None:
+        return None
+    return ["header maps differ:"] + header_diff(a, e)
