@@ -62,6 +62,7 @@ __all__ = [
     "render_envoy_config",
     "run_in_envoy",
     "run_scenario_in_envoy",
+    "run_scenarios_in_envoy",
     "send_request",
 ]
 
@@ -431,6 +432,9 @@ class EnvoyProcess:
             "--log-level", self.log_level,
             "--component-log-level", self.component_log_level,
             "--admin-address-path", str(self.admin_path),
+            # access-log files (our stderr access log included) are buffered
+            # and flushed every 10 s by default: write every record at once
+            "--file-flush-min-size-kb", "0",
             *self.extra_args,
         ]  # fmt: skip
         # Envoy's log goes to stderr, redirected straight into a file: unlike
@@ -545,3 +549,555 @@ class EnvoyProcess:
     def log_tail(self, lines: int = 40) -> str:
         text = self.read_log()
         return "\n".join(text.splitlines()[-lines:])
+
+
+# --------------------------------------------------------------------------
+# downstream clients
+
+_H2_FORBIDDEN = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"}
+
+
+@dataclass
+class _Parts:
+    method: str
+    scheme: str
+    authority: str
+    path: str
+    pseudo_order: list[str]  # pseudo-headers in the order the scenario gave them, defaults appended
+    headers: list[tuple[str, str]]  # regular headers, scenario order
+
+
+def _request_parts(request: HttpRequest) -> _Parts:
+    pseudo: dict[str, str] = {}
+    order: list[str] = []
+    regular: list[tuple[str, str]] = []
+    for name, value in request.headers:
+        if name.startswith(":"):
+            key = name.lower()
+            if key not in pseudo:
+                order.append(key)
+            pseudo[key] = value
+        else:
+            regular.append((name, value))
+    host = next((v for k, v in regular if k.lower() == "host"), None)
+    defaults = {":method": "GET", ":scheme": "http", ":authority": host or "localhost", ":path": "/"}
+    for key in (":method", ":scheme", ":authority", ":path"):
+        if key not in pseudo:
+            pseudo[key] = defaults[key]
+            order.append(key)
+    return _Parts(
+        method=pseudo[":method"],
+        scheme=pseudo[":scheme"],
+        authority=pseudo[":authority"],
+        path=pseudo[":path"],
+        pseudo_order=order,
+        headers=regular,
+    )
+
+
+@dataclass
+class ClientResult:
+    """What the downstream client saw, plus what it actually sent."""
+
+    response: DownstreamResponse | None
+    sent_headers: list[tuple[str, str]]
+    http_version: str
+    error: str | None = None
+    informational: list[int] = field(default_factory=list)
+
+
+def _recv(sock: socket.socket) -> bytes:
+    return sock.recv(65536)
+
+
+def _h1_exchange(port: int, request: HttpRequest, timeout: float, chunk_gap: float) -> ClientResult:
+    import h11
+
+    parts = _request_parts(request)
+    headers: list[tuple[str, str]] = []
+    has_host = any(k.lower() == "host" for k, _ in parts.headers)
+    if not has_host:
+        headers.append(("host", parts.authority))
+    headers.extend(parts.headers)
+    names = {k.lower() for k, _ in headers}
+    chunks = [c for c in request.body_chunks if c]
+    if "content-length" not in names and "transfer-encoding" not in names:
+        if request.trailers or len(chunks) > 1:
+            headers.append(("transfer-encoding", "chunked"))
+        elif chunks:
+            headers.append(("content-length", str(len(chunks[0]))))
+    conn = h11.Connection(h11.CLIENT)
+    sent = [(":method", parts.method), (":path", parts.path)] + headers
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def send(event: Any) -> None:
+            data = conn.send(event)
+            if data:
+                sock.sendall(data)
+
+        try:
+            send(h11.Request(method=parts.method, target=parts.path, headers=headers))
+            for i, chunk in enumerate(chunks):
+                if i and chunk_gap:
+                    time.sleep(chunk_gap)
+                send(h11.Data(data=chunk))
+            if request.trailers and chunk_gap and chunks:
+                time.sleep(chunk_gap)
+            send(h11.EndOfMessage(headers=list(request.trailers or ())))
+        except (h11.LocalProtocolError, OSError) as exc:
+            return ClientResult(None, sent, "1.1", error=f"send failed: {exc}")
+        status = 0
+        resp_headers: list[tuple[str, str]] = []
+        body = bytearray()
+        trailers: list[tuple[str, str]] | None = None
+        informational: list[int] = []
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                try:
+                    data = _recv(sock)
+                except OSError as exc:
+                    return ClientResult(None, sent, "1.1", error=f"receive failed: {exc}")
+                conn.receive_data(data)
+                if not data and status == 0:
+                    return ClientResult(None, sent, "1.1", error="connection closed without a response")
+                continue
+            if isinstance(event, h11.InformationalResponse):
+                informational.append(event.status_code)
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+                resp_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers.raw_items()]
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                raw = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers.raw_items()]
+                trailers = raw or None
+                break
+            elif isinstance(event, h11.ConnectionClosed):
+                if status == 0:
+                    return ClientResult(None, sent, "1.1", error="connection closed without a response")
+                break
+    return ClientResult(
+        DownstreamResponse(status=status, headers=resp_headers, body=bytes(body), trailers=trailers),
+        sent,
+        "1.1",
+        informational=informational,
+    )
+
+
+def _h2_exchange(port: int, request: HttpRequest, timeout: float, chunk_gap: float) -> ClientResult:
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    parts = _request_parts(request)
+    values = {":method": parts.method, ":scheme": parts.scheme, ":authority": parts.authority, ":path": parts.path}
+    headers = [(k, values[k]) for k in parts.pseudo_order]
+    headers += [(k.lower(), v) for k, v in parts.headers if k.lower() not in _H2_FORBIDDEN]
+    chunks = [c for c in request.body_chunks if c]
+    trailers = [(k.lower(), v) for k, v in (request.trailers or ())]
+    conn = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, header_encoding="latin-1", validate_inbound_headers=False)
+    )
+    status = 0
+    resp_headers: list[tuple[str, str]] = []
+    body = bytearray()
+    resp_trailers: list[tuple[str, str]] | None = None
+    informational: list[int] = []
+    done = False
+    error: str | None = None
+
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def flush() -> None:
+            data = conn.data_to_send()
+            if data:
+                sock.sendall(data)
+
+        def pump() -> None:
+            nonlocal status, resp_headers, resp_trailers, done, error
+            data = _recv(sock)
+            if not data:
+                done = True
+                error = error or ("connection closed without a response" if status == 0 else None)
+                return
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived) or isinstance(event, h2.events.InformationalResponseReceived):
+                    hs = [(str(k), str(v)) for k, v in event.headers]
+                    code = int(next(v for k, v in hs if k == ":status"))
+                    if isinstance(event, h2.events.InformationalResponseReceived):
+                        informational.append(code)
+                    else:
+                        status = code
+                        resp_headers = [(k, v) for k, v in hs if k != ":status"]
+                elif isinstance(event, h2.events.DataReceived):
+                    body.extend(event.data)
+                    conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif isinstance(event, h2.events.TrailersReceived):
+                    resp_trailers = [(str(k), str(v)) for k, v in event.headers]
+                elif isinstance(event, h2.events.StreamEnded):
+                    done = True
+                elif isinstance(event, h2.events.StreamReset):
+                    done = True
+                    error = f"stream reset by Envoy (error code {event.error_code})"
+                elif isinstance(event, h2.events.ConnectionTerminated):
+                    done = True
+                    error = error or f"connection terminated (GOAWAY {event.error_code})"
+            flush()
+
+        try:
+            conn.initiate_connection()
+            flush()
+            sid = conn.get_next_available_stream_id()
+            conn.send_headers(sid, headers, end_stream=not chunks and not trailers)
+            flush()
+            for i, chunk in enumerate(chunks):
+                if i and chunk_gap:
+                    time.sleep(chunk_gap)
+                view = memoryview(chunk)
+                while view and not done:
+                    window = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+                    if window <= 0:
+                        pump()
+                        continue
+                    last = len(view) <= window and i == len(chunks) - 1 and not trailers
+                    conn.send_data(sid, bytes(view[:window]), end_stream=last)
+                    view = view[window:]
+                    flush()
+            if trailers and not done:
+                if chunk_gap and chunks:
+                    time.sleep(chunk_gap)
+                conn.send_headers(sid, trailers, end_stream=True)
+                flush()
+            while not done:
+                pump()
+        except OSError as exc:
+            error = f"socket error: {exc}"
+        except Exception as exc:  # h2 protocol errors
+            error = f"{type(exc).__name__}: {exc}"
+    response = None if status == 0 else DownstreamResponse(status, resp_headers, bytes(body), resp_trailers)
+    if response is not None and error and error.startswith("connection closed"):
+        error = None
+    return ClientResult(response, headers, "2", error=error, informational=informational)
+
+
+def send_request(
+    port: int,
+    request: HttpRequest,
+    *,
+    http2: bool = False,
+    timeout: float = 5.0,
+    chunk_gap: float | None = None,
+) -> ClientResult:
+    """Send one request to 127.0.0.1:port with a real client, on a new connection.
+
+    HTTP/1.1 uses h11; HTTP/2 uses the h2 library with prior knowledge
+    (h2c).  Pseudo-headers come from the scenario (``:method`` ``:path``
+    ``:authority`` ``:scheme``; defaults GET, /, the ``host`` header or
+    ``localhost``, http).  HTTP/1.1: ``:authority`` becomes a leading
+    ``host`` header unless one is given; framing headers are added when the
+    scenario gives none (``content-length`` for one chunk, ``transfer-encoding:
+    chunked`` for several chunks or trailers).  HTTP/2: names are lower-cased,
+    HTTP/1-only headers (connection, transfer-encoding, ...) dropped, each
+    chunk is its own DATA frame, trailers a final HEADERS frame.  Between
+    chunks (and before trailers) the client waits ``chunk_gap`` seconds (by
+    default 20 ms when there is more than one piece), so that Envoy reads --
+    and the filter sees -- each chunk separately.
+    """
+    pieces = len([c for c in request.body_chunks if c]) + (1 if request.trailers else 0)
+    gap = chunk_gap if chunk_gap is not None else (0.02 if pieces > 1 else 0.0)
+    if http2:
+        return _h2_exchange(port, request, timeout, gap)
+    return _h1_exchange(port, request, timeout, gap)
+
+
+# --------------------------------------------------------------------------
+# running exchanges
+
+
+@dataclass
+class EnvoyExchange:
+    """Everything one exchange through Envoy produced."""
+
+    result: ExchangeResult
+    trace: list[str]  # wasm-component records other than the module's logs (calls with arguments)
+    access: dict[str, Any] | None  # our access-log record for the stream
+    upstream_requests: list[ReceivedRequest]
+    client: ClientResult
+    log_lines: list[EnvoyLogLine]  # every record Envoy wrote during the exchange
+    seconds: float
+
+
+def _local_reply_from(
+    trace: list[str], access: dict[str, Any] | None, response: DownstreamResponse | None
+) -> Any:
+    """A LocalReply when the module's proxy_send_local_response made the response.
+
+    Reliable signals: the trace shows ``env.proxy_send_local_response(...)``
+    returning 0, and the access log's ``%RESPONSE_CODE_DETAILS%`` is not
+    ``via_upstream``.  Status and gRPC status come from the call's arguments,
+    details from the access log, body from the downstream response.  The
+    headers the module passed cannot be read from outside Envoy: they are
+    approximated by the downstream headers minus those Envoy adds to every
+    local reply (date, server, content-length, and content-type: text/plain).
+    """
+    from .scenario import LocalReply
+
+    if response is None or access is None:
+        return None
+    details = str(access.get("response_code_details", ""))
+    if details == "via_upstream":
+        return None
+    call = None
+    for i, line in enumerate(trace):
+        if "env.proxy_send_local_response(" in line and "[vm->host]" in line:
+            ok = any("env.proxy_send_local_response return: 0" in later for later in trace[i + 1 : i + 3])
+            if ok:
+                call = line
+    if call is None:
+        return None
+    args = [a.strip() for a in call.split("proxy_send_local_response(", 1)[1].rstrip(")").split(",")]
+    try:
+        status = int(args[0])
+        grpc = int(args[-1]) & 0xFFFFFFFF
+    except (ValueError, IndexError):
+        return None
+    grpc_status = None if grpc in (0xFFFFFFFF,) or grpc > 0xFFFF else grpc
+    headers = [
+        (k, v)
+        for k, v in response.headers
+        if k.lower() not in ("date", "server", "content-length")
+        and not (k.lower() == "content-type" and v == "text/plain")
+    ]
+    return LocalReply(status=status, body=response.body, headers=headers, details=details, grpc_status=grpc_status)
+
+
+class EnvoyRunner:
+    """One upstream server and one Envoy for one plugin, reused across exchanges.
+
+    Start-up (Envoy compiling the module with V8) is paid once; every
+    :meth:`exchange` costs a few milliseconds.  Context ids keep counting up
+    across exchanges (the first stream is context 2, the next 3, ...), so a
+    filter that logs its context id logs different text than on a fresh
+    Envoy: use a fresh runner per scenario when that matters.
+    """
+
+    def __init__(
+        self,
+        plugin: PluginSpec,
+        *,
+        upstream_http2: bool = True,
+        envoy: str | None = None,
+        startup_timeout: float = 20.0,
+    ):
+        self.plugin = plugin
+        self.upstream_http2 = upstream_http2
+        self.envoy_binary = envoy
+        self.startup_timeout = startup_timeout
+        self.upstream: UpstreamServer | None = None
+        self.envoy: EnvoyProcess | None = None
+        self.abi_version = abi_version_of(plugin.wasm)
+        self.startup_lines: list[EnvoyLogLine] = []
+        self.main_thread = 0
+        self.worker_thread: int | None = None
+        self.startup_seconds: float | None = None
+
+    def __enter__(self) -> "EnvoyRunner":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.upstream = UpstreamServer(HttpResponse())
+        self.upstream.start()
+        try:
+            config = render_envoy_config(
+                self.plugin,
+                listener_port=0,
+                admin_port=0,
+                upstream_port=self.upstream.port,
+                http2=self.upstream_http2,
+            )
+            self.envoy = EnvoyProcess(config, envoy=self.envoy_binary, startup_timeout=self.startup_timeout)
+            self.envoy.start()
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = self.envoy.startup_seconds
+        self.startup_lines = parse_envoy_log(self.envoy.read_log())
+        self._log_offset = self.envoy.log_size()
+        if self.startup_lines:
+            self.main_thread = self.startup_lines[0].thread
+        workers = [l.thread for l in self.startup_lines if l.logger == "wasm" and l.thread != self.main_thread]
+        self.worker_thread = workers[0] if workers else None
+
+    def stop(self) -> None:
+        if self.envoy is not None:
+            self.envoy.cleanup()
+            self.envoy = None
+        if self.upstream is not None:
+            self.upstream.stop()
+            self.upstream = None
+
+    def _worker(self, line: EnvoyLogLine) -> bool:
+        if line.logger != "wasm":
+            return False
+        if self.worker_thread is None:
+            return line.thread != self.main_thread
+        return line.thread == self.worker_thread
+
+    def startup_logs(self) -> list[LogRecord]:
+        """The module's logs from the worker thread's VM start (on_vm_start, on_configure)."""
+        return filter_logs((l for l in self.startup_lines if self._worker(l)), self.plugin)
+
+    def exchange(
+        self,
+        request: HttpRequest,
+        response: HttpResponse = HttpResponse(),
+        *,
+        http2: bool = False,
+        timeout: float = 5.0,
+        chunk_gap: float | None = None,
+        include_startup_logs: bool = True,
+    ) -> EnvoyExchange:
+        if self.envoy is None or self.upstream is None:
+            raise EnvoyError("runner not started")
+        started = time.monotonic()
+        self.upstream.clear()
+        self.upstream.response = response
+        offset = self.envoy.log_size()
+        client = send_request(self.envoy.listener_port, request, http2=http2, timeout=timeout, chunk_gap=chunk_gap)
+        # The stream is over for Envoy when our access-log line appears (and
+        # the module's proxy_on_delete has run).
+        text, lines, access = self._wait_for_stream_end(offset, deadline=time.monotonic() + timeout)
+        if self.envoy.proc is None or self.envoy.proc.poll() is not None:
+            raise EnvoyError("envoy died during the exchange", self.envoy.log_tail())
+        self._log_offset = offset + len(text.encode("utf-8"))
+        mine = [l for l in lines if self._worker(l)]
+        logs = (self.startup_logs() if include_startup_logs else []) + filter_logs(mine, self.plugin)
+        trace = trace_lines(mine, self.plugin)
+        received = list(self.upstream.requests)
+        down = client.response
+        result = ExchangeResult(
+            abi_version=self.abi_version,
+            upstream_request=received[0].to_upstream_request() if received else None,
+            downstream_response=down,
+            local_reply=_local_reply_from(trace, access, down),
+            logs=logs,
+        )
+        return EnvoyExchange(
+            result=result,
+            trace=trace,
+            access=access,
+            upstream_requests=received,
+            client=client,
+            log_lines=lines,
+            seconds=time.monotonic() - started,
+        )
+
+    def _wait_for_stream_end(
+        self, offset: int, deadline: float
+    ) -> tuple[str, list[EnvoyLogLine], dict[str, Any] | None]:
+        assert self.envoy is not None
+        access_seen: float | None = None
+        while True:
+            text = self.envoy.read_log(offset)
+            cut = text.rfind("\n")  # whole lines only
+            text = text[: cut + 1] if cut >= 0 else ""
+            lines = parse_envoy_log(text)
+            access: dict[str, Any] | None = None
+            for line in lines:
+                if line.logger == "access":
+                    try:
+                        access = json.loads(line.message)
+                    except ValueError:
+                        access = {"raw": line.message}
+                    break
+            now = time.monotonic()
+            if access is not None:
+                if access_seen is None:
+                    access_seen = now
+                if not self._exports_on_delete():
+                    break
+                if any("proxy_on_delete return" in l.message for l in lines):
+                    break
+                if now > access_seen + 0.5:
+                    break
+            if now > deadline or self.envoy.proc is None or self.envoy.proc.poll() is not None:
+                break
+            time.sleep(0.002)
+        return text, lines, access
+
+    def _exports_on_delete(self) -> bool:
+        if not hasattr(self, "_on_delete"):
+            import wasmtime
+
+            module = wasmtime.Module.from_file(wasmtime.Engine(), str(self.plugin.wasm))
+            self._on_delete = any(e.name == "proxy_on_delete" for e in module.exports)
+        return self._on_delete
+
+    def run(self, scenario: Scenario, *, http2: bool = False, **kwargs: Any) -> ExchangeResult:
+        if scenario.plugin != self.plugin:
+            raise ValueError("scenario is for another plugin than this runner's")
+        return self.exchange(scenario.request, scenario.response, http2=http2, **kwargs).result
+
+
+def _needs_h2_upstream(scenario: Scenario) -> bool:
+    return bool(scenario.request.trailers) or bool(scenario.response.trailers)
+
+
+def run_in_envoy(
+    scenario: Scenario,
+    *,
+    http2: bool = False,
+    upstream_http2: bool | None = True,
+    envoy: str | None = None,
+    timeout: float = 5.0,
+) -> tuple[ExchangeResult, list[str]]:
+    """Run one scenario through a fresh Envoy; return the result and the wasm trace.
+
+    ``http2`` is the downstream protocol (h2c prior knowledge when true).
+    ``upstream_http2`` is what Envoy speaks to the upstream: HTTP/2 by
+    default (the upstream then sees Envoy's pseudo-headers as they are, and
+    trailers pass both ways); False for HTTP/1.1 (trailers are then dropped
+    by Envoy); None picks HTTP/2 only when the scenario has trailers.
+    The trace is every ``wasm`` record Envoy wrote on the worker thread during
+    the exchange other than the module's own logs: with ``wasm:trace`` the
+    calls between Envoy and the module with their arguments, e.g.
+    ``[host->vm] proxy_on_request_headers(2, 10, 1)``.
+    """
+    up_h2 = _needs_h2_upstream(scenario) if upstream_http2 is None else upstream_http2
+    with EnvoyRunner(scenario.plugin, upstream_http2=up_h2, envoy=envoy) as runner:
+        ex = runner.exchange(scenario.request, scenario.response, http2=http2, timeout=timeout)
+    return ex.result, ex.trace
+
+
+def run_scenario_in_envoy(scenario: Scenario, *, http2: bool = False, **kwargs: Any) -> ExchangeResult:
+    """Run one scenario through a fresh Envoy (see :func:`run_in_envoy`)."""
+    return run_in_envoy(scenario, http2=http2, **kwargs)[0]
+
+
+def run_scenarios_in_envoy(
+    scenarios: Sequence[Scenario], *, http2: bool = False, upstream_http2: bool = True, reuse: bool = True
+) -> list[ExchangeResult]:
+    """Run several scenarios, one Envoy per distinct plugin when ``reuse``.
+
+    With ``reuse`` the context ids seen by the module keep counting up
+    across the scenarios of one plugin (see :class:`EnvoyRunner`); the
+    worker VM's start-up logs are prepended to every result either way.
+    """
+    if not reuse:
+        return [run_scenario_in_envoy(s, http2=http2, upstream_http2=upstream_http2) for s in scenarios]
+    results: list[ExchangeResult | None] = [None] * len(scenarios)
+    groups: dict[PluginSpec, list[int]] = {}
+    for i, s in enumerate(scenarios):
+        groups.setdefault(s.plugin, []).append(i)
+    for plugin, indexes in groups.items():
+        with EnvoyRunner(plugin, upstream_http2=upstream_http2) as runner:
+            for i in indexes:
+                results[i] = runner.run(scenarios[i], http2=http2)
+    return [r for r in results if r is not None]

@@ -138,8 +138,9 @@ class LogEntry:
 class Clock:
     """Virtual time shared by ticks, proxy_get_current_time_nanoseconds and WASI clocks."""
 
-    wall_ns: int = field(default_factory=lambda: 1_700_000_000_000_000_000)
-    monotonic_ns: int = 0
+    wall_ns: int = 1_700_000_000_000_000_000
+    #: like a machine's uptime; never 0 (Go's runtime aborts when its monotonic clock reads 0)
+    monotonic_ns: int = 1_000_000_000_000
 
     def advance_ns(self, delta: int) -> None:
         if delta < 0:

@@ -27,9 +27,21 @@ class GuestRuntime(Protocol):
 
 
 def _panic_message(logs: list[LogEntry], since: int) -> str | None:
-    """The message a Rust/Go guest logged right before trapping, if any."""
-    for entry in reversed(logs[since:]):
-        if entry.level >= LogLevel.CRITICAL or entry.source == "stderr" or "panic" in entry.message:
+    """The message a guest logged right before trapping, if any.
+
+    Rust's panic hook logs one CRITICAL line; Go's runtime writes its panic to stderr in
+    many small fd_write calls (each one a log record, as in Envoy), so those are joined.
+    """
+    recent = logs[since:]
+    for entry in reversed(recent):
+        if entry.level >= LogLevel.CRITICAL and entry.source == "proxy_log":
+            return entry.message
+    stderr = "".join(e.message for e in recent if e.source == "stderr")
+    for line in stderr.replace("\t", "\n").splitlines():
+        if line.startswith(("panic:", "fatal error:")) or "panicked at" in line:
+            return line.split("goroutine ")[0].strip()
+    for entry in reversed(recent):
+        if "panic" in entry.message:
             return entry.message
     return None
 

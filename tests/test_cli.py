@@ -1,0 +1,89 @@
+"""The command line, run as a user runs it (a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import RUST_TARGETS, WAT, fixture_wasm
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "proxywasm_host", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.mark.parametrize("name", ["hello_world", "hello_world_0_1"])
+@pytest.mark.parametrize("target", RUST_TARGETS)
+def test_run_tutorial_filter_json(name: str, target: str) -> None:
+    wasm = fixture_wasm(f"{name}-{target}")
+    proc = run_cli("run", str(wasm), "-H", ":authority: localhost:8080", "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["abi_version"] == ("0.1.0" if name.endswith("0_1") else "0.2.1")
+    assert ["x-hello", "Hello world from localhost:8080"] in out["upstream_request"]["headers"]
+    assert out["downstream_response"]["status"] == 200
+    assert {"level": "trace", "message": "#2 -> :authority: localhost:8080"} in out["logs"]
+    assert set(out) >= {"abi_version", "upstream_request", "downstream_response", "logs"}
+
+
+def test_run_with_body_trailers_and_response() -> None:
+    wasm = fixture_wasm(f"body_rewrite-{RUST_TARGETS[0]}")
+    proc = run_cli(
+        "run", str(wasm), "-H", ":method: POST", "--body", "hello ", "--body", "world",
+        "--response-header", "content-length: 11", "--response-body", "hello world", "--json",
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["upstream_request"]["body"] == "HELLO WORLD"
+    assert out["downstream_response"]["body"] == "hello wasm"
+
+
+def test_local_reply_has_no_upstream_request() -> None:
+    wasm = fixture_wasm(f"auth-{RUST_TARGETS[0]}")
+    proc = run_cli("run", str(wasm), "--json")
+    out = json.loads(proc.stdout)
+    assert out["upstream_request"] is None
+    assert out["downstream_response"]["status"] == 403
+    assert out["downstream_response"]["body"] == "access denied\n"
+    assert out["local_reply"]["status"] == 403
+
+
+def test_trap_exits_non_zero_with_one_line() -> None:
+    proc = run_cli("run", str(WAT / "trap_in_headers.wat"))
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "proxywasm-host: filter trapped in proxy_on_request_headers (context 2): panicked at src/lib.rs:7:9: boom"
+    ]
+
+
+def test_load_error_exits_non_zero_naming_the_import() -> None:
+    proc = run_cli("run", str(WAT / "unknown_import.wat"))
+    assert proc.returncode == 2
+    assert "env.proxy_make_coffee is not provided" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_config_from_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text('{"header": "x-from-file", "value": "yes"}')
+    proc = run_cli("run", str(fixture_wasm(f"config-{RUST_TARGETS[0]}")), "--config", f"@{cfg}", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert ["x-from-file", "yes"] in json.loads(proc.stdout)["upstream_request"]["headers"]
+
+
+def test_inspect() -> None:
+    proc = run_cli("inspect", str(fixture_wasm(f"hello_world-{RUST_TARGETS[1]}")), "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["abi_version"] == "0.2.1"
+    assert report["allocator"] == "proxy_on_memory_allocate"
+    assert all(i["provided"] for i in report["imports"])
+    assert any(i["module"] == "wasi_snapshot_preview1" for i in report["imports"])
+    bad = run_cli("inspect", str(WAT / "unknown_import.wat"))
+    assert bad.returncode == 1
+    assert "MISSING env.proxy_make_coffee" in bad.stdout

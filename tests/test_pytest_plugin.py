@@ -1,0 +1,101 @@
+"""The pytest plugin, tested the way users run it: pytest inside pytest (pytester)."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import RUST_TARGETS, fixture_wasm
+
+pytest_plugins = ["pytester"]
+
+
+@pytest.fixture(params=["hello_world", "hello_world_0_1"])
+def tutorial(request: pytest.FixtureRequest) -> str:
+    return str(fixture_wasm(f"{request.param}-{RUST_TARGETS[0]}"))
+
+
+USER_TEST = '''
+def test_adds_x_hello(proxywasm_plugin):
+    stream = proxywasm_plugin.http_stream()
+    stream.send_request_headers({":authority": "localhost:8080", ":path": "/"}, end_of_stream=True)
+    assert stream.request_headers["x-hello"] == "Hello world from localhost:8080"
+    assert stream.upstream_request.headers[-1] == ("x-hello", "Hello world from localhost:8080")
+'''
+
+
+def test_users_test_passes_with_module_option(pytester: pytest.Pytester, tutorial: str) -> None:
+    pytester.makepyfile(test_user=USER_TEST)
+    result = pytester.runpytest_subprocess("--proxywasm-module", tutorial, "-p", "proxywasm_host.pytest_plugin")
+    result.assert_outcomes(passed=1)
+
+
+def test_marker_selects_module_and_configuration(pytester: pytest.Pytester, tutorial: str) -> None:
+    pytester.makepyfile(
+        test_marker=f'''
+import pytest
+
+@pytest.mark.proxywasm(wasm={tutorial!r}, root_id="hello", configuration="{{}}")
+def test_with_marker(proxywasm_plugin, proxywasm_host):
+    assert proxywasm_plugin.root_id == "hello"
+    assert proxywasm_plugin.host is proxywasm_host
+    stream = proxywasm_plugin.http_stream()
+    stream.send_request_headers({{":authority": "example.com"}}, end_of_stream=True)
+    assert stream.request_headers.value("x-hello") == "Hello world from example.com"
+'''
+    )
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(passed=1)
+
+
+def test_wrong_header_assertion_shows_a_readable_diff(pytester: pytest.Pytester, tutorial: str) -> None:
+    pytester.makepyfile(
+        test_wrong='''
+def test_wrong(proxywasm_plugin):
+    stream = proxywasm_plugin.http_stream()
+    stream.send_request_headers({":authority": "localhost:8080", ":path": "/"}, end_of_stream=True)
+    assert stream.request_headers == [
+        (":authority", "localhost:8080"),
+        (":path", "/"),
+        ("x-hello", "Hello from somewhere else"),
+        ("x-missing", "1"),
+    ]
+'''
+    )
+    result = pytester.runpytest_subprocess("--proxywasm-module", tutorial)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*header maps differ:*",
+            "*missing header: x-missing: 1*",
+            "*header x-hello: expected 'Hello from somewhere else', got 'Hello world from localhost:8080'*",
+            "*- x-hello: Hello from somewhere else*",
+            "*+ x-hello: Hello world from localhost:8080*",
+            "*proxy-wasm filter logs*",
+            "*ctx=2 #2 -> :authority: localhost:8080*",
+        ]
+    )
+
+
+def test_missing_module_configuration_says_how_to_fix(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_nomodule="def test_x(proxywasm_plugin):\n    pass\n")
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*pass --proxywasm-module PATH*"])
+
+
+def test_each_test_gets_an_isolated_host(pytester: pytest.Pytester, tutorial: str) -> None:
+    pytester.makepyfile(
+        test_iso='''
+def test_one(proxywasm_plugin):
+    s = proxywasm_plugin.http_stream()
+    s.send_request_headers({":authority": "a"}, end_of_stream=True)
+    assert s.context_id == 2
+
+def test_two(proxywasm_plugin):
+    s = proxywasm_plugin.http_stream()
+    s.send_request_headers({":authority": "b"}, end_of_stream=True)
+    assert s.context_id == 2  # a fresh VM: context ids start again
+'''
+    )
+    result = pytester.runpytest_subprocess("--proxywasm-module", tutorial)
+    result.assert_outcomes(passed=2)
