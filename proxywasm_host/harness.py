@@ -142,6 +142,11 @@ class Host:
         self.plugins.append(plugin)
         return plugin
 
+    @property
+    def logs(self) -> list[LogEntry]:
+        """Every line logged in every VM of this host, also by plugins that failed to start."""
+        return [entry for vm in self._vms.values() for entry in vm.host.logs]
+
     # -- time ------------------------------------------------------------------------------
     @property
     def now_ns(self) -> int:

@@ -134,8 +134,8 @@ def _as_pairs(value: Any) -> list[tuple[str, str]] | None:
     return None
 
 
-def header_diff(actual: list[tuple[str, str]], expected: list[tuple[str, str]]) -> list[str]:
-    """Readable explanation of how two header lists differ."""
+def header_diff(actual: list[tuple[str, str]], expected: list[tuple[str, str]], *, full: bool = False) -> list[str]:
+    """Readable explanation of how two header lists differ (most useful lines first)."""
     lines = []
     a_names = {k for k, _ in actual}
     e_names = {k for k, _ in expected}
@@ -145,17 +145,20 @@ def header_diff(actual: list[tuple[str, str]], expected: list[tuple[str, str]]) 
     for k, v in actual:
         if k not in e_names:
             lines.append(f"unexpected header: {k}: {v}")
-    for name in [k for k, _ in expected if k in a_names]:
+    for name in dict.fromkeys(k for k, _ in expected if k in a_names):
         av = [v for k, v in actual if k == name]
         ev = [v for k, v in expected if k == name]
         if av != ev:
             lines.append(f"header {name}: expected {ev if len(ev) > 1 else ev[0]!r}, got {av if len(av) > 1 else av[0]!r}")
-    lines.append("full diff (- expected, + actual):")
-    lines.extend(
-        "  " + line
-        for line in difflib.ndiff([f"{k}: {v}" for k, v in expected], [f"{k}: {v}" for k, v in actual])
-        if line[:1] in "-+ "
-    )
+    if not lines:
+        lines.append("same headers in a different order")
+    if full or not lines or lines == ["same headers in a different order"]:
+        lines.append("full diff (- expected, + actual):")
+        lines.extend(
+            "  " + line
+            for line in difflib.ndiff([f"{k}: {v}" for k, v in expected], [f"{k}: {v}" for k, v in actual])
+            if line[:1] in "-+ "
+        )
     return lines
 
 
@@ -166,4 +169,4 @@ def pytest_assertrepr_compare(config: pytest.Config, op: str, left: Any, right: 
     a, e = _as_pairs(actual), _as_pairs(expected)
     if a is None or e is None:
         return None
-    return ["header maps differ:"] + header_diff(a, e)
+    return ["header maps differ:"] + header_diff(a, e, full=config.getoption("verbose") > 1)

@@ -25,7 +25,7 @@ def test_adds_x_hello(proxywasm_plugin):
 
 def test_users_test_passes_with_module_option(pytester: pytest.Pytester, tutorial: str) -> None:
     pytester.makepyfile(test_user=USER_TEST)
-    result = pytester.runpytest_subprocess("--proxywasm-module", tutorial, "-p", "proxywasm_host.pytest_plugin")
+    result = pytester.runpytest_subprocess("--proxywasm-module", tutorial)
     result.assert_outcomes(passed=1)
 
 
@@ -68,8 +68,6 @@ def test_wrong(proxywasm_plugin):
             "*header maps differ:*",
             "*missing header: x-missing: 1*",
             "*header x-hello: expected 'Hello from somewhere else', got 'Hello world from localhost:8080'*",
-            "*- x-hello: Hello from somewhere else*",
-            "*+ x-hello: Hello world from localhost:8080*",
             "*proxy-wasm filter logs*",
             "*ctx=2 #2 -> :authority: localhost:8080*",
         ]
