@@ -45,11 +45,15 @@ class Context:
     # Header maps ---------------------------------------------------------------------
     def get_map(self, map_type: int, *, for_write: bool) -> tuple[Status, HeaderMap | None]:
         """The map a header hostcall works on, or the status Envoy returns instead."""
-        if map_type in (MapType.HTTP_CALL_RESPONSE_HEADERS, MapType.HTTP_CALL_RESPONSE_TRAILERS):
-            root = self.root
-            if root is not None and root.http_call_response is not None and not for_write:
-                headers, trailers = root.http_call_response
-                return Status.OK, headers if map_type == MapType.HTTP_CALL_RESPONSE_HEADERS else trailers
+        root = self.root
+        if root is not None and not for_write:
+            if map_type in (MapType.HTTP_CALL_RESPONSE_HEADERS, MapType.HTTP_CALL_RESPONSE_TRAILERS):
+                if root.http_call_response is not None:
+                    headers, trailers = root.http_call_response
+                    return Status.OK, headers if map_type == MapType.HTTP_CALL_RESPONSE_HEADERS else trailers
+            elif map_type in (MapType.GRPC_CALL_INITIAL_METADATA, MapType.GRPC_CALL_TRAILING_METADATA):
+                if root.grpc_metadata is not None and root.grpc_metadata[0] == map_type:
+                    return Status.OK, root.grpc_metadata[1]
         return Status.BAD_ARGUMENT, None
 
     # Buffers -------------------------------------------------------------------------
@@ -68,6 +72,11 @@ class Context:
             root = self.root
             if root is not None and root.http_call_body is not None:
                 return Status.OK, root.http_call_body
+            return Status.NOT_FOUND, None
+        if buffer_type == BufferType.GRPC_CALL_MESSAGE:
+            root = self.root
+            if root is not None and root.grpc_message is not None:
+                return Status.OK, root.grpc_message
             return Status.NOT_FOUND, None
         if buffer_type in (BufferType.HTTP_REQUEST_BODY, BufferType.HTTP_RESPONSE_BODY):
             # Envoy hands out an empty buffer when no body is attached (ABI_FACTS §4.4).
@@ -130,6 +139,9 @@ class RootContext(Context):
         # set only during proxy_on_http_call_response
         self.http_call_response: tuple[HeaderMap, HeaderMap] | None = None
         self.http_call_body: bytes | None = None
+        # set only during the proxy_on_grpc_* callbacks
+        self.grpc_metadata: tuple[int, HeaderMap] | None = None
+        self.grpc_message: bytes | None = None
         self.status_code = 0
         self.status_message = b""
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
+from .callouts import GrpcCall, HttpCallout
 from .context import PluginConfig, RootContext
 from .errors import HarnessUsageError
 from .headers import HeaderMap
@@ -80,8 +81,17 @@ class Host:
         start_time_ns: int | None = None,
         log_level: LogLevel = LogLevel.TRACE,
         random_seed: int = 0,
+        clusters: Mapping[str, str | None] | Iterable[str] | None = None,
     ) -> None:
+        """``clusters``: upstream names ``proxy_http_call``/``proxy_grpc_*`` may target. ``None``
+        (default) accepts any name; otherwise unknown names get Envoy's status. A mapping may
+        give a real ``http://host:port`` URL: callouts to it are sent there and answered with
+        the real response."""
         self.clock = Clock() if start_time_ns is None else Clock(wall_ns=start_time_ns)
+        if clusters is None or isinstance(clusters, Mapping):
+            self.clusters = None if clusters is None else dict(clusters)
+        else:
+            self.clusters = {name: None for name in clusters}
         self.shared = SharedState()
         self.log_level = log_level
         self.random_seed = random_seed
@@ -124,6 +134,8 @@ class Host:
                 random_seed=self.random_seed,
                 foreign_functions=dict(foreign_functions or {}),
             )
+            abi.clusters = self.clusters
+            abi.on_http_callout = self._route_callout
             vm = Vm(abi, WasmInstance(compiled, abi))
             vm.start_vm()
             self._vms[key] = vm
@@ -147,6 +159,15 @@ class Host:
         """Every line logged in every VM of this host, also by plugins that failed to start."""
         return [entry for vm in self._vms.values() for entry in vm.host.logs]
 
+    def _route_callout(self, callout: HttpCallout) -> None:
+        """Send a callout to the real upstream its cluster names, if any, and answer it."""
+        url = (self.clusters or {}).get(callout.cluster)
+        if url is None:
+            return  # the test answers it
+        from .upstream_client import forward_callout
+
+        forward_callout(callout, url)
+
     # -- time ------------------------------------------------------------------------------
     @property
     def now_ns(self) -> int:
@@ -161,13 +182,23 @@ class Host:
         target = self.clock.monotonic_ns + delta
         fired = 0
         while True:
-            due = [t for vm in self._vms.values() if vm.failed is None for t in [vm.next_tick()] if t is not None]
-            due = [(ns, root.id, root) for ns, root in due if ns <= target]
+            events: list[tuple[int, int, Callable[[], None]]] = []
+            for vm in self._vms.values():
+                if vm.failed is not None:
+                    continue
+                tick = vm.next_tick()
+                if tick is not None:
+                    events.append((tick[0], tick[1].id, lambda vm=vm, root=tick[1]: vm.fire_tick(root)))
+                for callout in list(vm.host.http_callouts.values()):
+                    if callout.pending and callout.timeout_ms:
+                        deadline = callout.dispatched_at_ns + callout.timeout_ms * 1_000_000
+                        events.append((deadline, -callout.token, callout.time_out))
+            due = [e for e in events if e[0] <= target]
             if not due:
                 break
-            ns, _, root = min(due, key=lambda d: (d[0], d[1]))
-            self.clock.advance_ns(ns - self.clock.monotonic_ns)
-            root.host_vm.fire_tick(root)  # type: ignore[attr-defined]
+            when, _, fire = min(due, key=lambda e: (e[0], e[1]))
+            self.clock.advance_ns(max(0, when - self.clock.monotonic_ns))
+            fire()
             fired += 1
         self.clock.advance_ns(target - self.clock.monotonic_ns)
         return fired
@@ -225,6 +256,34 @@ class Plugin:
     @property
     def tick_period_ms(self) -> int:
         return self.root.tick_period_ms
+
+    @property
+    def http_callouts(self) -> list[HttpCallout]:
+        """Every ``proxy_http_call`` this plugin dispatched (answered ones included), in order."""
+        return [c for c in self.vm.host.callout_history if isinstance(c, HttpCallout) and c.root_context_id == self.root.id]
+
+    @property
+    def pending_http_callouts(self) -> list[HttpCallout]:
+        return [c for c in self.http_callouts if c.pending]
+
+    def http_callout(self, token: int | None = None) -> HttpCallout:
+        """The pending callout with ``token`` (or the only pending one)."""
+        pending = self.pending_http_callouts
+        if token is not None:
+            for c in pending:
+                if c.token == token:
+                    return c
+            raise HarnessUsageError(f"no pending HTTP callout with token {token}; pending: {[c.token for c in pending]}")
+        if len(pending) != 1:
+            raise HarnessUsageError(
+                f"{len(pending)} HTTP callouts are pending ({[c.token for c in pending]}); pass the token you mean"
+            )
+        return pending[0]
+
+    @property
+    def grpc_calls(self) -> list[GrpcCall]:
+        """Every gRPC call and stream this plugin opened, in order."""
+        return [c for c in self.vm.host.callout_history if isinstance(c, GrpcCall) and c.root_context_id == self.root.id]
 
     def tick(self) -> None:
         """Deliver one proxy_on_tick now, whatever the period (like Go proxytest's Tick)."""
@@ -399,6 +458,11 @@ class HttpStream:
     @property
     def logs(self) -> list[LogEntry]:
         return [e for e in self.plugin.vm.host.logs if e.context_id == self.context.id]
+
+    @property
+    def http_callouts(self) -> list[HttpCallout]:
+        """The HTTP callouts dispatched while this stream was the current context."""
+        return [c for c in self.plugin.http_callouts if c.context_id == self.context.id]
 
     @property
     def upstream_request(self) -> UpstreamRequest | None:

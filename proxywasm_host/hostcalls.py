@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Protocol
 
 from . import codec
+from .callouts import GrpcCall, HttpCallout, decode_pairs_text
 from .context import Context, PluginConfig, RootContext
 from .types import AbiVersion, BufferType, LogLevel, MapType, MetricType, Status
 
@@ -217,6 +218,16 @@ class AbiHost:
         #: on_queue_ready notifications posted to this VM: (root id, token)
         self.posted_queue_ready: list[tuple[int, int]] = []
         self.random = random.Random(random_seed)
+        #: cluster name -> optional URL of a real upstream; None accepts every name
+        self.clusters: dict[str, str | None] | None = None
+        self.http_callouts: dict[int, HttpCallout] = {}
+        self._next_http_token = 4
+        self.grpc_calls: dict[int, GrpcCall] = {}
+        self._next_grpc_call = 5
+        self._next_grpc_stream = 6
+        self.on_http_callout: Callable[[HttpCallout], None] | None = None
+        #: every HTTP/gRPC callout ever dispatched in this VM, in order
+        self.callout_history: list[HttpCallout | GrpcCall] = []
 
     # -- context bookkeeping -----------------------------------------------------------
     def allocate_context_id(self) -> int:
@@ -529,7 +540,13 @@ class AbiHost:
         return Status.OK
 
     def on_root_done(self, root: RootContext) -> None:
-        """Overridden by the plugin layer: deliver proxy_on_delete after proxy_done."""
+        """Replaced by the Vm: deliver proxy_on_delete after proxy_done."""
+
+    def deliver_http(self, callout: HttpCallout, *args: Any) -> None:
+        """Replaced by the Vm: run proxy_on_http_call_response."""
+
+    def deliver_grpc(self, call: GrpcCall, *args: Any) -> None:
+        """Replaced by the Vm: run the proxy_on_grpc_* callbacks."""
 
     @hostcall("proxy_get_status", "uuu")
     def proxy_get_status(self, ret_code_ptr: int, ret_msg_ptr_ptr: int, ret_msg_size_ptr: int) -> int:
@@ -687,7 +704,10 @@ class AbiHost:
         self.write_u64(ret_ptr, metric.value)
         return Status.OK
 
-    # -- callouts (no clusters configured: Envoy's answers) -------------------------------
+    # -- callouts (ABI_FACTS §4.7) ----------------------------------------------------------
+    def cluster_known(self, name: str) -> bool:
+        return self.clusters is None or name in self.clusters
+
     @hostcall("proxy_http_call", "uuuuuuuuuu")
     def proxy_http_call(
         self,
@@ -703,38 +723,104 @@ class AbiHost:
         ret_token_ptr: int,
     ) -> int:
         self.write_u32(ret_token_ptr, 0)
-        self.read(upstream_ptr, upstream_len)
-        self.read_pairs(headers_ptr, headers_len)
-        self.read(body_ptr, body_len)
-        self.read_pairs(trailers_ptr, trailers_len)
-        if timeout_ms & 0x80000000:
+        cluster = self.read(upstream_ptr, upstream_len).decode("utf-8", "surrogateescape")
+        headers = decode_pairs_text(self.read_pairs(headers_ptr, headers_len))
+        body = self.read(body_ptr, body_len)
+        trailers = decode_pairs_text(self.read_pairs(trailers_ptr, trailers_len))
+        if timeout_ms & 0x80000000:  # Envoy reads it as a signed int: negative is refused
             return Status.BAD_ARGUMENT
-        return Status.BAD_ARGUMENT  # unknown cluster: this host has no clusters configured yet
+        if not self.cluster_known(cluster):
+            return Status.BAD_ARGUMENT
+        names = {k.lower() for k, _ in headers}
+        if not {":path", ":method", ":authority"} <= names:
+            return Status.BAD_ARGUMENT
+        root = self.active.root
+        if root is None:
+            return Status.BAD_ARGUMENT
+        headers = [(k.lower(), v) for k, v in headers]
+        if body:
+            headers = [(k, v) for k, v in headers if k != "content-length"] + [("content-length", str(len(body)))]
+        token = self._next_http_token
+        self._next_http_token = (token + 4) & MASK32 or 4
+        callout = HttpCallout(
+            token, cluster, headers, body, trailers, timeout_ms, root.id, self.active.id, self.clock.monotonic_ns,
+            _deliver=self.deliver_http,
+        )
+        self.http_callouts[token] = callout
+        self.callout_history.append(callout)
+        self.write_u32(ret_token_ptr, token)
+        if self.on_http_callout is not None:
+            self.deferred.append(lambda: self.on_http_callout(callout))  # type: ignore[misc]
+        return Status.OK
+
+    def _grpc_open(self, streaming: bool, up: tuple[int, int], svc: tuple[int, int], method: tuple[int, int],
+                   md: tuple[int, int], message: bytes | None, timeout_ms: int, ret_token_ptr: int) -> int:
+        cluster = self.read(*up).decode("utf-8", "surrogateescape")
+        service = self.read(*svc).decode("utf-8", "surrogateescape")
+        meth = self.read(*method).decode("utf-8", "surrogateescape")
+        metadata = decode_pairs_text(self.read_pairs(*md))
+        if not self.cluster_known(cluster):
+            return Status.PARSE_FAILURE
+        root = self.active.root
+        if root is None:
+            return Status.BAD_ARGUMENT
+        if streaming:
+            token, self._next_grpc_stream = self._next_grpc_stream, self._next_grpc_stream + 4
+        else:
+            token, self._next_grpc_call = self._next_grpc_call, self._next_grpc_call + 4
+        call = GrpcCall(token, streaming, cluster, service, meth, metadata, [message] if message is not None else [],
+                        timeout_ms, root.id, self.active.id, _deliver=self.deliver_grpc)
+        self.grpc_calls[token] = call
+        self.callout_history.append(call)
+        self.write_u32(ret_token_ptr, token)  # written only on success (Envoy)
+        return Status.OK
 
     @hostcall("proxy_grpc_call", "uuuuuuuuuuuu")
     def proxy_grpc_call(self, up_ptr: int, up_len: int, svc_ptr: int, svc_len: int, m_ptr: int, m_len: int, md_ptr: int, md_len: int, msg_ptr: int, msg_len: int, timeout_ms: int, ret_token_ptr: int) -> int:
-        for ptr, size in ((up_ptr, up_len), (svc_ptr, svc_len), (m_ptr, m_len), (md_ptr, md_len), (msg_ptr, msg_len)):
-            self.read(ptr, size)
-        return Status.PARSE_FAILURE  # unknown cluster
+        message = self.read(msg_ptr, msg_len)
+        return self._grpc_open(False, (up_ptr, up_len), (svc_ptr, svc_len), (m_ptr, m_len), (md_ptr, md_len),
+                               message, timeout_ms, ret_token_ptr)
 
     @hostcall("proxy_grpc_stream", "uuuuuuuuu")
     def proxy_grpc_stream(self, up_ptr: int, up_len: int, svc_ptr: int, svc_len: int, m_ptr: int, m_len: int, md_ptr: int, md_len: int, ret_token_ptr: int) -> int:
-        for ptr, size in ((up_ptr, up_len), (svc_ptr, svc_len), (m_ptr, m_len), (md_ptr, md_len)):
-            self.read(ptr, size)
-        return Status.PARSE_FAILURE
+        return self._grpc_open(True, (up_ptr, up_len), (svc_ptr, svc_len), (m_ptr, m_len), (md_ptr, md_len),
+                               None, 0, ret_token_ptr)
 
     @hostcall("proxy_grpc_send", "uuuu")
     def proxy_grpc_send(self, token: int, msg_ptr: int, msg_len: int, end_stream: int) -> int:
-        self.read(msg_ptr, msg_len)
-        return Status.NOT_FOUND if token % 4 == 2 else Status.BAD_ARGUMENT
+        message = self.read(msg_ptr, msg_len)
+        if token % 4 != 2:
+            return Status.BAD_ARGUMENT
+        call = self.grpc_calls.get(token)
+        if call is None or call.state in ("cancelled", "closed"):
+            return Status.NOT_FOUND
+        call.sent_messages.append(message)
+        if end_stream:
+            call.local_end_stream = True
+        return Status.OK
 
     @hostcall("proxy_grpc_cancel", "u")
     def proxy_grpc_cancel(self, token: int) -> int:
-        return Status.NOT_FOUND if token % 4 in (1, 2) else Status.BAD_ARGUMENT
+        if token % 4 not in (1, 2):
+            return Status.BAD_ARGUMENT
+        call = self.grpc_calls.get(token)
+        if call is None or call.state in ("cancelled", "closed"):
+            return Status.NOT_FOUND
+        call.state = "cancelled"
+        return Status.OK
 
     @hostcall("proxy_grpc_close", "u")
     def proxy_grpc_close(self, token: int) -> int:
-        return Status.NOT_FOUND if token % 4 in (1, 2) else Status.BAD_ARGUMENT
+        if token % 4 not in (1, 2):
+            return Status.BAD_ARGUMENT
+        call = self.grpc_calls.get(token)
+        if call is None or call.state in ("cancelled", "closed"):
+            return Status.NOT_FOUND
+        if call.streaming:
+            call.local_end_stream = True  # half-close: messages may still arrive
+        else:
+            call.state = "cancelled"
+        return Status.OK
 
     # -- foreign functions ----------------------------------------------------------------
     @hostcall("proxy_call_foreign_function", "uuuuuu")

@@ -11,8 +11,10 @@ from typing import Protocol
 
 from .context import Context, PluginConfig, RootContext
 from .errors import FilterFailed, FilterTrap, HarnessUsageError
+from .callouts import GrpcCall, HttpCallout
+from .headers import HeaderMap
 from .hostcalls import AbiHost, LogEntry
-from .types import AbiVersion, LogLevel
+from .types import AbiVersion, LogLevel, MapType
 
 
 class WasmTrap(Exception):
@@ -55,6 +57,8 @@ class Vm:
         self.failed: FilterTrap | None = None
         self.roots: list[RootContext] = []
         host.on_root_done = self._deliver_root_delete  # type: ignore[method-assign]
+        host.deliver_http = self._deliver_http  # type: ignore[method-assign]
+        host.deliver_grpc = self._deliver_grpc  # type: ignore[method-assign]
         self._depth = 0
 
     @property
@@ -156,6 +160,61 @@ class Vm:
         if self.failed is None:
             self.call(root, "proxy_on_delete", root.id)
         self.host.forget(root)
+
+    # -- callouts ---------------------------------------------------------------------------
+    def _root(self, root_id: int) -> RootContext:
+        root = self.host.contexts.get(root_id)
+        if not isinstance(root, RootContext) or root.deleted:
+            raise HarnessUsageError(f"the root context {root_id} that owns this callout is gone")
+        return root
+
+    def _deliver_http(
+        self,
+        callout: HttpCallout,
+        headers: list[tuple[str, str]] | None,
+        body: bytes,
+        trailers: list[tuple[str, str]],
+        status: tuple[int, bytes] | None,
+    ) -> None:
+        """proxy_on_http_call_response(root, token, headers, body size, trailers); maps 6/7 and
+        buffer 4 exist only during the call (ABI_FACTS §7.8)."""
+        root = self._root(callout.root_context_id)
+        self.host.http_callouts.pop(callout.token, None)
+        root.http_call_response = (HeaderMap(headers or []), HeaderMap(trailers))
+        root.http_call_body = body
+        if status is not None:
+            root.status_code, root.status_message = status
+        try:
+            self.call(root, "proxy_on_http_call_response", root.id, callout.token,
+                      len(headers or []), len(body), len(trailers))
+        finally:
+            root.http_call_response = None
+            root.http_call_body = None
+            root.status_code, root.status_message = 0, b""
+        self.flush()
+
+    def _deliver_grpc(self, call: GrpcCall, kind: str, payload: object) -> None:
+        root = self._root(call.root_context_id)
+        try:
+            if kind == "initial_metadata" or kind == "trailing_metadata":
+                pairs = payload  # type: ignore[assignment]
+                map_type = MapType.GRPC_CALL_INITIAL_METADATA if kind == "initial_metadata" else MapType.GRPC_CALL_TRAILING_METADATA
+                root.grpc_metadata = (map_type, HeaderMap(pairs))  # type: ignore[arg-type]
+                self.call(root, f"proxy_on_grpc_receive_{kind}", root.id, call.token, len(pairs))  # type: ignore[arg-type]
+            elif kind == "receive":
+                root.grpc_message = payload  # type: ignore[assignment]
+                self.call(root, "proxy_on_grpc_receive", root.id, call.token, len(payload))  # type: ignore[arg-type]
+            else:
+                code, message = payload  # type: ignore[misc]
+                root.status_code, root.status_message = code, message
+                self.call(root, "proxy_on_grpc_close", root.id, call.token, code)
+        finally:
+            root.grpc_metadata = None
+            root.grpc_message = None
+            root.status_code, root.status_message = 0, b""
+        if call.state == "closed":
+            self.host.grpc_calls.pop(call.token, None)
+        self.flush()
 
     # -- timers -----------------------------------------------------------------------------
     def next_tick(self) -> tuple[int, RootContext] | None:

@@ -237,18 +237,51 @@ def test_metrics_follow_envoy(probe: Probe) -> None:
     assert probe.call("proxy_increment_metric", 4096 + 3, 1) == Status.NOT_FOUND
 
 
-def test_callouts_without_clusters(probe: Probe) -> None:
+def test_http_call_statuses(probe: Probe) -> None:
     u, un = probe.put(b"cluster")
     h, hn = probe.put(encode_pairs([(b":path", b"/")]), SCRATCH + 64)
     probe.mem[RET : RET + 4] = b"\xff\xff\xff\xff"
+    # :method and :authority missing
     assert probe.call("proxy_http_call", u, un, h, hn, 0, 0, 0, 0, 1000, RET) == Status.BAD_ARGUMENT
     assert u32(probe.mem, RET) == 0  # token pre-written
     assert probe.call("proxy_http_call", u, un, h, hn, 0, 0, 0, 0, 1000, BAD) == Status.INVALID_MEMORY_ACCESS
+    full = encode_pairs([(b":path", b"/"), (b":method", b"GET"), (b":authority", b"x")])
+    h, hn = probe.put(full, SCRATCH + 64)
+    assert probe.call("proxy_http_call", u, un, h, hn, 0, 0, 0, 0, -1, RET) == Status.BAD_ARGUMENT  # negative timeout
+    assert probe.call("proxy_http_call", u, un, h, hn, 0, 0, 0, 0, 1000, RET) == Status.OK
+    assert probe.call("proxy_http_call", u, un, h, hn, 0, 0, 0, 0, 1000, RET + 4) == Status.OK
+    assert (u32(probe.mem, RET), u32(probe.mem, RET + 4)) == (4, 8)
+    assert [c.token for c in probe.plugin.pending_http_callouts] == [4, 8]
+
+
+def test_unknown_clusters_get_envoys_statuses() -> None:
+    host = Host(clusters=["known"])
+    plugin = host.load_plugin(WAT / "hostcall_probe.wat")
+    probe = Probe.__new__(Probe)
+    probe.host, probe.plugin = host, plugin
+    probe.stream = plugin.http_stream()
+    probe.stream.send_request_headers({":path": "/"})
+    probe.ctx = probe.stream.context
+    u, un = probe.put(b"unknown")
+    h, hn = probe.put(encode_pairs([(b":path", b"/"), (b":method", b"GET"), (b":authority", b"x")]), SCRATCH + 64)
+    assert probe.call("proxy_http_call", u, un, h, hn, 0, 0, 0, 0, 1000, RET) == Status.BAD_ARGUMENT
     assert probe.call("proxy_grpc_call", u, un, u, un, u, un, 0, 0, 0, 0, 1000, RET) == Status.PARSE_FAILURE
+    k, kn = probe.put(b"known", SCRATCH + 256)
+    assert probe.call("proxy_http_call", k, kn, h, hn, 0, 0, 0, 0, 1000, RET) == Status.OK
+    assert probe.call("proxy_grpc_call", k, kn, u, un, u, un, 0, 0, 0, 0, 1000, RET) == Status.OK
+    assert u32(probe.mem, RET) == 5
+    assert probe.call("proxy_grpc_stream", k, kn, u, un, u, un, 0, 0, RET) == Status.OK
+    assert u32(probe.mem, RET) == 6
+    assert probe.call("proxy_grpc_send", 5, 0, 0, 0) == Status.BAD_ARGUMENT  # not a stream
+    assert probe.call("proxy_grpc_send", 6, u, un, 1) == Status.OK
+    assert probe.call("proxy_grpc_send", 10, u, un, 0) == Status.NOT_FOUND
+    assert probe.call("proxy_grpc_cancel", 5) == Status.OK
     assert probe.call("proxy_grpc_cancel", 5) == Status.NOT_FOUND
-    assert probe.call("proxy_grpc_cancel", 4) == Status.BAD_ARGUMENT
+    assert probe.call("proxy_grpc_close", 4) == Status.BAD_ARGUMENT
     assert probe.call("proxy_get_status", RET, RET + 4, RET + 8) == Status.OK
     assert u32(probe.mem, RET) == 0
+    stream_call = plugin.grpc_calls[1]
+    assert stream_call.streaming and stream_call.sent_messages == [b"unknown"] and stream_call.local_end_stream
 
 
 def test_foreign_functions() -> None:
