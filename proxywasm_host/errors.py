@@ -47,3 +47,7 @@ class HarnessUsageError(ProxyWasmError):
 
 class HostBug(ProxyWasmError):
     """An internal error of this host surfaced during a hostcall (please report it)."""
+
+
+class UnexpectedHostcall(ProxyWasmError):
+    """Strict mode: the filter made a hostcall the test did not list as allowed."""

@@ -19,7 +19,7 @@ from .callouts import GrpcCall, HttpCallout
 from .context import PluginConfig, RootContext
 from .errors import HarnessUsageError
 from .headers import HeaderMap
-from .hostcalls import AbiHost, Clock, LogEntry, SharedState
+from .hostcalls import HOSTCALLS, AbiHost, Clock, Fault, HostcallObserver, HostcallRecord, LogEntry, SharedState
 from .runtime import CompiledModule, WasmInstance
 from .scenario import (
     DownstreamResponse,
@@ -82,11 +82,19 @@ class Host:
         log_level: LogLevel = LogLevel.TRACE,
         random_seed: int = 0,
         clusters: Mapping[str, str | None] | Iterable[str] | None = None,
+        trace: bool = False,
+        allowed_hostcalls: Iterable[str] | None = None,
+        coverage: dict[str, int] | None = None,
     ) -> None:
         """``clusters``: upstream names ``proxy_http_call``/``proxy_grpc_*`` may target. ``None``
         (default) accepts any name; otherwise unknown names get Envoy's status. A mapping may
         give a real ``http://host:port`` URL: callouts to it are sent there and answered with
-        the real response."""
+        the real response.
+
+        ``trace`` records every hostcall (see :attr:`hostcall_trace`); ``allowed_hostcalls``
+        turns on strict mode (any other hostcall fails the callback with
+        :class:`~proxywasm_host.errors.UnexpectedHostcall`); ``coverage`` is a dict this host
+        adds hostcall counts to."""
         self.clock = Clock() if start_time_ns is None else Clock(wall_ns=start_time_ns)
         if clusters is None or isinstance(clusters, Mapping):
             self.clusters = None if clusters is None else dict(clusters)
@@ -97,6 +105,41 @@ class Host:
         self.random_seed = random_seed
         self._vms: dict[tuple[str, str, bytes], Vm] = {}
         self.plugins: list[Plugin] = []
+        self._observer: HostcallObserver | None = None
+        if trace or allowed_hostcalls is not None or coverage is not None:
+            observer = self._ensure_observer()
+            observer.trace = [] if trace else None
+            observer.coverage = coverage
+            if allowed_hostcalls is not None:
+                allowed = frozenset(allowed_hostcalls)
+                unknown = allowed - set(HOSTCALLS)
+                if unknown:
+                    raise HarnessUsageError(f"allowed_hostcalls names unknown host functions: {sorted(unknown)}")
+                observer.allowed = allowed
+
+    def _ensure_observer(self) -> HostcallObserver:
+        if self._observer is None:
+            self._observer = HostcallObserver()
+            for vm in self._vms.values():
+                vm.host.observer = self._observer
+        return self._observer
+
+    def inject_fault(self, hostcall: str, status: int, *, times: int | None = 1) -> None:
+        """Make the next ``times`` calls (None = all) of ``hostcall`` return ``status`` without
+        running, e.g. ``inject_fault("proxy_set_shared_data", Status.CAS_MISMATCH)``."""
+        if hostcall not in HOSTCALLS:
+            close = [n for n in HOSTCALLS if hostcall.replace("proxy_", "") in n]
+            raise HarnessUsageError(f"no host function named {hostcall!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
+        if times is not None and times < 1:
+            raise HarnessUsageError("times must be at least 1 (or None for every call)")
+        self._ensure_observer().faults[hostcall] = Fault(int(status), times)
+
+    @property
+    def hostcall_trace(self) -> list[HostcallRecord]:
+        """Every hostcall so far (with ``Host(trace=True)``), arguments decoded."""
+        if self._observer is None or self._observer.trace is None:
+            raise HarnessUsageError("hostcall tracing is off: create the host with Host(trace=True)")
+        return list(self._observer.trace)
 
     def load_plugin(
         self,
@@ -135,6 +178,7 @@ class Host:
                 foreign_functions=dict(foreign_functions or {}),
             )
             abi.clusters = self.clusters
+            abi.observer = self._observer
             abi.on_http_callout = self._route_callout
             vm = Vm(abi, WasmInstance(compiled, abi))
             vm.start_vm()

@@ -16,6 +16,7 @@ is recorded in :attr:`AbiHost.host_errors` and answered ``INTERNAL_FAILURE``.
 from __future__ import annotations
 
 import functools
+import inspect
 import random
 import struct
 from dataclasses import dataclass, field
@@ -102,9 +103,9 @@ def hostcall(
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         failure = EFAULT if wasi else Status.INVALID_MEMORY_ACCESS
+        param_names = tuple(inspect.signature(fn).parameters)[1:]
 
-        @functools.wraps(fn)
-        def guarded(self: "AbiHost", *args: int) -> int | None:
+        def run(self: "AbiHost", args: tuple[int, ...]) -> int | None:
             try:
                 return fn(self, *args)
             except GuestMemoryError:
@@ -115,10 +116,99 @@ def hostcall(
                 self.host_errors.append(f"{name}: {type(exc).__name__}: {exc}")
                 return int(Status.INTERNAL_FAILURE) if results else None
 
+        @functools.wraps(fn)
+        def guarded(self: "AbiHost", *args: int) -> int | None:
+            if self.observer is None:
+                return run(self, args)
+            return self.observer.around(self, name, param_names, args, lambda: run(self, args))
+
         HOSTCALLS[name] = HostcallSpec(module, name, params, results, abis, fn.__name__, wasi)
         return guarded
 
     return decorate
+
+
+@dataclass
+class HostcallRecord:
+    """One hostcall as the guest made it (trace mode)."""
+
+    context_id: int
+    name: str
+    args: dict[str, Any]
+    result: int | None
+    injected: bool = False
+
+    def __str__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" if isinstance(v, bytes) else f"{k}={v}" for k, v in self.args.items())
+        result = "" if self.result is None else f" -> {_status_name(self.name, self.result)}"
+        return f"ctx={self.context_id} {self.name}({args}){result}{' [injected]' if self.injected else ''}"
+
+
+def _status_name(name: str, value: int) -> str:
+    spec = HOSTCALLS.get(name)
+    if spec is not None and not spec.wasi_errno:
+        try:
+            return Status(value).name
+        except ValueError:
+            return str(value)
+    return f"errno {value}"
+
+
+@dataclass
+class Fault:
+    status: int
+    times: int | None  # None = every call
+
+
+class HostcallObserver:
+    """Tracing, fault injection, strict mode and coverage counting, all off by default."""
+
+    def __init__(self) -> None:
+        self.trace: list[HostcallRecord] | None = None
+        self.faults: dict[str, Fault] = {}
+        self.allowed: frozenset[str] | None = None
+        self.violations: list[str] = []
+        self.coverage: dict[str, int] | None = None
+
+    def _decode(self, host: "AbiHost", names: tuple[str, ...], args: tuple[int, ...]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        i = 0
+        while i < len(args):
+            pname = names[i]
+            if pname.endswith("_ptr") and i + 1 < len(args) and names[i + 1].endswith(("_len", "_size")) and not pname.startswith("ret"):
+                base = pname[: -len("_ptr")]
+                try:
+                    data = host.read(args[i], min(args[i + 1], 256))
+                    out[base] = data + (b"..." if args[i + 1] > 256 else b"")
+                except GuestMemoryError:
+                    out[base] = f"<bad memory {args[i]:#x}+{args[i + 1]}>"
+                i += 2
+                continue
+            out[pname] = args[i]
+            i += 1
+        return out
+
+    def around(self, host: "AbiHost", name: str, names: tuple[str, ...], args: tuple[int, ...],
+               call: Callable[[], int | None]) -> int | None:
+        if self.coverage is not None:
+            self.coverage[name] = self.coverage.get(name, 0) + 1
+        if self.allowed is not None and name not in self.allowed:
+            self.violations.append(f"unexpected hostcall {name} from context {host.active.id}")
+        decoded = self._decode(host, names, args) if self.trace is not None else {}
+        fault = self.faults.get(name)
+        if fault is not None:
+            if fault.times is not None:
+                fault.times -= 1
+                if fault.times <= 0:
+                    del self.faults[name]
+            result: int | None = fault.status
+            injected = True
+        else:
+            result = call()
+            injected = False
+        if self.trace is not None:
+            self.trace.append(HostcallRecord(host.active.id, name, decoded, None if result is None else int(result), injected))
+        return result
 
 
 @dataclass
@@ -202,6 +292,8 @@ class AbiHost:
         self.log_level = log_level
         self.foreign_functions = dict(foreign_functions or {})
         self.guest: Guest | None = None
+        #: tracing / fault injection / strict mode; None keeps the hot path untouched
+        self.observer: HostcallObserver | None = None
         self.logs: list[LogEntry] = []
         self.host_errors: list[str] = []
         self.metrics: dict[int, Metric] = {}

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from .context import Context, PluginConfig, RootContext
-from .errors import FilterFailed, FilterTrap, HarnessUsageError
+from .errors import FilterFailed, FilterTrap, HarnessUsageError, UnexpectedHostcall
 from .callouts import GrpcCall, HttpCallout
 from .headers import HeaderMap
 from .hostcalls import AbiHost, LogEntry
@@ -89,6 +89,12 @@ class Vm:
         finally:
             self._depth -= 1
             host.current, host.effective = saved_current, saved_effective
+        observer = host.observer
+        if observer is not None and observer.violations and self._depth == 0:
+            found, observer.violations = observer.violations, []
+            raise UnexpectedHostcall(
+                f"{name} (context {context.id}) made hostcalls the test did not allow: " + "; ".join(found)
+            )
         return default if result is None else result & 0xFFFFFFFF
 
     def flush(self) -> None:
