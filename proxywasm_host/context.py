@@ -25,6 +25,9 @@ class PluginConfig:
     name: str = ""
     #: user-supplied properties: path (tuple of segments) -> value
     properties: Mapping[tuple[str, ...], Any] = field(default_factory=dict)
+    #: what Envoy does after the VM failed: "fail_closed" (503), "fail_open" (skip the filter)
+    #: or "fail_reload" (a fresh VM for the next stream)
+    failure_policy: str = "fail_closed"
 
 
 class Context:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from .context import Context, RootContext
-from .errors import HarnessUsageError
+from .errors import FilterTrap, HarnessUsageError
 from .headers import HeaderMap
 from .properties import Int, Timestamp, UInt
 from .types import AbiVersion, BufferType, MapType, Status, StreamType
@@ -253,6 +253,29 @@ class HttpContext(Context):
             self.callbacks.append(CallbackRecord(name, (self.id, *args), result))
         return result
 
+    @property
+    def _fail_open(self) -> bool:
+        return self.root.plugin.failure_policy == "fail_open"
+
+    def _invoke(self, name: str, *args: int) -> int | None:
+        """A stream callback with Envoy's failure handling: after a trap (now or earlier) the
+        stream is failed closed (503) or, with ``fail_open``, the filter is skipped (Continue)."""
+        if self.vm.failed is not None:
+            if self._fail_open:
+                return 0
+            self._fail_closed()
+            return None
+        try:
+            return self._call(name, *args)
+        except FilterTrap:
+            self.host.deferred.clear()
+            self._pending_local = None
+            if not self._fail_open:
+                self._fail_closed()
+            if self.vm.raise_on_trap:
+                raise
+            return 0 if self._fail_open else None
+
     def _ensure_created(self) -> None:
         if not self.created:
             self.created = True
@@ -282,18 +305,15 @@ class HttpContext(Context):
         d.headers_received = True
         d.headers = HeaderMap(pairs)
         d.end_received = end_of_stream
-        if self.vm.failed is not None:
-            return self._fail_closed()
-        self._ensure_created()
+        if self.vm.failed is None:
+            self._ensure_created()
         name = "proxy_on_request_headers" if d is self.request else "proxy_on_response_headers"
         args: tuple[int, ...] = (len(d.headers),)
         if self.vm.abi_version != AbiVersion.V0_1_0:
             args += (int(end_of_stream),)
-        try:
-            result = self._call(name, *args)
-        except BaseException:
-            self._after_trap()
-            raise
+        result = self._invoke(name, *args)
+        if result is None:
+            return None
         if self._pending_local is None and not self._reset_requested:
             if result in (0, 2):  # Continue, ContinueAndEndStream (Envoy treats 2 as Continue)
                 self._forward_headers(d)
@@ -318,19 +338,16 @@ class HttpContext(Context):
         return self._deliver_body(d)
 
     def _deliver_body(self, d: Direction) -> int | None:
-        if self.vm.failed is not None:
-            return self._fail_closed()
         end = d.end_received and d.queued_trailers is None and d.trailers is None
         name = "proxy_on_request_body" if d is self.request else "proxy_on_response_body"
         d.body_writable = True
         d.trailers_creatable = end
         try:
-            result = self._call(name, len(d.buffer), int(end))
-        except BaseException:
-            self._after_trap()
-            raise
+            result = self._invoke(name, len(d.buffer), int(end))
         finally:
             d.trailers_creatable = False
+        if result is None:
+            return None
         if self._pending_local is None and not self._reset_requested:
             if result == 0:
                 self._forward_body(d)
@@ -361,15 +378,11 @@ class HttpContext(Context):
         return self._deliver_trailers(d)
 
     def _deliver_trailers(self, d: Direction) -> int | None:
-        if self.vm.failed is not None:
-            return self._fail_closed()
         assert d.trailers is not None
         name = "proxy_on_request_trailers" if d is self.request else "proxy_on_response_trailers"
-        try:
-            result = self._call(name, len(d.trailers))
-        except BaseException:
-            self._after_trap()
-            raise
+        result = self._invoke(name, len(d.trailers))
+        if result is None:
+            return None
         if self._pending_local is None and not self._reset_requested:
             if result == 0:
                 self._forward_body(d)
@@ -512,18 +525,17 @@ class HttpContext(Context):
             self._local_in_flight = False
 
     def _fail_closed(self) -> None:
-        """Envoy with a failed VM and fail_open=false: 503 local reply, details wasm_fail_stream."""
+        """Envoy with a failed VM and fail-closed policy: 503 local reply, empty body,
+        gRPC status UNAVAILABLE, details wasm_fail_stream; no more callbacks."""
+        if self.completed:
+            return
         self.local_response = LocalResponse(503, b"", [], "wasm_fail_stream", 14)
         resp = self.response
         resp.forwarded_headers = HeaderMap([(":status", "503")])
         resp.forwarded_body = bytearray()
+        self.request.stopped = self.response.stopped = None
         self.completed = True
-        return None
-
-    def _after_trap(self) -> None:
-        self.host.deferred.clear()
-        self._pending_local = None
-        self._fail_closed()
+        self.host.forget(self)
 
     # ------------------------------------------------------------------------------------
     # end of stream

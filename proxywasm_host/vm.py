@@ -60,6 +60,8 @@ class Vm:
         host.deliver_http = self._deliver_http  # type: ignore[method-assign]
         host.deliver_grpc = self._deliver_grpc  # type: ignore[method-assign]
         self._depth = 0
+        #: raise FilterTrap to the test (True) or only apply the failure policy (False)
+        self.raise_on_trap = True
 
     @property
     def abi_version(self) -> AbiVersion:
