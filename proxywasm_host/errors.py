@@ -33,8 +33,19 @@ class FilterTrap(ProxyWasmError):
         text = f"filter trapped in {callback} (context {context_id})"
         if panic_message:
             text += f": {panic_message}"
-        text += f"\n  wasm trap: {trap_message.strip().splitlines()[0] if trap_message.strip() else '?'}"
+        text += f"\n  {trap_summary(trap_message)}"
         super().__init__(text)
+
+
+def trap_summary(message: str) -> str:
+    """The one line of a wasmtime trap report that says what happened."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    if lines and lines[0].startswith("deadline exceeded"):
+        return lines[0].split(" (")[0]
+    for line in reversed(lines):
+        if line.startswith("wasm trap:"):
+            return line
+    return "wasm trap: " + (lines[0] if lines else "?")
 
 
 class FilterFailed(ProxyWasmError):

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
 from .callouts import GrpcCall, HttpCallout
 from .context import PluginConfig, RootContext
-from .errors import HarnessUsageError
+from .errors import FilterTrap, HarnessUsageError
 from .headers import HeaderMap
 from .hostcalls import HOSTCALLS, AbiHost, Clock, Fault, HostcallObserver, HostcallRecord, LogEntry, SharedState
 from .runtime import CompiledModule, WasmInstance
@@ -85,6 +85,9 @@ class Host:
         trace: bool = False,
         allowed_hostcalls: Iterable[str] | None = None,
         coverage: dict[str, int] | None = None,
+        callback_deadline_s: float = 10.0,
+        memory_limit_bytes: int = 1 << 30,
+        raise_on_trap: bool = True,
     ) -> None:
         """``clusters``: upstream names ``proxy_http_call``/``proxy_grpc_*`` may target. ``None``
         (default) accepts any name; otherwise unknown names get Envoy's status. A mapping may
@@ -94,7 +97,16 @@ class Host:
         ``trace`` records every hostcall (see :attr:`hostcall_trace`); ``allowed_hostcalls``
         turns on strict mode (any other hostcall fails the callback with
         :class:`~proxywasm_host.errors.UnexpectedHostcall`); ``coverage`` is a dict this host
-        adds hostcall counts to."""
+        adds hostcall counts to.
+
+        ``callback_deadline_s`` stops a guest callback that runs longer (a trap, reported as
+        ``FilterTrap``); ``memory_limit_bytes`` caps each VM's linear memory (Envoy: 1 GiB).
+        With ``raise_on_trap=False`` a trap is not raised to the test; the plugin's failure
+        policy (fail_closed / fail_open / fail_reload) decides what its streams get, and the
+        traps are listed in :attr:`Plugin.traps`."""
+        self.callback_deadline_s = callback_deadline_s
+        self.memory_limit_bytes = memory_limit_bytes
+        self.raise_on_trap = raise_on_trap
         self.clock = Clock() if start_time_ns is None else Clock(wall_ns=start_time_ns)
         if clusters is None or isinstance(clusters, Mapping):
             self.clusters = None if clusters is None else dict(clusters)
@@ -153,14 +165,21 @@ class Host:
         properties: Mapping[str | Sequence[str], Any] | None = None,
         environment: Mapping[str, str] | None = None,
         foreign_functions: Mapping[str, Callable[[bytes], bytes | None]] | None = None,
+        failure_policy: str = "fail_closed",
     ) -> "Plugin":
         """Start a plugin like Envoy does: reuse or start its VM, then create and configure its root.
 
         Plugins with the same module, ``vm_id`` and VM configuration share one VM (and its
         context id space), as in Envoy.  Raises :class:`~proxywasm_host.errors.ModuleLoadError`
         when the module cannot run, :class:`~proxywasm_host.errors.FilterFailed` when
-        ``on_vm_start``/``on_configure`` returns false.
+        ``on_vm_start``/``on_configure`` returns false.  ``failure_policy`` is Envoy's
+        (``fail_closed``: 503 after a trap, ``fail_open``: skip the filter, ``fail_reload``:
+        start a fresh VM for the next stream).
         """
+        if failure_policy not in ("fail_closed", "fail_open", "fail_reload"):
+            raise HarnessUsageError(
+                f"failure_policy must be 'fail_closed', 'fail_open' or 'fail_reload', not {failure_policy!r}"
+            )
         compiled = wasm if isinstance(wasm, CompiledModule) else CompiledModule.load(wasm)
         vm_config = _bytes(vm_configuration)
         key = (compiled.sha256, vm_id, vm_config)
@@ -180,7 +199,9 @@ class Host:
             abi.clusters = self.clusters
             abi.observer = self._observer
             abi.on_http_callout = self._route_callout
-            vm = Vm(abi, WasmInstance(compiled, abi))
+            vm = Vm(abi, WasmInstance(compiled, abi, deadline_s=self.callback_deadline_s,
+                                      memory_limit=self.memory_limit_bytes))
+            vm.raise_on_trap = self.raise_on_trap
             vm.start_vm()
             self._vms[key] = vm
         elif foreign_functions:
@@ -192,11 +213,28 @@ class Host:
             vm_id=vm_id,
             name=name,
             properties={_property_key(k): v for k, v in (properties or {}).items()},
+            failure_policy=failure_policy,
         )
         root = vm.start_plugin(config)
         plugin = Plugin(self, vm, root, compiled)
+        plugin._load_args = (compiled, dict(environment or {}), dict(foreign_functions or {}))
         self.plugins.append(plugin)
         return plugin
+
+    def _reload(self, plugin: "Plugin") -> None:
+        """FAIL_RELOAD: a fresh VM and root context for a plugin whose VM failed."""
+        compiled, environment, foreign = plugin._load_args
+        cfg = plugin.root.plugin
+        self._vms.pop((compiled.sha256, cfg.vm_id, cfg.vm_configuration), None)
+        fresh = self.load_plugin(
+            compiled, root_id=cfg.root_id, configuration=cfg.configuration, vm_configuration=cfg.vm_configuration,
+            vm_id=cfg.vm_id, name=cfg.name, properties=cfg.properties, environment=environment,
+            foreign_functions=foreign, failure_policy=cfg.failure_policy,
+        )
+        self.plugins.remove(fresh)
+        plugin._old_traps.append(plugin.vm.failed)  # type: ignore[arg-type]
+        plugin.vm, plugin.root = fresh.vm, fresh.root
+        plugin.reloads += 1
 
     @property
     def logs(self) -> list[LogEntry]:
@@ -256,8 +294,10 @@ class Plugin:
         self.vm = vm
         self.root = root
         self.module = module
-        root.host_vm = vm  # type: ignore[attr-defined]
         self.streams: list[HttpStream] = []
+        self._old_traps: list[FilterTrap] = []
+        self.reloads = 0
+        self._load_args: tuple[CompiledModule, dict[str, str], dict[str, Any]] = (module, {}, {})
 
     @property
     def abi_version(self) -> str:
@@ -275,6 +315,8 @@ class Plugin:
         """Open a new HTTP stream; its context is created when the request headers arrive."""
         if self.root.deleted:
             raise HarnessUsageError("this plugin was shut down; load it again to open new streams")
+        if self.vm.failed is not None and self.root.plugin.failure_policy == "fail_reload":
+            self.host._reload(self)
         ctx = HttpContext(self.vm, self.root, attributes={_property_key(k): v for k, v in (attributes or {}).items()})
         stream = HttpStream(self, ctx)
         self.streams.append(stream)
@@ -300,6 +342,11 @@ class Plugin:
     @property
     def tick_period_ms(self) -> int:
         return self.root.tick_period_ms
+
+    @property
+    def traps(self) -> list[FilterTrap]:
+        """Traps that failed this plugin's VM (one per VM, reloaded VMs included)."""
+        return self._old_traps + ([self.vm.failed] if self.vm.failed is not None else [])
 
     @property
     def http_callouts(self) -> list[HttpCallout]:

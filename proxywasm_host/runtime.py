@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -32,11 +33,26 @@ _engine: wasmtime.Engine | None = None
 _module_cache: dict[str, "CompiledModule"] = {}
 
 
+#: the engine's epoch advances every EPOCH_TICK_S; a callback may run DEFAULT_DEADLINE_S
+EPOCH_TICK_S = 0.01
+DEFAULT_DEADLINE_S = 10.0
+
+
+def _epoch_ticker(eng: wasmtime.Engine) -> None:
+    while True:
+        time.sleep(EPOCH_TICK_S)
+        eng.increment_epoch()
+
+
 def engine() -> wasmtime.Engine:
+    """The process-wide engine, with epoch interruption so a looping guest can be stopped."""
     global _engine
     with _engine_lock:
         if _engine is None:
-            _engine = wasmtime.Engine(wasmtime.Config())
+            config = wasmtime.Config()
+            config.epoch_interruption = True
+            _engine = wasmtime.Engine(config)
+            threading.Thread(target=_epoch_ticker, args=(_engine,), name="proxywasm-epoch", daemon=True).start()
         return _engine
 
 
@@ -204,11 +220,21 @@ _VALTYPES = {"i32": wasmtime.ValType.i32(), "i64": wasmtime.ValType.i64()}
 class WasmInstance:
     """One instantiated module bound to one AbiHost."""
 
-    def __init__(self, compiled: CompiledModule, host: AbiHost) -> None:
+    def __init__(
+        self,
+        compiled: CompiledModule,
+        host: AbiHost,
+        *,
+        deadline_s: float = DEFAULT_DEADLINE_S,
+        memory_limit: int = MAX_MEMORY_BYTES,
+    ) -> None:
         self.compiled = compiled
         self.host = host
+        self.deadline_s = deadline_s
+        self._deadline_ticks = max(1, int(deadline_s / EPOCH_TICK_S))
         self.store = wasmtime.Store(engine())
-        self.store.set_limits(memory_size=MAX_MEMORY_BYTES)
+        self.store.set_limits(memory_size=memory_limit)
+        self.store.set_epoch_deadline(self._deadline_ticks)
         linker = wasmtime.Linker(engine())
         needed = {(i.module, i.name) for i in compiled.imports}
         for module, spec in imports_for(compiled.abi_version):
@@ -244,6 +270,7 @@ class WasmInstance:
         return self._view
 
     def allocate(self, size: int) -> int:
+        self.store.set_epoch_deadline(self._deadline_ticks)
         try:
             ptr = self._allocator(self.store, size)
         except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
@@ -256,14 +283,16 @@ class WasmInstance:
 
     def call(self, name: str, *args: int) -> int | None:
         func = self._funcs[name]
+        self.store.set_epoch_deadline(self._deadline_ticks)
         try:
             return func(self.store, *args)  # type: ignore[no-any-return]
         except GuestTrapped as exc:
             raise WasmTrap(f"trap in the guest allocator: {exc.original}") from None
-        except wasmtime.Trap as exc:
-            raise WasmTrap(str(exc)) from None
-        except wasmtime.WasmtimeError as exc:
-            raise WasmTrap(str(exc)) from None
+        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+            text = str(exc)
+            if "interrupt" in text:
+                text = f"deadline exceeded: the callback ran longer than {self.deadline_s:g} s ({text.strip()})"
+            raise WasmTrap(text) from None
 
 
 def inspect_module(source: str | Path) -> dict[str, Any]:
