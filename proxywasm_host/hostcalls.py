@@ -943,13 +943,12 @@ class AbiHost:
 
     # -- WASI preview1 (ABI_FACTS §8) -----------------------------------------------------
     def _iovecs(self, iovs: int, iovs_len: int) -> bytes:
+        mem = self._mem()
+        if iovs + 8 * iovs_len > len(mem):
+            raise GuestMemoryError  # checked up front: a huge count must not loop for ages
         chunks = []
         for i in range(iovs_len):
-            mem = self._mem()
-            base = iovs + 8 * i
-            if base + 8 > len(mem):
-                raise GuestMemoryError
-            ptr, size = struct.unpack_from("<II", mem, base)
+            ptr, size = struct.unpack_from("<II", mem, iovs + 8 * i)
             chunks.append(self.read(ptr, size))
         return b"".join(chunks)
 

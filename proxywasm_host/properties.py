@@ -101,11 +101,10 @@ def lookup(host: "AbiHost", ctx: "Context", raw_path: bytes) -> tuple[Status, by
         if head in tokens and len(segments) == 1:
             found, value = True, tokens[head]
         elif plugin is not None:
-            user = plugin.properties
-            for length in range(len(segments), 0, -1):
-                key = tuple(segments[:length])
-                if key in user:
-                    found, value = _navigate(user[key], segments[length:])
+            # longest user-supplied path that prefixes the request (few keys: cheap for any path)
+            for key in sorted(plugin.properties, key=len, reverse=True):
+                if len(key) <= len(segments) and tuple(segments[: len(key)]) == key:
+                    found, value = _navigate(plugin.properties[key], segments[len(key) :])
                     break
     if not found and len(segments) >= 1:
         state = ctx.filter_state(b"wasm." + raw_path.rstrip(b"\0"))
