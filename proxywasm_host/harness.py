@@ -390,6 +390,14 @@ class Plugin:
         known = sorted(n for _, n in self.vm.host.metrics_by_name)
         raise KeyError(f"no counter or gauge named {name!r}; defined: {known}")
 
+    def histogram(self, name: str) -> list[int]:
+        """Samples recorded into a histogram the filter defined."""
+        metric_id = self.vm.host.metrics_by_name.get((MetricType.HISTOGRAM, name))
+        if metric_id is None:
+            known = sorted(n for t, n in self.vm.host.metrics_by_name if t == MetricType.HISTOGRAM)
+            raise KeyError(f"no histogram named {name!r}; defined: {known}")
+        return list(self.vm.host.metrics[metric_id].samples)
+
     @property
     def host_errors(self) -> list[str]:
         return list(self.vm.host.host_errors)
