@@ -31,7 +31,7 @@ class HttpCallout:
     root_context_id: int
     context_id: int  # the context that dispatched it (the SDK routes the answer there)
     dispatched_at_ns: int
-    state: str = "pending"  # answered | failed | timed_out
+    state: str = "pending"  # answered | failed | timed_out | cancelled (its root was deleted)
     _deliver: Callable[..., None] | None = field(default=None, repr=False)
 
     @property

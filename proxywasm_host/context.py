@@ -76,6 +76,10 @@ class Context:
             if root is not None and root.http_call_body is not None:
                 return Status.OK, root.http_call_body
             return Status.NOT_FOUND, None
+        if buffer_type == BufferType.FOREIGN_FUNCTION_ARGUMENTS:
+            if host.call_data is not None:
+                return Status.OK, host.call_data
+            return Status.NOT_FOUND, None
         if buffer_type == BufferType.GRPC_CALL_MESSAGE:
             root = self.root
             if root is not None and root.grpc_message is not None:

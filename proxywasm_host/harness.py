@@ -82,6 +82,7 @@ class Host:
         log_level: LogLevel = LogLevel.TRACE,
         random_seed: int = 0,
         clusters: Mapping[str, str | None] | Iterable[str] | None = None,
+        dns: Mapping[str, Sequence[str | tuple[str, int]]] | None = None,
         trace: bool = False,
         allowed_hostcalls: Iterable[str] | None = None,
         coverage: dict[str, int] | None = None,
@@ -104,6 +105,10 @@ class Host:
         With ``raise_on_trap=False`` a trap is not raised to the test; the plugin's failure
         policy (fail_closed / fail_open / fail_reload) decides what its streams get, and the
         traps are listed in :attr:`Plugin.traps`."""
+        self.dns = {
+            name: [(a, 60) if isinstance(a, str) else (a[0], int(a[1])) for a in answers]
+            for name, answers in (dns or {}).items()
+        }
         self.callback_deadline_s = callback_deadline_s
         self.memory_limit_bytes = memory_limit_bytes
         self.raise_on_trap = raise_on_trap
@@ -197,6 +202,7 @@ class Host:
                 foreign_functions=dict(foreign_functions or {}),
             )
             abi.clusters = self.clusters
+            abi.dns = self.dns
             abi.observer = self._observer
             abi.on_http_callout = self._route_callout
             vm = Vm(abi, WasmInstance(compiled, abi, deadline_s=self.callback_deadline_s,

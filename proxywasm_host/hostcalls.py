@@ -318,6 +318,11 @@ class AbiHost:
         self._next_grpc_call = 5
         self._next_grpc_stream = 6
         self.on_http_callout: Callable[[HttpCallout], None] | None = None
+        #: name -> [(address, ttl seconds)] for envoy_resolve_dns; unknown names fail (size 0)
+        self.dns: dict[str, list[tuple[str, int]]] = {}
+        self._next_dns_token = 2
+        #: CallData (buffer type 8) exposed only during envoy_on_resolve_dns
+        self.call_data: bytes | None = None
         #: every HTTP/gRPC callout ever dispatched in this VM, in order
         self.callout_history: list[HttpCallout | GrpcCall] = []
 
@@ -930,8 +935,21 @@ class AbiHost:
     # -- Envoy / emscripten extras ---------------------------------------------------------
     @hostcall("envoy_resolve_dns", "uuu")
     def envoy_resolve_dns(self, addr_ptr: int, addr_len: int, ret_token_ptr: int) -> int:
-        self.read(addr_ptr, addr_len)
-        return Status.BAD_ARGUMENT  # no DNS resolver in this host: Envoy fails the same way without one
+        """Envoy's DNS extension: answered after the guest call returns, from the test's
+        ``dns`` table, with envoy_on_resolve_dns(root, token, size) (ABI_FACTS §4.8, §6.4)."""
+        name = self.read(addr_ptr, addr_len).decode("utf-8", "surrogateescape")
+        root = self.active.root
+        if root is None:
+            return Status.BAD_ARGUMENT
+        token = self._next_dns_token
+        self._next_dns_token = token + 1 if token + 1 <= MASK32 else 1
+        self.write_u32(ret_token_ptr, token)
+        answers = self.dns.get(name, [])
+        self.deferred.append(lambda: self.deliver_dns(root, token, answers))
+        return Status.OK
+
+    def deliver_dns(self, root: RootContext, token: int, answers: list[tuple[str, int]]) -> None:
+        """Replaced by the Vm: run envoy_on_resolve_dns."""
 
     @hostcall("pthread_equal", "uu")
     def pthread_equal(self, a: int, b: int) -> int:

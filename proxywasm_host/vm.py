@@ -7,6 +7,7 @@ runtime layer implements; nothing here imports wasmtime.
 
 from __future__ import annotations
 
+import struct
 from typing import Protocol
 
 from .context import Context, PluginConfig, RootContext
@@ -59,6 +60,7 @@ class Vm:
         host.on_root_done = self._deliver_root_delete  # type: ignore[method-assign]
         host.deliver_http = self._deliver_http  # type: ignore[method-assign]
         host.deliver_grpc = self._deliver_grpc  # type: ignore[method-assign]
+        host.deliver_dns = self._deliver_dns  # type: ignore[method-assign]
         self._depth = 0
         #: raise FilterTrap to the test (True) or only apply the failure policy (False)
         self.raise_on_trap = True
@@ -168,6 +170,28 @@ class Vm:
         if self.failed is None:
             self.call(root, "proxy_on_delete", root.id)
         self.host.forget(root)
+        # Envoy cancels what the root owned: its callouts and gRPC calls/streams.
+        for token, callout in list(self.host.http_callouts.items()):
+            if callout.root_context_id == root.id:
+                callout.state = "cancelled"
+                del self.host.http_callouts[token]
+        for token, call in list(self.host.grpc_calls.items()):
+            if call.root_context_id == root.id:
+                call.state = "cancelled"
+                del self.host.grpc_calls[token]
+
+    def _deliver_dns(self, root: RootContext, token: int, answers: list[tuple[str, int]]) -> None:
+        if root.deleted or self.failed is not None:
+            return
+        data = b""
+        if answers:
+            data = struct.pack(f"<I{len(answers)}I", len(answers), *[ttl for _, ttl in answers])
+            data += b"".join(addr.encode() + b"\0" for addr, _ in answers)
+        self.host.call_data = data
+        try:
+            self.call(root, "envoy_on_resolve_dns", root.id, token, len(data))
+        finally:
+            self.host.call_data = None
 
     # -- callouts ---------------------------------------------------------------------------
     def _root(self, root_id: int) -> RootContext:

@@ -321,3 +321,40 @@ def test_environment_variables() -> None:
     assert probe.call("environ_get", RET, SCRATCH) == 0
     assert bytes(probe.mem[SCRATCH : SCRATCH + 11]) == b"A=1\0BB=two\0"
     assert u32(probe.mem, RET + 4) == SCRATCH + 4
+
+
+DNS_GUEST = """
+(module
+  (import "env" "envoy_resolve_dns" (func $resolve (param i32 i32 i32) (result i32)))
+  (import "env" "proxy_get_buffer_bytes" (func $get (param i32 i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (global $heap (mut i32) (i32.const 4096))
+  (data (i32.const 0) "example.test")
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "malloc") (param $n i32) (result i32) (local $p i32)
+    (local.set $p (global.get $heap)) (global.set $heap (i32.add (global.get $heap) (local.get $n))) (local.get $p))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32)
+    (drop (call $resolve (i32.const 0) (i32.const 12) (i32.const 100)))
+    (i32.const 1))
+  ;; log the raw CallData bytes the host provides
+  (func (export "envoy_on_resolve_dns") (param $root i32) (param $token i32) (param $size i32)
+    (drop (call $get (i32.const 8) (i32.const 0) (local.get $size) (i32.const 200) (i32.const 204)))
+    (drop (call $log (i32.const 2) (i32.load (i32.const 200)) (i32.load (i32.const 204))))))
+"""
+
+
+@pytest.mark.parametrize(("answers", "expected"), [
+    (["10.0.0.1", ("10.0.0.2", 30)], struct.pack("<III", 2, 60, 30) + b"10.0.0.1\0" + b"10.0.0.2\0"),
+    ([], b""),  # unknown name: Envoy reports a failure with size 0
+])
+def test_envoy_resolve_dns(tmp_path, answers, expected) -> None:  # type: ignore[no-untyped-def]
+    wat = tmp_path / "dns.wat"
+    wat.write_text(DNS_GUEST)
+    plugin = Host(dns={"example.test": answers}).load_plugin(wat)
+    mem = plugin.vm.runtime.memory()  # type: ignore[attr-defined]
+    assert u32(mem, 100) == 2  # first DNS token
+    assert len(plugin.logs) == 1  # envoy_on_resolve_dns ran once, after on_vm_start returned
+    ptr, size = u32(mem, 200), u32(mem, 204)
+    assert bytes(mem[ptr : ptr + size]) == expected
