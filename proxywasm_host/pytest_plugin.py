@@ -27,6 +27,7 @@ from .headers import HeaderMap
 from .runtime import CompiledModule
 
 _HOSTS = pytest.StashKey[list[Host]]()
+_COVERAGE = pytest.StashKey[dict[str, int]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -45,10 +46,26 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="show the filter's log lines for passing tests too",
     )
+    group.addoption(
+        "--proxywasm-trace",
+        dest="proxywasm_trace",
+        action="store_true",
+        default=False,
+        help="record every hostcall (decoded) and show the trace when a test fails",
+    )
+    group.addoption(
+        "--proxywasm-coverage",
+        dest="proxywasm_coverage",
+        action="store_true",
+        default=False,
+        help="report which host functions the test session exercised",
+    )
     parser.addini("proxywasm_module", "default .wasm filter for the proxywasm_plugin fixture", default="")
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("proxywasm_coverage", False):
+        config.stash[_COVERAGE] = {}
     config.addinivalue_line(
         "markers",
         "proxywasm(wasm=None, root_id='', configuration='', vm_configuration='', vm_id='', name='', "
@@ -81,7 +98,11 @@ def proxywasm_module(pytestconfig: pytest.Config) -> CompiledModule:
 @pytest.fixture
 def proxywasm_host(request: pytest.FixtureRequest) -> Iterator[Host]:
     """A fresh host: its own VMs, shared data, metrics and virtual clock."""
-    host = Host()
+    config = request.config
+    host = Host(
+        trace=config.getoption("proxywasm_trace", False),
+        coverage=config.stash.get(_COVERAGE, None),
+    )
     request.node.stash.setdefault(_HOSTS, []).append(host)
     yield host
 
@@ -122,6 +143,26 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                 lines.append(f"[host-bug] {err}")
     if lines:
         report.sections.append(("proxy-wasm filter logs", "\n".join(dict.fromkeys(lines))))
+    traces = [str(r) for host in item.stash.get(_HOSTS, []) if host._observer and host._observer.trace for r in host._observer.trace]
+    if traces:
+        report.sections.append(("proxy-wasm hostcall trace", "\n".join(traces)))
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    counts = config.stash.get(_COVERAGE, None)
+    if counts is None:
+        return
+    from .hostcalls import HOSTCALLS
+
+    tr = terminalreporter
+    tr.section("proxy-wasm hostcall coverage")
+    env = sorted(n for n, s in HOSTCALLS.items() if not s.wasi_errno)
+    wasi = sorted(n for n, s in HOSTCALLS.items() if s.wasi_errno)
+    for title, names in (("env", env), ("wasi", wasi)):
+        used = [n for n in names if counts.get(n)]
+        tr.write_line(f"{title}: {len(used)}/{len(names)} host functions called")
+        for name in names:
+            tr.write_line(f"  {counts.get(name, 0):>8}  {name}")
 
 
 def _as_pairs(value: Any) -> list[tuple[str, str]] | None:

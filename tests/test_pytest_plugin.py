@@ -97,3 +97,25 @@ def test_two(proxywasm_plugin):
     )
     result = pytester.runpytest_subprocess("--proxywasm-module", tutorial)
     result.assert_outcomes(passed=2)
+
+
+def test_trace_and_coverage_options(pytester: pytest.Pytester, tutorial: str) -> None:
+    pytester.makepyfile(
+        test_traced='''
+def test_fails(proxywasm_plugin):
+    stream = proxywasm_plugin.http_stream()
+    stream.send_request_headers({":authority": "h"}, end_of_stream=True)
+    assert stream.request_headers["x-hello"] == "something else"
+'''
+    )
+    result = pytester.runpytest_subprocess("--proxywasm-module", tutorial, "--proxywasm-trace", "--proxywasm-coverage")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*proxy-wasm hostcall trace*",
+            "*ctx=2 proxy_add_header_map_value(map_type=0, key=b'x-hello', val=b'Hello world from h') -> OK*",
+            "*proxy-wasm hostcall coverage*",
+            "env: * host functions called",
+            "*1  proxy_add_header_map_value",
+        ]
+    )
