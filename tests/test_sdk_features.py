@@ -226,3 +226,25 @@ def test_memory_hog_hits_the_cap(target: str) -> None:
     assert info.value.callback == "proxy_on_request_headers"
     assert "hogged 192 MiB" in plugin.log_messages("info")
     assert len(plugin.vm.runtime.memory()) <= 256 << 20  # type: ignore[attr-defined]
+
+
+HELLO_FILTERS = {
+    "rust-0.2": (f"hello_world-{RUST_TARGETS[0]}", {}),
+    "rust-0.2-wasip1": (f"hello_world-{RUST_TARGETS[1]}", {}),
+    "rust-0.1": (f"hello_world_0_1-{RUST_TARGETS[0]}", {}),
+    "rust-0.1-wasip1": (f"hello_world_0_1-{RUST_TARGETS[1]}", {}),
+    "go": ("go_hello_world-wasip1", {}),
+    "assemblyscript": ("as_hello_world", {"root_id": "as_hello_world", "configuration": "{}"}),
+}
+
+
+@pytest.mark.parametrize("sdk", HELLO_FILTERS)
+def test_tutorial_filter_in_every_sdk(sdk: str) -> None:
+    from proxywasm_host import HttpRequest
+
+    plugin = load(HELLO_FILTERS[sdk])
+    result = plugin.exchange(HttpRequest(headers=tuple(GET.items())))
+    assert result.upstream_request is not None
+    assert result.upstream_request.headers == [*GET.items(), ("x-hello", "Hello world from example.com")]
+    assert result.downstream_response is not None and result.downstream_response.status == 200
+    assert result.abi_version == {"go": "0.2.0", "assemblyscript": "0.2.0"}.get(sdk, "0.1.0" if "0.1" in sdk else "0.2.1")
