@@ -38,7 +38,7 @@ import time
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
 from .scenario import (
     DownstreamResponse,
@@ -81,9 +81,11 @@ WASM_FILTER = "envoy.filters.http.wasm"
 class EnvoyError(RuntimeError):
     """Envoy could not be started, or an exchange through it failed."""
 
-    def __init__(self, message: str, log_tail: str = ""):
+    def __init__(self, message: str, log_tail: str = "", log: str = ""):
         super().__init__(message + (f"\n--- envoy log tail ---\n{log_tail}" if log_tail else ""))
+        self.message = message
         self.log_tail = log_tail
+        self.log = log or log_tail  # the whole log, when there is one (start-up failures)
 
 
 # --------------------------------------------------------------------------
@@ -256,6 +258,7 @@ def render_envoy_config(
     upstream_port: int,
     http2: bool,
     access_log: bool = True,
+    clusters: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """A static bootstrap running the scenario's plugin in front of one upstream.
 
@@ -269,6 +272,10 @@ def render_envoy_config(
     ``access_log`` (an addition; default on) writes one JSON line per stream
     to Envoy's stderr (:data:`ACCESS_LOG_FORMAT`): the runner uses it to know
     when a stream is over and to read ``%RESPONSE_CODE_DETAILS%``.
+
+    ``clusters`` (an addition) maps more cluster names to 127.0.0.1 ports:
+    targets for the module's ``proxy_http_call`` (e.g. ``{"auth_cluster":
+    8081}``).  They speak HTTP/1.1, Envoy's default for a cluster.
     """
     plugin = scenario.plugin if isinstance(scenario, Scenario) else scenario
     cluster: dict[str, Any] = {
@@ -336,7 +343,21 @@ def render_envoy_config(
                     ],
                 }
             ],
-            "clusters": [cluster],
+            "clusters": [cluster] + [_static_cluster(name, port) for name, port in (clusters or {}).items()],
+        },
+    }
+
+
+def _static_cluster(name: str, port: int) -> dict[str, Any]:
+    if name == "upstream":
+        raise ValueError("the cluster name 'upstream' is the route's own upstream; pick another name")
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "2s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket_address(port)}}]}],
         },
     }
 
@@ -530,7 +551,11 @@ class EnvoyProcess:
         deadline = started + self.startup_timeout
         while True:
             if self.proc is None or self.proc.poll() is not None:
-                raise EnvoyError(f"envoy exited during start-up (code {self.proc and self.proc.returncode})", self.log_tail())
+                raise EnvoyError(
+                    f"envoy exited during start-up (code {self.proc and self.proc.returncode})",
+                    self.log_tail(),
+                    log=self.read_log(),
+                )
             if time.monotonic() > deadline:
                 raise EnvoyError("envoy did not become ready in time", self.log_tail())
             if not self.admin_port and self.admin_path.exists():
@@ -678,7 +703,14 @@ def _recv(sock: socket.socket) -> bytes:
     return sock.recv(65536)
 
 
-def _h1_exchange(port: int, request: HttpRequest, timeout: float, chunk_gap: float) -> ClientResult:
+def _h1_exchange(
+    port: int,
+    request: HttpRequest,
+    timeout: float,
+    chunk_gap: float,
+    before_close: Callable[[], None] | None = None,
+    between_pieces: Callable[[int], None] | None = None,
+) -> ClientResult:
     import h11
 
     parts = _request_parts(request)
@@ -709,6 +741,8 @@ def _h1_exchange(port: int, request: HttpRequest, timeout: float, chunk_gap: flo
             for i, chunk in enumerate(chunks):
                 if i and chunk_gap:
                     time.sleep(chunk_gap)
+                if i and between_pieces is not None:
+                    between_pieces(i)
                 send(h11.Data(data=chunk))
             if request.trailers and chunk_gap and chunks:
                 time.sleep(chunk_gap)
@@ -746,6 +780,14 @@ def _h1_exchange(port: int, request: HttpRequest, timeout: float, chunk_gap: flo
                 if status == 0:
                     return ClientResult(None, sent, "1.1", error="connection closed without a response")
                 break
+        if before_close is not None:
+            # Keep the connection open (a keep-alive client) until the caller
+            # saw the stream end in Envoy: closing as soon as the response is
+            # complete (content-length reached, a 204) would reset the stream
+            # before Envoy delivered the upstream's last, empty DATA frame to
+            # the filter, so whether the filter sees its on_response_body(0,
+            # end_of_stream=1) would depend on timing.
+            before_close()
     return ClientResult(
         DownstreamResponse(status=status, headers=resp_headers, body=bytes(body), trailers=trailers),
         sent,
@@ -754,7 +796,13 @@ def _h1_exchange(port: int, request: HttpRequest, timeout: float, chunk_gap: flo
     )
 
 
-def _h2_exchange(port: int, request: HttpRequest, timeout: float, chunk_gap: float) -> ClientResult:
+def _h2_exchange(
+    port: int,
+    request: HttpRequest,
+    timeout: float,
+    chunk_gap: float,
+    between_pieces: Callable[[int], None] | None = None,
+) -> ClientResult:
     import h2.config
     import h2.connection
     import h2.events
@@ -824,6 +872,8 @@ def _h2_exchange(port: int, request: HttpRequest, timeout: float, chunk_gap: flo
             for i, chunk in enumerate(chunks):
                 if i and chunk_gap:
                     time.sleep(chunk_gap)
+                if i and between_pieces is not None:
+                    between_pieces(i)
                 view = memoryview(chunk)
                 while view and not done:
                     window = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
@@ -837,6 +887,8 @@ def _h2_exchange(port: int, request: HttpRequest, timeout: float, chunk_gap: flo
             if trailers and not done:
                 if chunk_gap and chunks:
                     time.sleep(chunk_gap)
+                if chunks and between_pieces is not None:
+                    between_pieces(len(chunks))
                 conn.send_headers(sid, trailers, end_stream=True)
                 flush()
             while not done:
@@ -858,6 +910,8 @@ def send_request(
     http2: bool = False,
     timeout: float = 5.0,
     chunk_gap: float | None = None,
+    before_close: Callable[[], None] | None = None,
+    between_pieces: Callable[[int], None] | None = None,
 ) -> ClientResult:
     """Send one request to 127.0.0.1:port with a real client, on a new connection.
 
@@ -874,12 +928,20 @@ def send_request(
     chunks (and before trailers) the client waits ``chunk_gap`` seconds (by
     default 20 ms when there is more than one piece), so that Envoy reads --
     and the filter sees -- each chunk separately.
+
+    ``before_close`` (HTTP/1.1 only) runs after the whole response was read
+    and before the connection is closed, the way a keep-alive client leaves
+    it open: the runner waits there for the stream's end in Envoy's log.
+    ``between_pieces(n)`` runs before each body piece after the first (and
+    before trailers that follow a body), ``n`` being the number of chunks
+    sent so far: the runner waits there until Envoy delivered them, so that a
+    loaded machine does not merge two chunks into one read (HTTP/1.1).
     """
     pieces = len([c for c in request.body_chunks if c]) + (1 if request.trailers else 0)
     gap = chunk_gap if chunk_gap is not None else (0.02 if pieces > 1 else 0.0)
     if http2:
-        return _h2_exchange(port, request, timeout, gap)
-    return _h1_exchange(port, request, timeout, gap)
+        return _h2_exchange(port, request, timeout, gap, between_pieces)
+    return _h1_exchange(port, request, timeout, gap, before_close, between_pieces)
 
 
 # --------------------------------------------------------------------------
@@ -922,6 +984,10 @@ def _local_reply_from(
     is the downstream headers minus those Envoy adds to a local reply (date,
     server, content-length, content-type: text/plain, and on HTTP/1.1
     ``connection: close`` when the request body was not read).
+
+    A stream failed because the VM failed (``%RESPONSE_CODE_DETAILS%`` is
+    ``wasm_fail_stream``) is Envoy's own local reply (``Context::failStream``:
+    503, gRPC status 14, no headers from the module); it is reported as such.
     """
     from .scenario import LocalReply
 
@@ -930,6 +996,11 @@ def _local_reply_from(
     details = str(access.get("response_code_details", ""))
     if details == "via_upstream":
         return None
+    if details == "wasm_fail_stream":
+        # The VM failed (a trap now or earlier) and the filter is fail-closed:
+        # Envoy's Context::failStream sends this local reply itself, 503 with
+        # gRPC status UNAVAILABLE (14), no body, no module headers.
+        return LocalReply(status=response.status, body=response.body, headers=[], details=details, grpc_status=14)
     call = None
     for i, line in enumerate(trace):
         if "env.proxy_send_local_response(" in line and "[vm->host]" in line:
@@ -968,6 +1039,9 @@ def _local_reply_from(
     return LocalReply(status=status, body=response.body, headers=headers, details=details, grpc_status=grpc_status)
 
 
+ClusterTarget = Union[int, UpstreamServer, HttpResponse, Callable[[ReceivedRequest], HttpResponse]]
+
+
 class EnvoyRunner:
     """One upstream server and one Envoy for one plugin, reused across exchanges.
 
@@ -985,8 +1059,22 @@ class EnvoyRunner:
         upstream_http2: bool = True,
         envoy: str | None = None,
         startup_timeout: float = 20.0,
+        clusters: Mapping[str, ClusterTarget] | None = None,
+        upstream_chunk_gap: float = 0.02,
     ):
+        """``clusters``: more clusters for the module's HTTP callouts, by name.
+        A value is a port (a server already listening on 127.0.0.1), an
+        :class:`UpstreamServer` (started by the caller), or what such a server
+        answers (an :class:`HttpResponse` or a callable taking the
+        :class:`ReceivedRequest`): the runner then starts the server itself
+        and keeps it in :attr:`cluster_servers`.  ``upstream_chunk_gap``: the
+        upstream waits this long between response body chunks, so the filter
+        sees each one separately (as the client does for request chunks)."""
         self.plugin = plugin
+        self.clusters: dict[str, ClusterTarget] = dict(clusters or {})
+        self.cluster_servers: dict[str, UpstreamServer] = {}
+        self._own_servers: list[UpstreamServer] = []
+        self.upstream_chunk_gap = upstream_chunk_gap
         self.upstream_http2 = upstream_http2
         self.envoy_binary = envoy
         self.startup_timeout = startup_timeout
@@ -1006,15 +1094,29 @@ class EnvoyRunner:
         self.stop()
 
     def start(self) -> None:
-        self.upstream = UpstreamServer(HttpResponse())
+        self.upstream = UpstreamServer(HttpResponse(), chunk_gap=self.upstream_chunk_gap)
         self.upstream.start()
         try:
+            ports: dict[str, int] = {}
+            for name, target in self.clusters.items():
+                if isinstance(target, int):
+                    ports[name] = target
+                    continue
+                if isinstance(target, UpstreamServer):
+                    server = target
+                else:
+                    server = UpstreamServer(target)
+                    server.start()
+                    self._own_servers.append(server)
+                self.cluster_servers[name] = server
+                ports[name] = server.port
             config = render_envoy_config(
                 self.plugin,
                 listener_port=0,
                 admin_port=0,
                 upstream_port=self.upstream.port,
                 http2=self.upstream_http2,
+                clusters=ports,
             )
             self.envoy = EnvoyProcess(config, envoy=self.envoy_binary, startup_timeout=self.startup_timeout)
             self.envoy.start()
@@ -1036,6 +1138,10 @@ class EnvoyRunner:
         if self.upstream is not None:
             self.upstream.stop()
             self.upstream = None
+        for server in self._own_servers:
+            server.stop()
+        self._own_servers = []
+        self.cluster_servers = {}
 
     def _worker(self, line: EnvoyLogLine) -> bool:
         if line.logger != "wasm":
@@ -1064,10 +1170,27 @@ class EnvoyRunner:
         self.upstream.clear()
         self.upstream.response = response
         offset = self.envoy.log_size()
-        client = send_request(self.envoy.listener_port, request, http2=http2, timeout=timeout, chunk_gap=chunk_gap)
         # The stream is over for Envoy when our access-log line appears (and
-        # the module's proxy_on_delete has run).
-        text, lines, access = self._wait_for_stream_end(offset, deadline=time.monotonic() + timeout)
+        # the module's proxy_on_delete has run).  The HTTP/1.1 client keeps
+        # its connection open until then (see send_request's before_close).
+        ended: list[tuple[str, list[EnvoyLogLine], dict[str, Any] | None]] = []
+
+        def hold() -> None:
+            ended.append(self._wait_for_stream_end(offset, deadline=time.monotonic() + timeout))
+
+        client = send_request(
+            self.envoy.listener_port,
+            request,
+            http2=http2,
+            timeout=timeout,
+            chunk_gap=chunk_gap,
+            before_close=None if http2 else hold,
+            between_pieces=lambda n: self._wait_for_body_events(offset, n),
+        )
+        if ended:
+            text, lines, access = ended[0]
+        else:
+            text, lines, access = self._wait_for_stream_end(offset, deadline=time.monotonic() + timeout)
         if self.envoy.proc is None or self.envoy.proc.poll() is not None:
             raise EnvoyError("envoy died during the exchange", self.envoy.log_tail())
         self._log_offset = offset + len(text.encode("utf-8"))
@@ -1117,6 +1240,8 @@ class EnvoyRunner:
                     access_seen = now
                 if not self._exports_on_delete():
                     break
+                if access.get("response_code_details") == "wasm_fail_stream":
+                    break  # the VM failed: no callbacks (proxy_on_delete included) will come
                 if any("proxy_on_delete return" in l.message for l in lines):
                     break
                 if now > access_seen + 0.5:
@@ -1125,6 +1250,23 @@ class EnvoyRunner:
                 break
             time.sleep(0.002)
         return text, lines, access
+
+    def _wait_for_body_events(self, offset: int, count: int, limit: float = 1.0) -> None:
+        """Wait (at most ``limit`` s) until Envoy delivered ``count`` request body events
+        to the module -- or will not: the module has no ``proxy_on_request_body``, it
+        stopped iteration at the headers (Envoy buffers the body meanwhile), or the
+        stream is over."""
+        assert self.envoy is not None
+        if not any(n == "proxy_on_request_body" and k == 0 for n, k in module_exports(self.plugin.wasm)):
+            return
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            text = self.envoy.read_log(offset)
+            if text.count("[host->vm] proxy_on_request_body(") >= count:
+                return
+            if "proxy_on_request_headers return: 1" in text or '"pwh_access":' in text:
+                return
+            time.sleep(0.002)
 
     def _exports_on_delete(self) -> bool:
         return any(name == "proxy_on_delete" and kind == 0 for name, kind in module_exports(self.plugin.wasm))
@@ -1146,6 +1288,7 @@ def run_in_envoy(
     upstream_http2: bool | None = True,
     envoy: str | None = None,
     timeout: float = 5.0,
+    clusters: Mapping[str, ClusterTarget] | None = None,
 ) -> tuple[ExchangeResult, list[str]]:
     """Run one scenario through a fresh Envoy; return the result and the wasm trace.
 
@@ -1158,9 +1301,10 @@ def run_in_envoy(
     the exchange other than the module's own logs: with ``wasm:trace`` the
     calls between Envoy and the module with their arguments, e.g.
     ``[host->vm] proxy_on_request_headers(2, 10, 1)``.
+    ``clusters`` adds clusters for HTTP callouts (see :class:`EnvoyRunner`).
     """
     up_h2 = _needs_h2_upstream(scenario) if upstream_http2 is None else upstream_http2
-    with EnvoyRunner(scenario.plugin, upstream_http2=up_h2, envoy=envoy) as runner:
+    with EnvoyRunner(scenario.plugin, upstream_http2=up_h2, envoy=envoy, clusters=clusters) as runner:
         ex = runner.exchange(scenario.request, scenario.response, http2=http2, timeout=timeout)
     return ex.result, ex.trace
 

