@@ -13,7 +13,7 @@ when the test calls :meth:`Host.advance_time`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence, Union
 
 from .callouts import GrpcCall, HttpCallout
 from .context import PluginConfig, RootContext
@@ -33,6 +33,9 @@ from .scenario import (
 from .stream import CallbackRecord, HttpContext, LocalResponse
 from .types import Action, LogLevel, MetricType
 from .vm import Vm
+
+if TYPE_CHECKING:
+    from .profiles import StreamProfile
 
 Headers = Union[Mapping[str, str], Iterable[Sequence[str]]]
 WasmSource = Union[str, Path, bytes, CompiledModule]
@@ -419,17 +422,28 @@ class Plugin:
         response: HttpResponse = HttpResponse(),
         *,
         wait_ms: float = 0,
+        profile: "StreamProfile | str | None" = "envoy",
     ) -> ExchangeResult:
-        """Run one request/response through the filter; ``wait_ms`` lets paused streams
-        resume on ticks by advancing the virtual clock in steps while the stream is held."""
+        """Run one request/response through the filter and report what each side saw.
+
+        ``profile`` reproduces what Envoy does around the filter (``"envoy"``: HTTP/1.1, or
+        HTTP/2 when the exchange has trailers; ``"envoy-http1"``, ``"envoy-http2"``; ``"raw"``
+        or None: deliver exactly what is given).  ``wait_ms`` lets a paused stream resume
+        on ticks or callout timeouts by advancing the virtual clock while it is held."""
+        from .profiles import get_profile
+
+        prof = get_profile(profile).resolve(request, response)
+        request, response = prof.apply(request, response)
         log_mark = len(self.vm.host.logs)
         stream = self.http_stream()
         has_body = bool(request.body_chunks)
         stream.send_request_headers(request.headers, end_of_stream=not has_body and request.trailers is None)
         for i, chunk in enumerate(request.body_chunks):
+            if stream.completed:
+                break  # the filter answered locally: Envoy reads no more of the request
             last = i == len(request.body_chunks) - 1
             stream.send_request_body(chunk, end_of_stream=last and request.trailers is None)
-        if request.trailers is not None:
+        if request.trailers is not None and not stream.completed:
             stream.send_request_trailers(request.trailers)
         self._wait(stream, wait_ms, lambda: stream.request_paused)
         if stream.upstream_request is not None and not stream.completed:
@@ -450,14 +464,16 @@ class Plugin:
             if e.root_id in (self.root.id, 0)
         ]
         local = stream.local_response
-        return ExchangeResult(
-            abi_version=self.abi_version,
-            upstream_request=stream.upstream_request,
-            downstream_response=stream.downstream_response,
-            local_reply=None
-            if local is None
-            else LocalReply(local.status_code, local.body, local.headers, local.details, local.grpc_status),
-            logs=logs,
+        return prof.apply_result(
+            ExchangeResult(
+                abi_version=self.abi_version,
+                upstream_request=stream.upstream_request,
+                downstream_response=stream.downstream_response,
+                local_reply=None
+                if local is None
+                else LocalReply(local.status_code, local.body, local.headers, local.details, local.grpc_status),
+                logs=logs,
+            )
         )
 
     def _wait(self, stream: "HttpStream", wait_ms: float, held: Callable[[], bool]) -> None:

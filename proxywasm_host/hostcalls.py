@@ -19,6 +19,7 @@ import functools
 import inspect
 import random
 import struct
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Protocol
 
@@ -926,7 +927,13 @@ class AbiHost:
         args = self.read(args_ptr, args_len)
         fn = self.foreign_functions.get(name)
         if fn is None:
-            return Status.NOT_FOUND
+            builtin = ENVOY_FOREIGN_FUNCTIONS.get(name)
+            if builtin is None:
+                return Status.NOT_FOUND
+            status, result = builtin(args)
+            if ret_ptr_ptr:  # Envoy writes the results pointers even on error
+                self.return_bytes(ret_ptr_ptr, ret_size_ptr, result)
+            return status
         result = fn(args) or b""
         if ret_ptr_ptr:
             return self.return_bytes(ret_ptr_ptr, ret_size_ptr, result)
@@ -1205,6 +1212,24 @@ class AbiHost:
     def poll_oneoff(self, in_ptr: int, out_ptr: int, nsubs: int, nevents_ptr: int) -> int:
         self.write_u32(nevents_ptr, 0)
         return ESUCCESS
+
+
+def _zlib(op: Callable[[bytes], bytes]) -> Callable[[bytes], tuple[Status, bytes]]:
+    def run(data: bytes) -> tuple[Status, bytes]:
+        try:
+            return Status.OK, op(data)
+        except zlib.error:
+            return Status.SERIALIZATION_FAILURE, b""
+
+    return run
+
+
+#: foreign functions every Envoy registers (ABI_FACTS §7.12); a test's own functions win
+ENVOY_FOREIGN_FUNCTIONS: dict[str, Callable[[bytes], tuple[Status, bytes]]] = {
+    "compress": _zlib(zlib.compress),
+    "uncompress": _zlib(zlib.decompress),
+    "clear_route_cache": lambda _args: (Status.OK, b""),
+}
 
 
 def imports_for(abi: AbiVersion) -> Iterable[tuple[str, HostcallSpec]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+import time
 from urllib.parse import urlsplit
 
 from .callouts import HttpCallout
@@ -25,6 +26,7 @@ def forward_callout(callout: HttpCallout, base_url: str) -> None:
         headers.insert(0, ("host", authority))
     timeout = callout.timeout_ms / 1000 if callout.timeout_ms else None
     conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=timeout)
+    started = time.monotonic()
     try:
         conn.putrequest(method, (parts.path.rstrip("/") + path) or "/", skip_host=True, skip_accept_encoding=True)
         for k, v in headers:
@@ -33,6 +35,9 @@ def forward_callout(callout: HttpCallout, base_url: str) -> None:
         resp = conn.getresponse()
         body = resp.read()
         reply_headers = [(k.lower(), v) for k, v in resp.getheaders()]
+        # Envoy's router adds this to every upstream response, callouts included.
+        elapsed_ms = int((time.monotonic() - started) * 1000)
+        reply_headers.append(("x-envoy-upstream-service-time", str(elapsed_ms)))
     except socket.timeout:
         callout.time_out()
         return

@@ -34,7 +34,9 @@ def test_tutorial_filter(name: str, target: str) -> None:
 
 def test_noop_filter_changes_nothing(target: str) -> None:
     plugin = load("noop", target)
-    result = plugin.exchange(HttpRequest(headers=tuple(GET.items())), HttpResponse(headers=(("x-up", "1"),)))
+    result = plugin.exchange(
+        HttpRequest(headers=tuple(GET.items())), HttpResponse(headers=(("x-up", "1"),)), profile="raw"
+    )
     assert result.upstream_request is not None and result.upstream_request.headers == list(GET.items())
     assert result.downstream_response is not None and result.downstream_response.headers == [("x-up", "1")]
 
