@@ -192,19 +192,9 @@ KNOWN_DIVERGENCES: dict[tuple[str, str], str] = {}
 # Divergences that are bugs of the host, reported and awaiting a fix: the test is
 # marked xfail while they diverge (and passes once they agree).
 HOST_BUGS: dict[tuple[str, str], str] = {
-    ("auth-*", "auth-deny-with-body"): (
-        "Plugin.exchange sends the request body after the filter answered locally from "
-        "on_request_headers; HttpStream raises HarnessUsageError (Envoy: the body is never delivered)"
-    ),
-    ("*callout*", "callout-*"): (
-        "callouts forwarded to a real upstream (upstream_client.forward_callout) lack the "
-        "x-envoy-upstream-service-time header Envoy's router adds to the callout response "
-        "(Envoy: 3 headers :status, transfer-encoding, x-envoy-upstream-service-time; host: 2)"
-    ),
-    ("foreign-*", "get"): (
-        "the host does not register Envoy's built-in foreign functions: Envoy answers "
-        "call_foreign_function('compress', ...) with zlib compress() output, the host with NotFound"
-    ),
+    # Fixed: exchange() fed the request body after a local reply; callouts answered by a real
+    # upstream lacked x-envoy-upstream-service-time; Envoy's built-in foreign functions
+    # (compress, uncompress, clear_route_cache) were missing.
 }
 
 
