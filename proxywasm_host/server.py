@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 from urllib.parse import parse_qsl, urlsplit
 
+from ._asgi import run_lifespan
 from .callouts import GrpcCall, HttpCallout
 from .errors import FilterTrap, HarnessUsageError
 from .harness import Host, HttpStream, Plugin
@@ -107,13 +108,8 @@ async def echo_app(scope: dict, receive: Callable[[], Awaitable[dict]], send: Ca
     ``/trailers?name=value...`` (body ``ok``, those pairs as response trailers); ``/`` lists them.
     """
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await run_lifespan(receive, send)
+        return
     if scope["type"] != "http":
         return
     body = bytearray()
@@ -476,13 +472,8 @@ class FilterServer:
     # -- ASGI ------------------------------------------------------------------------------------
     async def app(self, scope: dict, receive: Callable[[], Awaitable[dict]], send: Callable[[dict], Awaitable[None]]) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await run_lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         if self._ticker is None:

@@ -48,6 +48,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Union
 
+from ._asgi import run_lifespan
 from .scenario import HttpResponse, UpstreamRequest
 
 __all__ = ["ReceivedRequest", "UpstreamServer"]
@@ -277,13 +278,8 @@ class UpstreamServer:
 
     async def _app(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await run_lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         try:
