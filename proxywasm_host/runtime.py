@@ -1,47 +1,66 @@
-"""The only module that touches wasmtime: compile, link, instantiate, call.
+"""The only module that touches wasmtime: compile, cache, link, instantiate, call.
 
-:class:`CompiledModule` validates a module the way cpp-host/Envoy do before
-running it (ABI marker, imports, callback signatures, memory, allocator);
-:class:`WasmInstance` links the :mod:`~proxywasm_host.hostcalls` of one
-:class:`~proxywasm_host.hostcalls.AbiHost` and gives the core its
-:class:`~proxywasm_host.hostcalls.Guest` and
-:class:`~proxywasm_host.vm.GuestRuntime` views.
+:class:`CompiledModule` validates a module the way cpp-host/Envoy do before running it
+(ABI marker, imports, callback signatures, memory, allocator), keeps it in a per-process
+cache by content hash and in an on-disk cache of compiled code (:mod:`.cache`), and
+pre-links it once: one wasmtime ``Linker`` per module whose host functions dispatch to
+whichever instance runs on the current thread, and an ``InstancePre`` from it, so a fresh
+isolated instance is a new store plus an instantiation.
+
+:class:`WasmInstance` gives the core its :class:`~proxywasm_host.hostcalls.Guest` view
+(``memory()``, ``allocate()``) and its :class:`~proxywasm_host.vm.GuestRuntime` view
+(``has_export()``, ``call()``).  Calls go through wasmtime's unchecked C API
+(:mod:`._capi`): preallocated raw argument buffers, function handles looked up once,
+the memory view re-derived only when the guest may have grown memory.  Nothing above
+this module knows.
 """
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import hashlib
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import wasmtime
 
+from . import _capi
+from .cache import CacheDirArg, ModuleCache, resolve_cache_dir
 from .errors import ModuleLoadError
-from .hostcalls import HOSTCALLS, MASK32, MASK64, AbiHost, GuestTrapped, HostcallSpec, imports_for
+from .hostcalls import HOSTCALLS, MASK32, AbiHost, GuestTrapped, imports_for
 from .types import AbiVersion
 from .vm import WasmTrap, guest_exports
 
 #: cpp-host's memory cap for a wasm VM (PROXY_WASM_HOST_MAX_WASM_MEMORY_SIZE_BYTES)
 MAX_MEMORY_BYTES = 1 << 30
 
-_engine_lock = threading.Lock()
-_engine: wasmtime.Engine | None = None
-_module_cache: dict[str, "CompiledModule"] = {}
-
-
 #: the engine's epoch advances every EPOCH_TICK_S; a callback may run DEFAULT_DEADLINE_S
 EPOCH_TICK_S = 0.01
 DEFAULT_DEADLINE_S = 10.0
+
+#: every engine setting that changes compiled code (part of the on-disk cache key)
+ENGINE_SETTINGS: dict[str, object] = {"epoch_interruption": True}
+
+_engine_lock = threading.Lock()
+_engine: wasmtime.Engine | None = None
+_module_cache: dict[str, "CompiledModule"] = {}
+_disk_caches: dict[Path, ModuleCache] = {}
+
+
+#: epochs the ticker has counted (read under the GIL): a store whose deadline was armed at
+#: the current count needs no re-arming, its deadline is still ``deadline_s`` away
+_epochs = [0]
 
 
 def _epoch_ticker(eng: wasmtime.Engine) -> None:
     while True:
         time.sleep(EPOCH_TICK_S)
         eng.increment_epoch()
+        _epochs[0] += 1
 
 
 def engine() -> wasmtime.Engine:
@@ -50,14 +69,37 @@ def engine() -> wasmtime.Engine:
     with _engine_lock:
         if _engine is None:
             config = wasmtime.Config()
-            config.epoch_interruption = True
+            config.epoch_interruption = bool(ENGINE_SETTINGS["epoch_interruption"])
             _engine = wasmtime.Engine(config)
             threading.Thread(target=_epoch_ticker, args=(_engine,), name="proxywasm-epoch", daemon=True).start()
         return _engine
 
 
+@atexit.register
+def _release_at_exit() -> None:
+    """Free the pre-linked modules while wasmtime's bindings still exist (not during the
+    interpreter's teardown, where wasmtime-py's finalizers find its module half gone)."""
+    for module in list(_module_cache.values()):
+        module._pre = None
+    _module_cache.clear()
+
+
+def disk_cache(cache_dir: CacheDirArg = None) -> ModuleCache | None:
+    """The on-disk module cache for ``cache_dir`` (None: the default directory; False: off)."""
+    directory = resolve_cache_dir(cache_dir)
+    if directory is None:
+        return None
+    found = _disk_caches.get(directory)
+    if found is None:
+        found = _disk_caches[directory] = ModuleCache(directory, engine(), ENGINE_SETTINGS)
+    return found
+
+
 def _valtype_name(t: wasmtime.ValType) -> str:
     return str(t)
+
+
+_VALTYPES = {"i32": wasmtime.ValType.i32(), "i64": wasmtime.ValType.i64()}
 
 
 @dataclass(frozen=True)
@@ -71,24 +113,110 @@ class ImportInfo:
     problem: str | None = None
 
 
-class CompiledModule:
-    """A compiled, validated proxy-wasm module (cached per process by content hash)."""
+def _kind(ty: object) -> str:
+    return type(ty).__name__.replace("Type", "").lower()
 
-    def __init__(self, wasm: bytes, origin: str = "<bytes>") -> None:
+
+def describe(module: wasmtime.Module) -> dict[str, list[list[Any]]]:
+    """The module's exports and imports as plain data (kept in the on-disk cache entry, so
+    a cached load skips wasmtime's type introspection, the larger part of validation)."""
+    exports: list[list[Any]] = []
+    for e in module.exports:
+        ty = e.type
+        if isinstance(ty, wasmtime.FuncType):
+            exports.append([e.name, "func", [_valtype_name(p) for p in ty.params], [_valtype_name(r) for r in ty.results]])
+        else:
+            exports.append([e.name, _kind(ty), [], []])
+    imports: list[list[Any]] = []
+    for i in module.imports:
+        ty = i.type
+        if isinstance(ty, wasmtime.FuncType):
+            imports.append([i.module, i.name or "", "func", [_valtype_name(p) for p in ty.params],
+                            [_valtype_name(r) for r in ty.results]])
+        else:
+            imports.append([i.module, i.name or "", _kind(ty), [], []])
+    return {"exports": exports, "imports": imports}
+
+
+def _compile(
+    wasm: bytes, sha256: str, origin: str, cache_dir: CacheDirArg, *, raw_errors: bool = False
+) -> tuple[wasmtime.Module, dict[str, Any], str]:
+    """Deserialize from the on-disk cache or compile (and store).
+
+    Returns (module, its description, cache status)."""
+    cache = disk_cache(cache_dir) if cache_dir is not False else None
+    status = "disabled"
+    if cache is not None:
+        found = cache.load(sha256)
+        if found.module is not None and found.meta is not None:
+            return found.module, found.meta, "hit"
+        status = found.status
+    try:
+        module = wasmtime.Module(engine(), wasm)
+    except wasmtime.WasmtimeError as exc:
+        if raw_errors:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid module"
+        raise ModuleLoadError(f"{origin}: not a valid WebAssembly module: {first}") from None
+    meta = describe(module)
+    if cache is not None:
+        cache.store(sha256, module, meta)
+    return module, meta, status
+
+
+class CompiledModule:
+    """A compiled, validated proxy-wasm module (cached per process by content hash).
+
+    ``cache_status`` says where the compiled code came from: ``"hit"`` (the on-disk
+    cache), ``"miss"`` (compiled now and stored), ``"rejected: ..."`` (a stale or
+    corrupt entry was deleted and the module compiled again) or ``"disabled"``.
+    """
+
+    def __init__(
+        self,
+        wasm: bytes,
+        origin: str = "<bytes>",
+        *,
+        cache_dir: CacheDirArg = False,
+        _module: wasmtime.Module | None = None,
+    ) -> None:
         self.origin = origin
         self.sha256 = hashlib.sha256(wasm).hexdigest()
-        try:
-            self.module = wasmtime.Module(engine(), wasm)
-        except wasmtime.WasmtimeError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid module"
-            raise ModuleLoadError(f"{origin}: not a valid WebAssembly module: {first}") from None
-        self.exports = {e.name: e.type for e in self.module.exports}
+        self.size = len(wasm)
+        if _module is not None:
+            self.module, meta, self.cache_status = _module, describe(_module), "disabled"
+        else:
+            self.module, meta, self.cache_status = _compile(wasm, self.sha256, origin, cache_dir)
+        #: export name -> (kind, params, results); kind is "func", "memory", "table" or "global"
+        self.export_types: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
+            name: (kind, tuple(params), tuple(results)) for name, kind, params, results in meta["exports"]
+        }
+        self._import_types = [(m, n, k, tuple(ps), tuple(rs)) for m, n, k, ps, rs in meta["imports"]]
         self.abi_version = self._detect_abi()
         self.imports = self._check_imports()
         self._check_exports()
+        #: name -> (param count, result count) of every exported function
+        self.func_sigs: dict[str, tuple[int, int]] = {
+            name: (len(ps), len(rs)) for name, (kind, ps, rs) in self.export_types.items() if kind == "func"
+        }
+        self.func_exports = frozenset(self.func_sigs)
+        self.max_slots = max([1] + [max(p, r) for p, r in self.func_sigs.values()])
+        self._pre_lock = threading.Lock()
+        self._pre: wasmtime.InstancePre | None = None
+        self._bindings: list[tuple[int, str]] = []
+
+    @property
+    def exports(self) -> dict[str, Any]:
+        """Export name -> wasmtime type (introspected on demand)."""
+        return {e.name: e.type for e in self.module.exports}
 
     @classmethod
-    def load(cls, source: str | Path | bytes) -> "CompiledModule":
+    def load(cls, source: str | Path | bytes, *, cache_dir: CacheDirArg = None) -> "CompiledModule":
+        """Read, compile (or take from the caches) and validate a ``.wasm``/``.wat`` module.
+
+        ``cache_dir``: where compiled code is cached on disk (None: the default,
+        ``$PROXYWASM_HOST_CACHE_DIR`` or ``~/.cache/proxywasm-host``; False: no disk cache).
+        """
         if isinstance(source, (bytes, bytearray)):
             wasm, origin = bytes(source), "<bytes>"
         else:
@@ -106,17 +234,17 @@ class CompiledModule:
         key = hashlib.sha256(wasm).hexdigest()
         cached = _module_cache.get(key)
         if cached is None:
-            cached = _module_cache[key] = cls(wasm, origin)
+            cached = _module_cache[key] = cls(wasm, origin, cache_dir=cache_dir)
         return cached
 
     # -- validation as cpp-host/Envoy (V8) do it ------------------------------------------
     def _detect_abi(self) -> AbiVersion:
-        for export in self.module.exports:
-            if isinstance(export.type, wasmtime.FuncType):
-                version = AbiVersion.from_marker(export.name)
+        for name, (kind, _ps, _rs) in self.export_types.items():
+            if kind == "func":
+                version = AbiVersion.from_marker(name)
                 if version is not None:
                     return version
-        markers = [e.name for e in self.module.exports if e.name.startswith("proxy_abi_version_")]
+        markers = [n for n in self.export_types if n.startswith("proxy_abi_version_")]
         if markers:
             raise ModuleLoadError(
                 f"{self.origin}: unknown Proxy-Wasm ABI version {markers[0]!r} "
@@ -131,90 +259,107 @@ class CompiledModule:
         table = {(module, spec.name): spec for module, spec in imports_for(self.abi_version)}
         infos: list[ImportInfo] = []
         problems: list[str] = []
-        for imp in self.module.imports:
-            ty = imp.type
-            name = imp.name or ""
-            if isinstance(ty, wasmtime.FuncType):
-                params = tuple(_valtype_name(p) for p in ty.params)
-                results = tuple(_valtype_name(r) for r in ty.results)
-                spec = table.get((imp.module, name))
+        for module, name, kind, params, results in self._import_types:
+            if kind == "func":
+                spec = table.get((module, name))
                 problem = None
                 if spec is None:
                     other = HOSTCALLS.get(name)
-                    if other is not None and imp.module in ("env", "wasi_snapshot_preview1", "wasi_unstable"):
+                    if other is not None and module in ("env", "wasi_snapshot_preview1", "wasi_unstable"):
                         versions = ", ".join(sorted(v.value for v in other.abis))
-                        problem = f"{imp.module}.{name} exists only in ABI {versions}, not in {self.abi_version.value}"
+                        problem = f"{module}.{name} exists only in ABI {versions}, not in {self.abi_version.value}"
                     else:
-                        problem = f"{imp.module}.{name} is not provided by this host (nor by Envoy)"
+                        problem = f"{module}.{name} is not provided by this host (nor by Envoy)"
                 elif (spec.wasm_params, spec.wasm_results) != (params, results):
                     problem = (
-                        f"{imp.module}.{name} has type {params}->{results} but the host provides "
+                        f"{module}.{name} has type {params}->{results} but the host provides "
                         f"{spec.wasm_params}->{spec.wasm_results}"
                     )
-                infos.append(ImportInfo(imp.module, name, "func", params, results, problem is None, problem))
+                infos.append(ImportInfo(module, name, "func", params, results, problem is None, problem))
                 if problem:
                     problems.append(problem)
             else:
-                kind = type(ty).__name__.replace("Type", "").lower()
-                problem = f"{imp.module}.{name}: imported {kind}s are not provided (Envoy provides functions only)"
-                if isinstance(ty, wasmtime.MemoryType):
-                    problem = f"{imp.module}.{name}: imported memory is not supported by this host; export the memory"
-                infos.append(ImportInfo(imp.module, name, kind, provided=False, problem=problem))
+                problem = f"{module}.{name}: imported {kind}s are not provided (Envoy provides functions only)"
+                if kind == "memory":
+                    problem = f"{module}.{name}: imported memory is not supported by this host; export the memory"
+                infos.append(ImportInfo(module, name, kind, provided=False, problem=problem))
                 problems.append(problem)
         if problems:
             raise ModuleLoadError(f"{self.origin}: cannot link: " + "; ".join(problems))
         return infos
 
     def _check_exports(self) -> None:
-        memories = [n for n, t in self.exports.items() if isinstance(t, wasmtime.MemoryType)]
+        memories = [n for n, (kind, _p, _r) in self.export_types.items() if kind == "memory"]
         if len(memories) != 1:
             raise ModuleLoadError(f"{self.origin}: expected exactly one exported memory, found {len(memories)}")
         self.memory_export = memories[0]
         expected = guest_exports(self.abi_version)
-        for name, ty in self.exports.items():
-            if name in expected and isinstance(ty, wasmtime.FuncType):
-                params = tuple(_valtype_name(p) for p in ty.params)
-                results = tuple(_valtype_name(r) for r in ty.results)
+        for name, (kind, params, results) in self.export_types.items():
+            if name in expected and kind == "func":
                 if (params, results) != expected[name]:
                     raise ModuleLoadError(
                         f"{self.origin}: bad function signature for {name}: {params}->{results}, "
                         f"expected {expected[name][0]}->{expected[name][1]} for ABI {self.abi_version.value} "
                         "(Envoy's V8 runtime refuses the module)"
                     )
-        if "malloc" in self.exports:
+        if "malloc" in self.export_types:
             self.allocator = "malloc"
-        elif "proxy_on_memory_allocate" in self.exports:
+        elif "proxy_on_memory_allocate" in self.export_types:
             self.allocator = "proxy_on_memory_allocate"
         else:
             raise ModuleLoadError(f"{self.origin}: Wasm module is missing malloc function (nor proxy_on_memory_allocate)")
 
     @property
     def export_names(self) -> list[str]:
-        return list(self.exports)
+        return list(self.export_types)
+
+    # -- pre-linking (once per module per process) ---------------------------------------
+    def instance_pre(self) -> tuple[wasmtime.InstancePre, list[tuple[int, str]]]:
+        """The pre-linked module and its host bindings: (callback index, AbiHost method)."""
+        pre = self._pre
+        if pre is not None:
+            return pre, self._bindings
+        with self._pre_lock:
+            if self._pre is None:
+                linker = wasmtime.Linker(engine())
+                needed = {(i.module, i.name) for i in self.imports}
+                bindings: dict[int, str] = {}
+                for module, spec in imports_for(self.abi_version):
+                    if (module, spec.name) not in needed:
+                        continue
+                    ftype = wasmtime.FuncType(
+                        [_VALTYPES[t] for t in spec.wasm_params], [_VALTYPES[t] for t in spec.wasm_results]
+                    )
+                    _capi.define_unchecked(linker, module, spec, ftype)
+                    bindings[_capi.callback_for(spec)[0]] = spec.method
+                try:
+                    pre = linker.instantiate_pre(self.module)
+                except wasmtime.WasmtimeError as exc:
+                    raise ModuleLoadError(f"{self.origin}: cannot link: {str(exc).splitlines()[0]}") from None
+                del linker  # the InstancePre holds what it needs
+                self._bindings = sorted(bindings.items())
+                self._pre = pre
+            return self._pre, self._bindings
 
 
-def _bind(host: AbiHost, spec: HostcallSpec) -> Callable[..., Any]:
-    fn = getattr(host, spec.method)
-    kinds = spec.params
-    if not kinds:
-        return fn
-    if all(k == "u" for k in kinds):
-        if len(kinds) == 1:
-            return lambda a: fn(a & MASK32)
-        if len(kinds) == 2:
-            return lambda a, b: fn(a & MASK32, b & MASK32)
-        if len(kinds) == 3:
-            return lambda a, b, c: fn(a & MASK32, b & MASK32, c & MASK32)
-        return lambda *args: fn(*[x & MASK32 for x in args])
-    masks = [MASK32 if k == "u" else MASK64 if k == "Q" else None for k in kinds]
+class _Frame:
+    """A preallocated raw argument/result buffer and trap slot for one call depth."""
 
-    def wrapper(*args: int) -> Any:
-        return fn(*[x if m is None else x & m for x, m in zip(args, masks)])
+    __slots__ = ("buf", "buf_addr", "trap", "trap_addr")
 
-    return wrapper
+    def __init__(self, slots: int) -> None:
+        self.buf = (ctypes.c_uint64 * (slots * _capi.RAW_STRIDE))()
+        self.buf_addr = ctypes.addressof(self.buf)
+        self.trap = ctypes.c_void_p()
+        self.trap_addr = ctypes.addressof(self.trap)
 
 
-_VALTYPES = {"i32": wasmtime.ValType.i32(), "i64": wasmtime.ValType.i64()}
+_EMPTY_VIEW = memoryview(bytearray())
+_active = _capi.active
+_call_unchecked = _capi.func_call_unchecked
+_set_epoch_deadline = _capi.set_epoch_deadline
+#: below this many ticks the deadline is re-armed on every call (one tick of slack matters)
+_REARM_ALWAYS_BELOW = 4
 
 
 class WasmInstance:
@@ -232,80 +377,236 @@ class WasmInstance:
         self.host = host
         self.deadline_s = deadline_s
         self._deadline_ticks = max(1, int(deadline_s / EPOCH_TICK_S))
+        self._armed = -1  # _epochs[0] when the deadline was last armed (-1: re-arm every call)
+        pre, bindings = compiled.instance_pre()
         self.store = wasmtime.Store(engine())
         self.store.set_limits(memory_size=memory_limit)
-        self.store.set_epoch_deadline(self._deadline_ticks)
-        linker = wasmtime.Linker(engine())
-        needed = {(i.module, i.name) for i in compiled.imports}
-        for module, spec in imports_for(compiled.abi_version):
-            if (module, spec.name) not in needed:
-                continue
-            ftype = wasmtime.FuncType(
-                [_VALTYPES[t] for t in spec.wasm_params], [_VALTYPES[t] for t in spec.wasm_results]
-            )
-            linker.define_func(module, spec.name, ftype, _bind(host, spec))
-        try:
-            self.instance = linker.instantiate(self.store, compiled.module)
-        except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
-            raise ModuleLoadError(f"{compiled.origin}: failed to instantiate: {str(exc).splitlines()[0]}") from None
-        exports = self.instance.exports(self.store)
-        self._funcs: dict[str, wasmtime.Func] = {}
-        for name in compiled.exports:
-            item = exports[name]
-            if isinstance(item, wasmtime.Func):
-                self._funcs[name] = item
-        self._memory: wasmtime.Memory = exports[compiled.memory_export]  # type: ignore[assignment]
-        self._allocator = self._funcs[compiled.allocator]
-        self._view_key: tuple[int, int] = (0, -1)
-        self._view = memoryview(b"")
+        self._ctx = _capi.context_address(self.store)
+        host_fns: list[Any] = [None] * _capi.callback_count()
+        for index, method in bindings:
+            host_fns[index] = getattr(host, method)
+        #: bound AbiHost methods by callback index (read by the generated callbacks)
+        self._host_fns = host_fns
+        #: an exception a host callback raised, parked until the guest call returns
+        self._pending: BaseException | None = None
+        self._trap_text_pending = ""
+        self._depth = 0
+        frame = _Frame(compiled.max_slots)
+        self._frames = [frame]
+        self._buf, self._buf_addr, self._trap, self._trap_addr = frame.buf, frame.buf_addr, frame.trap, frame.trap_addr
+        #: GuestRuntime.has_export, as a bound builtin (called twice per callback by the core)
+        self.has_export = compiled.func_exports.__contains__
+        self._fns: dict[str, tuple[int, int, int, bool]] = {}
+        self._keep: list[Any] = []
+        self._view: memoryview | None = None
+        self._full_view = _EMPTY_VIEW
+        self._view_size = 0
+        self._mem_addr = 0
         host.guest = self
+        self._arm()
+        prev, _active.inst = _active.inst, self
+        self._depth = 1
+        try:
+            self.instance = pre.instantiate(self.store)
+        except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
+            pending, self._pending = self._pending, None
+            if pending is not None and not isinstance(pending, GuestTrapped):
+                raise pending
+            raise ModuleLoadError(f"{compiled.origin}: failed to instantiate: {str(exc).splitlines()[0]}") from None
+        finally:
+            self._depth = 0
+            _active.inst = prev
+        found = _capi.export_get(self._ctx, self.instance, compiled.memory_export)
+        if found is None or found[0] != _capi.EXTERN_MEMORY:
+            raise ModuleLoadError(f"{compiled.origin}: memory export {compiled.memory_export!r} not found")
+        self._keep.append(found[1])
+        self._mem_addr = found[2]
+        self._view = None
+        self._alloc_addr, self._alloc_slots, _n, _r = self._resolve(compiled.allocator)
+
+    def _arm(self) -> None:
+        """(Re-)arm the epoch deadline: the guest call about to start may run ``deadline_s``."""
+        _set_epoch_deadline(self._ctx, self._deadline_ticks)
+        self._armed = _epochs[0] if self._deadline_ticks >= _REARM_ALWAYS_BELOW else -1
+
+    def _resolve(self, name: str) -> tuple[int, int, int, bool]:
+        """(func address, raw slots, param count, has result) of an export, looked up once."""
+        fn = self._fns.get(name)
+        if fn is not None:
+            return fn
+        sig = self.compiled.func_sigs.get(name)
+        found = _capi.export_get(self._ctx, self.instance, name) if sig is not None else None
+        if found is None or found[0] != _capi.EXTERN_FUNC or sig is None:
+            raise KeyError(name)
+        self._keep.append(found[1])
+        fn = self._fns[name] = (found[2], max(sig[0], sig[1], 1), sig[0], sig[1] > 0)
+        return fn
 
     # -- Guest (for the hostcalls) ---------------------------------------------------------
     def memory(self) -> memoryview:
-        size = self._memory.data_len(self.store)
-        addr = ctypes.addressof(self._memory.data_ptr(self.store).contents) if size else 0
-        if (addr, size) != self._view_key:
-            self._view_key = (addr, size)
-            self._view = memoryview((ctypes.c_ubyte * size).from_address(addr)).cast("B") if size else memoryview(bytearray())
-        return self._view
+        view = self._view
+        if view is not None:
+            return view
+        size = _capi.memory_data_size(self._ctx, self._mem_addr) if self._mem_addr else 0
+        if size != self._view_size:
+            addr = _capi.memory_data(self._ctx, self._mem_addr)
+            self._full_view = memoryview((ctypes.c_ubyte * size).from_address(addr)).cast("B") if size else _EMPTY_VIEW
+            self._view_size = size
+        self._view = self._full_view
+        return self._full_view
 
     def allocate(self, size: int) -> int:
-        self.store.set_epoch_deadline(self._deadline_ticks)
+        # normally re-entrant (a hostcall handing data to the guest): frame of this depth
+        depth = self._depth
+        frames = self._frames
+        if depth >= len(frames):
+            frames.append(_Frame(self.compiled.max_slots))
+        frame = frames[depth]
+        buf = frame.buf
+        buf[0] = size
+        if depth == 0 and self._armed != _epochs[0]:
+            self._arm()
+        active = _active
+        prev = active.inst
+        active.inst = self
+        self._depth = depth + 1
         try:
-            ptr = self._allocator(self.store, size)
-        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
-            raise GuestTrapped(exc) from None
-        return (ptr or 0) & MASK32
+            err = _call_unchecked(self._ctx, self._alloc_addr, frame.buf_addr, self._alloc_slots, frame.trap_addr)
+        finally:
+            self._depth = depth
+            active.inst = prev
+            self._view = None
+        if err or frame.trap.value:
+            text = self._trap_text(err, frame)
+            pending, self._pending = self._pending, None
+            if pending is not None:
+                raise pending
+            raise GuestTrapped(WasmTrap(text))
+        return buf[0] & MASK32
 
     # -- GuestRuntime (for the Vm) -------------------------------------------------------
-    def has_export(self, name: str) -> bool:
-        return name in self._funcs
+    def has_export(self, name: str) -> bool:  # replaced per instance by a bound builtin
+        return name in self.compiled.func_exports
 
     def call(self, name: str, *args: int) -> int | None:
-        func = self._funcs[name]
-        self.store.set_epoch_deadline(self._deadline_ticks)
         try:
-            return func(self.store, *args)  # type: ignore[no-any-return]
-        except GuestTrapped as exc:
-            raise WasmTrap(f"trap in the guest allocator: {exc.original}") from None
-        except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
-            text = str(exc)
-            if "interrupt" in text:
-                text = f"deadline exceeded: the callback ran longer than {self.deadline_s:g} s ({text.strip()})"
-            raise WasmTrap(text) from None
+            addr, slots, nparams, has_result = self._fns[name]
+        except KeyError:
+            addr, slots, nparams, has_result = self._resolve(name)
+        if self._depth or len(args) != nparams:
+            return self._call_general(name, args)
+        # the fast path: outermost call, preallocated frame 0
+        buf = self._buf
+        i = 0
+        for a in args:
+            buf[i] = a  # c_uint64 keeps the low 64 bits: an i32 argument as its two's complement
+            i += 2
+        if self._armed != _epochs[0]:
+            self._arm()
+        active = _active
+        prev = active.inst
+        active.inst = self
+        self._depth = 1
+        try:
+            err = _call_unchecked(self._ctx, addr, self._buf_addr, slots, self._trap_addr)
+        finally:
+            self._depth = 0
+            active.inst = prev
+            self._view = None
+        if err or self._trap.value:
+            self._raise_trap(err, self._frames[0])
+        return buf[0] & MASK32 if has_result else None
+
+    def _call_general(self, name: str, args: tuple[int, ...]) -> int | None:
+        """Re-entrant calls (a hostcall calling back into the guest) and arity errors."""
+        addr, slots, nparams, has_result = self._resolve(name)
+        if len(args) != nparams:
+            raise TypeError(f"{name} takes {nparams} arguments, {len(args)} given")
+        result = self._invoke(addr, slots, args, has_result)
+        if result is _TRAPPED:
+            text, pending = self._take_trap()
+            if pending is not None:
+                if isinstance(pending, GuestTrapped):
+                    raise WasmTrap(f"trap in the guest allocator: {pending.original}") from None
+                raise pending
+            raise WasmTrap(self._deadline_text(text))
+        return result  # type: ignore[return-value]
+
+    def _invoke(self, addr: int, slots: int, args: tuple[int, ...], has_result: bool) -> object:
+        """Call at the current depth with that depth's frame; _TRAPPED when the guest trapped
+        (the trap is then in ``self._trap_text_pending``)."""
+        depth = self._depth
+        frames = self._frames
+        while len(frames) <= depth:
+            frames.append(_Frame(self.compiled.max_slots))
+        frame = frames[depth]
+        buf = frame.buf
+        for i, a in enumerate(args):
+            buf[i * _capi.RAW_STRIDE] = a
+        if depth == 0 and self._armed != _epochs[0]:
+            self._arm()
+        prev = _active.inst
+        _active.inst = self
+        self._depth = depth + 1
+        try:
+            err = _call_unchecked(self._ctx, addr, frame.buf_addr, slots, frame.trap_addr)
+        finally:
+            self._depth = depth
+            _active.inst = prev
+            self._view = None
+        if err or frame.trap.value:
+            self._trap_text_pending = self._trap_text(err, frame)
+            return _TRAPPED
+        return buf[0] & MASK32 if has_result else None
+
+    # -- traps (the slow path) ----------------------------------------------------------
+    def _take_trap(self) -> tuple[str, BaseException | None]:
+        text, self._trap_text_pending = self._trap_text_pending, ""
+        pending, self._pending = self._pending, None
+        return text, pending
+
+    @staticmethod
+    def _trap_text(err: int | None, frame: _Frame) -> str:
+        trap = frame.trap.value
+        frame.trap.value = None
+        text = ""
+        if err:
+            text = _capi.error_message(err)
+        if trap:
+            message = _capi.trap_message(trap)
+            text = text or message
+        return text
+
+    def _deadline_text(self, text: str) -> str:
+        if "interrupt" in text:
+            return f"deadline exceeded: the callback ran longer than {self.deadline_s:g} s ({text.strip()})"
+        return text
+
+    def _raise_trap(self, err: int | None, frame: _Frame) -> None:
+        text = self._trap_text(err, frame)
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            if isinstance(pending, GuestTrapped):
+                raise WasmTrap(f"trap in the guest allocator: {pending.original}") from None
+            raise pending
+        raise WasmTrap(self._deadline_text(text))
 
 
-def inspect_module(source: str | Path) -> dict[str, Any]:
+_TRAPPED = object()
+
+
+def inspect_module(source: str | Path, *, cache_dir: CacheDirArg = None) -> dict[str, Any]:
     """Describe a module without running it: ABI, exports, imports and what the host lacks."""
     path = Path(source)
     wasm = path.read_bytes()
     if path.suffix == ".wat":
         wasm = wasmtime.wat2wasm(wasm.decode())
-    module = wasmtime.Module(engine(), wasm)
+    sha256 = hashlib.sha256(wasm).hexdigest()
+    module, _meta, _status = _compile(wasm, sha256, str(path), cache_dir, raw_errors=True)
     report: dict[str, Any] = {
         "file": str(path),
         "size": len(wasm),
-        "sha256": hashlib.sha256(wasm).hexdigest(),
+        "sha256": sha256,
         "abi_version": None,
         "exports": [],
         "imports": [],
@@ -339,7 +640,7 @@ def inspect_module(source: str | Path) -> dict[str, Any]:
             entry["provided"] = False
         report["imports"].append(entry)
     try:
-        CompiledModule(wasm, str(path))
+        CompiledModule(wasm, str(path), _module=module)
     except ModuleLoadError as exc:
         report["problems"].append(str(exc))
     return report

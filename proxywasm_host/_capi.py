@@ -1,0 +1,184 @@
+"""wasmtime's C API, called through the ``wasmtime`` package's own shared library.
+
+The runtime layer's fast path (:mod:`proxywasm_host.runtime` is the only user):
+
+* guest exports are called with ``wasmtime_func_call_unchecked`` on a preallocated
+  ``wasmtime_val_raw_t`` buffer; every argument is a plain int (an address) so ctypes
+  converts nothing but ints, and no type is looked up per call;
+* host functions are ``wasmtime_linker_define_func_unchecked`` callbacks generated per
+  hostcall: they read the raw argument slots, mask them as the hostcall's
+  :class:`~proxywasm_host.hostcalls.HostcallSpec` says, call the bound
+  :class:`~proxywasm_host.hostcalls.AbiHost` method of the instance that is running on
+  this thread, and write the result back into slot 0;
+* nothing a callback raises may cross into C: every exception becomes a wasm trap (which
+  unwinds the guest) and is handed back to the caller of the guest through the instance.
+
+Prototypes are declared here (``CFUNCTYPE`` on the package's ``dll``, plain ints for
+pointers) rather than through the package's ``argtypes``-typed wrappers: same library,
+same functions, about half the per-call ctypes overhead (measured: 0.6 µs against 1.1 µs
+per ``wasmtime_func_call_unchecked``).  ``CFUNCTYPE`` foreign calls release the GIL, so
+the epoch ticker thread keeps running while a guest loops.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from ctypes import POINTER, c_char_p, c_size_t, c_uint64, c_void_p
+from typing import Any, Callable
+
+import wasmtime
+from wasmtime import _bindings as _b
+from wasmtime import _ffi as _ffi
+
+from .hostcalls import HostcallSpec
+
+MASK32 = 0xFFFFFFFF
+#: wasmtime_val_raw_t is 16 bytes (it has a v128 member): argument i sits at u64 slot 2*i
+RAW_STRIDE = ctypes.sizeof(_b.wasmtime_val_raw_t) // 8
+assert RAW_STRIDE * 8 == ctypes.sizeof(_b.wasmtime_val_raw_t)
+
+_dll = _ffi.dll
+
+
+def _proto(restype: Any, name: str, *argtypes: Any) -> Any:
+    """A foreign function that releases the GIL: for calls that may run guest code."""
+    return ctypes.CFUNCTYPE(restype, *argtypes)((name, _dll))
+
+
+def _proto_gil(restype: Any, name: str, *argtypes: Any) -> Any:
+    """A foreign function that keeps the GIL: for short calls that never run guest code
+    (no GIL hand-off, which is a good part of such a call's cost)."""
+    return ctypes.PYFUNCTYPE(restype, *argtypes)((name, _dll))
+
+
+#: wasmtime_error_t* wasmtime_func_call_unchecked(context*, const func*, val_raw*, size_t, wasm_trap_t**)
+func_call_unchecked = _proto(c_void_p, "wasmtime_func_call_unchecked", c_void_p, c_void_p, c_void_p, c_size_t, c_void_p)
+#: void wasmtime_context_set_epoch_deadline(context*, uint64_t ticks_beyond_current)
+set_epoch_deadline = _proto_gil(None, "wasmtime_context_set_epoch_deadline", c_void_p, c_uint64)
+#: uint8_t* wasmtime_memory_data(const context*, const memory*)
+memory_data = _proto_gil(c_void_p, "wasmtime_memory_data", c_void_p, c_void_p)
+#: size_t wasmtime_memory_data_size(const context*, const memory*)
+memory_data_size = _proto_gil(c_size_t, "wasmtime_memory_data_size", c_void_p, c_void_p)
+#: bool wasmtime_instance_export_get(context*, const instance*, const char*, size_t, extern*)
+instance_export_get = _proto_gil(ctypes.c_bool, "wasmtime_instance_export_get", c_void_p, c_void_p, c_char_p, c_size_t, c_void_p)
+#: wasm_trap_t* wasmtime_trap_new(const char*, size_t)
+trap_new = _proto_gil(c_void_p, "wasmtime_trap_new", c_char_p, c_size_t)
+
+#: size_t callback(void* env, wasmtime_caller_t*, wasmtime_val_raw_t* args_and_results, size_t)
+#: (the raw slots are read as u64: i32 arguments arrive with undefined upper bits, so mask)
+CALLBACK = ctypes.CFUNCTYPE(c_size_t, c_void_p, c_void_p, POINTER(c_uint64), c_size_t)
+_NO_FINALIZER = ctypes.cast(0, ctypes.CFUNCTYPE(None, c_void_p))
+
+EXTERN_FUNC = _ffi.WASMTIME_EXTERN_FUNC.value
+EXTERN_MEMORY = _ffi.WASMTIME_EXTERN_MEMORY.value
+_OF_OFFSET = _b.wasmtime_extern_t.of.offset
+
+
+def context_address(store: wasmtime.Store) -> int:
+    return ctypes.cast(store._context(), c_void_p).value or 0
+
+
+class _Active(threading.local):
+    #: the WasmInstance whose guest code runs on this thread (innermost), or None
+    inst: Any = None
+
+
+active = _Active()
+
+
+def export_get(ctx: int, instance: wasmtime.Instance, name: str) -> tuple[int, Any, int] | None:
+    """(kind, keep-alive extern, address of its func/memory struct) for an export, or None."""
+    ext = _b.wasmtime_extern_t()
+    raw = name.encode()
+    if not instance_export_get(ctx, ctypes.addressof(instance._instance), raw, len(raw), ctypes.addressof(ext)):
+        return None
+    return ext.kind, ext, ctypes.addressof(ext) + _OF_OFFSET
+
+
+def trap_message(address: int) -> str:
+    """Take ownership of a wasm_trap_t* and return its message."""
+    trap = wasmtime.Trap._from_ptr(ctypes.cast(address, POINTER(_b.wasm_trap_t)))
+    return str(trap)
+
+
+def error_message(address: int) -> str:
+    """Take ownership of a wasmtime_error_t* and return its message."""
+    return str(wasmtime.WasmtimeError._from_ptr(ctypes.cast(address, POINTER(_b.wasmtime_error_t))))
+
+
+def host_exception_trap(exc: BaseException) -> int:
+    """Turn an exception raised inside a host callback into a trap the guest unwinds with.
+
+    The exception is parked on the running instance, which re-raises (or reports) it once
+    the guest call returns.  Must never raise: it runs inside a C callback.
+    """
+    try:
+        inst = active.inst
+        if inst is not None and inst._pending is None:
+            inst._pending = exc
+        msg = f"host function raised {type(exc).__name__}: {exc}".encode("utf-8", "replace")
+    except BaseException:  # noqa: BLE001 - nothing may escape into C
+        msg = b"host function raised an exception"
+    return trap_new(msg, len(msg)) or 0
+
+
+# -- one generated callback per hostcall ------------------------------------------------
+
+_ARG = {
+    "u": "p[{slot}] & 0xFFFFFFFF",
+    "Q": "p[{slot}]",
+    "q": "((p[{slot}] ^ 0x8000000000000000) - 0x8000000000000000)",
+}
+
+_TEMPLATE = """
+def {fname}(env, caller, p, n):
+    try:
+        inst = active.inst
+        inst._view = None
+        {body}
+        return 0
+    except BaseException as exc:
+        return host_exception_trap(exc)
+"""
+
+#: hostcall name -> (index into WasmInstance._host_fns, ctypes callback); process-wide
+_callbacks: dict[str, tuple[int, Any]] = {}
+_callbacks_lock = threading.Lock()
+
+
+def callback_for(spec: HostcallSpec) -> tuple[int, Any]:
+    """The (index, C callback) for ``spec``, generated once per process."""
+    found = _callbacks.get(spec.name)
+    if found is not None:
+        return found
+    with _callbacks_lock:
+        found = _callbacks.get(spec.name)
+        if found is not None:
+            return found
+        index = len(_callbacks)
+        args = ", ".join(_ARG[k].format(slot=i * RAW_STRIDE) for i, k in enumerate(spec.params))
+        call = f"inst._host_fns[{index}]({args})"
+        body = f"p[0] = {call} & 0xFFFFFFFF" if spec.results else call
+        fname = f"cb_{spec.name}"
+        namespace: dict[str, Any] = {"active": active, "host_exception_trap": host_exception_trap}
+        exec(_TEMPLATE.format(fname=fname, body=body), namespace)  # noqa: S102 - generated from the spec table
+        fn: Callable[..., int] = namespace[fname]
+        found = _callbacks[spec.name] = (index, CALLBACK(fn))
+        return found
+
+
+def callback_count() -> int:
+    return len(_callbacks)
+
+
+def define_unchecked(linker: wasmtime.Linker, module: str, spec: HostcallSpec, functype: wasmtime.FuncType) -> None:
+    """Define ``module.name`` in ``linker`` as the unchecked callback of ``spec``."""
+    _index, cb = callback_for(spec)
+    mod, name = module.encode(), spec.name.encode()
+    err = _b.wasmtime_linker_define_func_unchecked(
+        linker.ptr(), mod, len(mod), name, len(name), functype.ptr(),
+        ctypes.cast(cb, _b.wasmtime_func_unchecked_callback_t), None, _NO_FINALIZER,
+    )
+    if err:
+        raise wasmtime.WasmtimeError._from_ptr(err)
