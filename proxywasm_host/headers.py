@@ -27,7 +27,13 @@ class HeaderMap:
     __slots__ = ("_pairs",)
 
     def __init__(self, pairs: Iterable[Sequence[str | bytes]] = ()) -> None:
-        self._pairs: list[Pair] = [(_b(k).lower(), _b(v)) for k, v in pairs]
+        self._pairs: list[Pair] = [
+            (
+                (k.encode("utf-8", "surrogateescape") if type(k) is str else _b(k)).lower(),
+                v.encode("utf-8", "surrogateescape") if type(v) is str else _b(v),
+            )
+            for k, v in pairs
+        ]
 
     # -- hostcall-level operations (bytes) ---------------------------------------------
     def pairs(self) -> list[Pair]:
