@@ -279,7 +279,15 @@ class HttpContext(Context):
     def _ensure_created(self) -> None:
         if not self.created:
             self.created = True
-            self.vm.call(self, "proxy_on_context_create", self.id, self.root.id)
+            try:
+                self.vm.call(self, "proxy_on_context_create", self.id, self.root.id)
+            except FilterTrap:
+                # the same failure handling as any stream callback (see _invoke)
+                self.host.deferred.clear()
+                if not self._fail_open:
+                    self._fail_closed()
+                if self.vm.raise_on_trap:
+                    raise
 
     def _check_open(self, d: Direction, what: str) -> None:
         if self.completed:

@@ -88,3 +88,26 @@ def test_bad_failure_policy_is_a_usage_error() -> None:
 
     with pytest.raises(HarnessUsageError, match="failure_policy must be"):
         Host().load_plugin(WAT / "callback_recorder.wat", failure_policy="fail_sometimes")
+
+
+CREATE_TRAP = """
+(module
+  (memory (export "memory") 1)
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "malloc") (param i32) (result i32) (i32.const 1024))
+  ;; the root (parent 0) is created fine; a stream context (parent = root) traps
+  (func (export "proxy_on_context_create") (param i32 i32)
+    (if (local.get 1) (then unreachable))))
+"""
+
+
+def test_trap_while_creating_a_stream_context_fails_the_stream_closed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    wat = tmp_path / "create.wat"
+    wat.write_text(CREATE_TRAP)
+    plugin = Host().load_plugin(wat)
+    stream = plugin.http_stream()
+    with pytest.raises(FilterTrap) as info:
+        stream.send_request_headers({":path": "/"}, end_of_stream=True)
+    assert info.value.callback == "proxy_on_context_create"
+    assert stream.local_response is not None and stream.local_response.status_code == 503
+    assert stream.upstream_request is None and stream.completed
