@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
+from .profiles import split_pseudo_headers
 from .scenario import (
     DownstreamResponse,
     ExchangeResult,
@@ -661,17 +662,8 @@ class _Parts:
 
 
 def _request_parts(request: HttpRequest) -> _Parts:
-    pseudo: dict[str, str] = {}
-    order: list[str] = []
-    regular: list[tuple[str, str]] = []
-    for name, value in request.headers:
-        if name.startswith(":"):
-            key = name.lower()
-            if key not in pseudo:
-                order.append(key)
-            pseudo[key] = value
-        else:
-            regular.append((name, value))
+    pseudo, order, regular = split_pseudo_headers(request.headers)
+    regular = list(regular)
     host = next((v for k, v in regular if k.lower() == "host"), None)
     defaults = {":method": "GET", ":scheme": "http", ":authority": host or "localhost", ":path": "/"}
     for key in (":method", ":scheme", ":authority", ":path"):

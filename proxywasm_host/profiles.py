@@ -150,7 +150,7 @@ def _clean(pairs: Iterable[tuple[str, str]]) -> Pairs:
     return out
 
 
-def _split(headers: HeaderInput) -> tuple[dict[str, str], list[str], Pairs]:
+def split_pseudo_headers(headers: HeaderInput) -> tuple[dict[str, str], list[str], Pairs]:
     """Pseudo-headers (last value wins, names lower-cased), their order, regular headers."""
     pseudo: dict[str, str] = {}
     order: list[str] = []
@@ -187,7 +187,7 @@ def envoy_request_headers(
     order, names in any case.  See the module documentation for the rules.
     """
     proto = _protocol(protocol)
-    pseudo, order, regular = _split(headers)
+    pseudo, order, regular = split_pseudo_headers(headers)
     host = _first(regular, "host")
     values = {
         ":method": pseudo.get(":method", "GET"),
