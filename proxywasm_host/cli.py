@@ -106,6 +106,17 @@ def _inspect(args: argparse.Namespace) -> int:
     return 1 if report["problems"] else 0
 
 
+def _print_message(title: str, headers: Sequence[tuple[str, str]], body: bytes,
+                   trailers: Sequence[tuple[str, str]] | None) -> None:
+    print(title)
+    for k, v in headers:
+        print(f"  {k}: {v}")
+    if body:
+        print(f"  body: {body!r}")
+    for k, v in trailers or []:
+        print(f"  trailer {k}: {v}")
+
+
 def _run(args: argparse.Namespace) -> int:
     request = HttpRequest(
         headers=request_headers(args.header),
@@ -145,22 +156,10 @@ def _run(args: argparse.Namespace) -> int:
     if up is None:
         print("upstream request: none (the filter answered or held the request)")
     else:
-        print("upstream request:")
-        for k, v in up.headers:
-            print(f"  {k}: {v}")
-        if up.body:
-            print(f"  body: {up.body!r}")
-        for k, v in up.trailers or []:
-            print(f"  trailer {k}: {v}")
+        _print_message("upstream request:", up.headers, up.body, up.trailers)
     down = result.downstream_response
     if down is not None:
-        print(f"downstream response: {down.status}")
-        for k, v in down.headers:
-            print(f"  {k}: {v}")
-        if down.body:
-            print(f"  body: {down.body!r}")
-        for k, v in down.trailers or []:
-            print(f"  trailer {k}: {v}")
+        _print_message(f"downstream response: {down.status}", down.headers, down.body, down.trailers)
     if result.local_reply is not None:
         print(f"local reply: {result.local_reply.status} details={result.local_reply.details!r}")
     for record in result.logs:
