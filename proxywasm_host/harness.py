@@ -96,6 +96,7 @@ class Host:
         random_seed: int = 0,
         clusters: Mapping[str, str | None] | Iterable[str] | None = None,
         dns: Mapping[str, Sequence[str | tuple[str, int]]] | None = None,
+        callout_router: Callable[[HttpCallout], None] | None = None,
         trace: bool = False,
         allowed_hostcalls: Iterable[str] | None = None,
         coverage: dict[str, int] | None = None,
@@ -106,7 +107,9 @@ class Host:
         """``clusters``: upstream names ``proxy_http_call``/``proxy_grpc_*`` may target. ``None``
         (default) accepts any name; otherwise unknown names get Envoy's status. A mapping may
         give a real ``http://host:port`` URL: callouts to it are sent there and answered with
-        the real response.
+        the real response. ``callout_router`` replaces that: it gets every dispatched
+        :class:`~proxywasm_host.callouts.HttpCallout` right after the dispatching guest call
+        returns and answers it (now or later) with ``respond``/``fail``/``time_out``.
 
         ``trace`` records every hostcall (see :attr:`hostcall_trace`); ``allowed_hostcalls``
         turns on strict mode (any other hostcall fails the callback with
@@ -122,6 +125,7 @@ class Host:
             name: [(a, 60) if isinstance(a, str) else (a[0], int(a[1])) for a in answers]
             for name, answers in (dns or {}).items()
         }
+        self.callout_router = callout_router
         self.callback_deadline_s = callback_deadline_s
         self.memory_limit_bytes = memory_limit_bytes
         self.raise_on_trap = raise_on_trap
@@ -262,6 +266,9 @@ class Host:
 
     def _route_callout(self, callout: HttpCallout) -> None:
         """Send a callout to the real upstream its cluster names, if any, and answer it."""
+        if self.callout_router is not None:
+            self.callout_router(callout)
+            return
         url = (self.clusters or {}).get(callout.cluster)
         if url is None:
             return  # the test answers it

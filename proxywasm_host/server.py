@@ -252,15 +252,6 @@ def _log_level(name: str) -> LogLevel:
         raise ValueError(f"unknown log level {name!r}; use one of {', '.join(_LEVELS)}") from None
 
 
-class _ServerHost(Host):
-    """The harness host, with callouts sent asynchronously on the server's loop."""
-
-    server: "FilterServer"
-
-    def _route_callout(self, callout: HttpCallout) -> None:  # called from vm.flush(), on the loop
-        self.server._dispatch_callout(callout)
-
-
 # ---------------------------------------------------------------------------------------------
 # the server
 # ---------------------------------------------------------------------------------------------
@@ -276,14 +267,15 @@ class FilterServer:
         self.config = config
         self.out = out if out is not None else sys.stderr
         self.level = _log_level(config.log_level)
-        host = _ServerHost(
+        # callouts are sent asynchronously on the server's loop (the router runs from vm.flush())
+        host = Host(
             start_time_ns=time.time_ns(),
+            callout_router=self._dispatch_callout,
             log_level=self.level,
             clusters=dict(config.clusters),
             raise_on_trap=False,
             callback_deadline_s=config.callback_deadline_s,
         )
-        host.server = self
         self.host = host
         self._mono0 = time.monotonic_ns()
         self._clock0 = host.clock.monotonic_ns

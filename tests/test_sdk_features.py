@@ -254,3 +254,17 @@ def test_tutorial_filter_in_every_sdk(sdk: str) -> None:
     ]
     assert result.downstream_response is not None and result.downstream_response.status == 200
     assert result.abi_version == {"go": "0.2.0", "assemblyscript": "0.2.0"}.get(sdk, "0.1.0" if "0.1" in sdk else "0.2.1")
+
+
+def test_callout_router_answers_callouts() -> None:
+    seen = []
+
+    def router(callout):  # type: ignore[no-untyped-def]
+        seen.append(callout.cluster)
+        callout.respond(200, body=b"routed")
+
+    plugin = load(CALLOUT_FILTERS["rust"], host=Host(callout_router=router))
+    stream = plugin.http_stream()
+    stream.send_request_headers(GET, end_of_stream=True)
+    assert seen == ["auth_cluster"]
+    assert ("x-auth-body", "routed") in stream.upstream_request.headers  # type: ignore[union-attr]
