@@ -564,6 +564,22 @@ class HttpStream:
         """End the stream now (Envoy: access log, then filter destruction)."""
         self.context.complete()
 
+    def take_request_body(self) -> bytes:
+        """The request body bytes forwarded upstream since the last take, forgotten here: a
+        proxy streaming large bodies drains them instead of keeping them until the stream
+        ends (``upstream_request.body`` then holds only what was not taken)."""
+        return self._take(self.context.request)
+
+    def take_response_body(self) -> bytes:
+        """Like :meth:`take_request_body`, for the body forwarded downstream."""
+        return self._take(self.context.response)
+
+    @staticmethod
+    def _take(d: Any) -> bytes:
+        data = bytes(d.forwarded_body)
+        d.forwarded_body.clear()
+        return data
+
     # -- the stream as the filter left it -----------------------------------------------------
     @property
     def request_headers(self) -> HeaderMap:

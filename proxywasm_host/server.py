@@ -722,10 +722,9 @@ class _Exchange:
             self.up_started_at = time.monotonic()
             self.up_task = asyncio.get_running_loop().create_task(self._upstream(req.forwarded_headers.items()))
         if self.up_task is not None and not self.up_eos:
-            n = len(req.forwarded_body)
-            if n > self.up_sent:
-                chunk = bytes(req.forwarded_body[self.up_sent : n])
-                self.up_sent = n
+            chunk = self.stream.take_request_body()  # type: ignore[union-attr]
+            if chunk:
+                self.up_sent += len(chunk)
                 self.up_queue.append(chunk)
                 self.up_pending += len(chunk)
                 self.up_event.set()
@@ -755,10 +754,9 @@ class _Exchange:
                 start["trailers"] = True
             self._down_append(start)
         if self.down_started and not self.down_done:
-            n = len(resp.forwarded_body)
-            if n > self.down_sent:
-                chunk = bytes(resp.forwarded_body[self.down_sent : n])
-                self.down_sent = n
+            chunk = self.stream.take_response_body()  # type: ignore[union-attr]
+            if chunk:
+                self.down_sent += len(chunk)
                 self._down_append({"type": "http.response.body", "body": chunk, "more_body": True})
             if resp.end_forwarded or ctx.completed:
                 self.down_done = True

@@ -53,7 +53,8 @@ class Direction:
     trailers: HeaderMap | None = None
     buffer: bytearray = field(default_factory=bytearray)  # body held at this filter (HTTP_*_BODY)
     forwarded_headers: HeaderMap | None = None
-    forwarded_body: bytearray = field(default_factory=bytearray)
+    forwarded_body: bytearray = field(default_factory=bytearray)  # forwarded, not yet taken
+    forwarded_bytes: int = 0  # every body byte forwarded so far (taken or not)
     forwarded_trailers: HeaderMap | None = None
     end_received: bool = False  # the peer finished sending
     end_forwarded: bool = False
@@ -229,8 +230,8 @@ class HttpContext(Context):
         if trailers is not None:
             attrs[("response", "trailers")] = dict(trailers.items())
         if self.completed or self.in_log:
-            attrs[("request", "size")] = Int(len(self.request.forwarded_body))
-            attrs[("response", "size")] = Int(len(self.response.forwarded_body))
+            attrs[("request", "size")] = Int(self.request.forwarded_bytes)
+            attrs[("response", "size")] = Int(self.response.forwarded_bytes)
             attrs[("request", "duration")] = Int(self.host.clock.wall_ns - self.request_time_ns)
             if self.local_response is not None:
                 attrs[("response", "code_details")] = self.local_response.details
@@ -438,6 +439,7 @@ class HttpContext(Context):
 
     def _forward_body(self, d: Direction) -> None:
         d.forwarded_body += d.buffer
+        d.forwarded_bytes += len(d.buffer)
         d.buffer.clear()
         d.stopped = None
         d.body_writable = False
@@ -515,6 +517,7 @@ class HttpContext(Context):
             resp.buffer = bytearray()
             resp.forwarded_headers = resp.headers.copy()
             resp.forwarded_body = bytearray(reply.body)
+            resp.forwarded_bytes = len(reply.body)
             resp.forwarded_trailers = None
             resp.stopped = None
             self._end(resp)

@@ -140,3 +140,19 @@ def test_ticks_follow_the_virtual_clock() -> None:
     assert host.advance_time(1) == 1
     plugin.vm.call(plugin.root, "call_proxy_set_tick_period_milliseconds", 0)
     assert host.advance_time(10_000) == 0
+
+
+def test_take_body_drains_forwarded_bytes() -> None:
+    plugin = recorder()
+    s = plugin.http_stream()
+    s.send_request_headers({":path": "/", ":method": "POST"})
+    s.send_request_body(b"abc")
+    assert s.take_request_body() == b"abc"
+    s.send_request_body(b"de", end_of_stream=True)
+    assert s.take_request_body() == b"de"
+    assert s.take_request_body() == b""
+    assert s.upstream_request is not None and s.upstream_request.body == b""  # all taken
+    assert s.context.request.forwarded_bytes == 5  # request.size still counts every byte
+    s.send_response_headers({":status": "200"})
+    s.send_response_body(b"xyz", end_of_stream=True)
+    assert s.take_response_body() == b"xyz"
