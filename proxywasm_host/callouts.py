@@ -6,12 +6,10 @@ to answer them.  Pure state; delivery into the guest goes through the owning
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from .errors import HarnessUsageError
 
-if TYPE_CHECKING:
-    from .context import RootContext
 
 
 def _text(data: bytes) -> str:
@@ -138,6 +136,3 @@ class GrpcCall:
 def decode_pairs_text(pairs: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
     return [(_text(k), _text(v)) for k, v in pairs]
 
-
-def root_of(ctx: Any) -> "RootContext | None":
-    return ctx.root
