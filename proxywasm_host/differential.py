@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from .envoy import EnvoyError, EnvoyRunner, filter_logs, find_envoy, log_prefix, parse_envoy_log, trace_lines
+from .headers import compare_header_lists, one_or_all
 from .profiles import StreamProfile, get_profile
 from .scenario import (
     ExchangeResult,
@@ -347,22 +348,14 @@ def _diff_headers(what: str, ours: Sequence[tuple[str, str]] | None, envoy: Sequ
         return []
     if ours is None or envoy is None:
         return [f"{what}: in-process {_fmt(ours)}, Envoy {_fmt(envoy)}"]
-    lines = []
-    o_names = [k for k, _ in ours]
-    e_names = [k for k, _ in envoy]
-    for k, v in envoy:
-        if k not in o_names:
-            lines.append(f"{what}: missing in-process: {k}: {v}")
-    for k, v in ours:
-        if k not in e_names:
-            lines.append(f"{what}: only in-process: {k}: {v}")
-    for name in dict.fromkeys(k for k in e_names if k in o_names):
-        ov = [v for k, v in ours if k == name]
-        ev = [v for k, v in envoy if k == name]
-        if ov != ev:
-            lines.append(f"{what}: {name}: in-process {ov if len(ov) > 1 else ov[0]!r}, Envoy {ev if len(ev) > 1 else ev[0]!r}")
+    missing, only_ours, changed = compare_header_lists(ours, envoy)
+    lines = [f"{what}: missing in-process: {k}: {v}" for k, v in missing]
+    lines += [f"{what}: only in-process: {k}: {v}" for k, v in only_ours]
+    lines += [f"{what}: {name}: in-process {one_or_all(ov)}, Envoy {one_or_all(ev)}" for name, ov, ev in changed]
     if not lines:
-        lines.append(f"{what}: same headers, different order: in-process {o_names}, Envoy {e_names}")
+        lines.append(
+            f"{what}: same headers, different order: in-process {[k for k, _ in ours]}, Envoy {[k for k, _ in envoy]}"
+        )
     return lines
 
 

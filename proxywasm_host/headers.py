@@ -125,3 +125,27 @@ class HeaderMap:
 
     def __repr__(self) -> str:
         return f"HeaderMap({self.items()!r})"
+
+
+def compare_header_lists(
+    actual: Sequence[tuple[str, str]], expected: Sequence[tuple[str, str]]
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]], list[tuple[str, list[str], list[str]]]]:
+    """How ``actual`` differs from ``expected``: entries whose name is missing, entries whose
+    name is unexpected, and (name, actual values, expected values) for names present in both
+    with different values.  All empty with unequal lists means: same headers, other order."""
+    a_names = {k for k, _ in actual}
+    e_names = {k for k, _ in expected}
+    missing = [(k, v) for k, v in expected if k not in a_names]
+    unexpected = [(k, v) for k, v in actual if k not in e_names]
+    changed = []
+    for name in dict.fromkeys(k for k, _ in expected if k in a_names):
+        av = [v for k, v in actual if k == name]
+        ev = [v for k, v in expected if k == name]
+        if av != ev:
+            changed.append((name, av, ev))
+    return missing, unexpected, changed
+
+
+def one_or_all(values: list[str]) -> str:
+    """``'x'`` for one value, ``['x', 'y']`` for several (for diff messages)."""
+    return repr(values if len(values) > 1 else values[0])

@@ -23,7 +23,7 @@ import pytest
 
 from .errors import HarnessUsageError
 from .harness import Host, Plugin
-from .headers import HeaderMap
+from .headers import HeaderMap, compare_header_lists, one_or_all
 from .runtime import CompiledModule
 
 _HOSTS = pytest.StashKey[list[Host]]()
@@ -178,23 +178,14 @@ def _as_pairs(value: Any) -> list[tuple[str, str]] | None:
 
 def header_diff(actual: list[tuple[str, str]], expected: list[tuple[str, str]], *, full: bool = False) -> list[str]:
     """Readable explanation of how two header lists differ (most useful lines first)."""
-    lines = []
-    a_names = {k for k, _ in actual}
-    e_names = {k for k, _ in expected}
-    for k, v in expected:
-        if k not in a_names:
-            lines.append(f"missing header: {k}: {v}")
-    for k, v in actual:
-        if k not in e_names:
-            lines.append(f"unexpected header: {k}: {v}")
-    for name in dict.fromkeys(k for k, _ in expected if k in a_names):
-        av = [v for k, v in actual if k == name]
-        ev = [v for k, v in expected if k == name]
-        if av != ev:
-            lines.append(f"header {name}: expected {ev if len(ev) > 1 else ev[0]!r}, got {av if len(av) > 1 else av[0]!r}")
+    missing, unexpected, changed = compare_header_lists(actual, expected)
+    lines = [f"missing header: {k}: {v}" for k, v in missing]
+    lines += [f"unexpected header: {k}: {v}" for k, v in unexpected]
+    lines += [f"header {name}: expected {one_or_all(ev)}, got {one_or_all(av)}" for name, av, ev in changed]
     if not lines:
         lines.append("same headers in a different order")
-    if full or not lines or lines == ["same headers in a different order"]:
+        full = True
+    if full:
         lines.append("full diff (- expected, + actual):")
         lines.extend(
             "  " + line
