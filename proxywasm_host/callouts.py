@@ -42,6 +42,15 @@ class HttpCallout:
                 return v
         return None
 
+    def http_request(self) -> tuple[str, str, list[tuple[str, str]]]:
+        """(method, path, headers) to send to a real upstream: pseudo-headers become the request
+        line and ``host`` (unless a host header is already there)."""
+        headers = [(k, v) for k, v in self.headers if not k.startswith(":")]
+        authority = self.header(":authority")
+        if authority and not any(k == "host" for k, _ in headers):
+            headers.insert(0, ("host", authority))
+        return self.header(":method") or "GET", self.header(":path") or "/", headers
+
     def _finish(self, state: str) -> Callable[..., None]:
         if not self.pending:
             raise HarnessUsageError(

@@ -416,12 +416,7 @@ class FilterServer:
     async def _forward_callout(self, callout: HttpCallout, base: str) -> None:
         import aiohttp
 
-        path = callout.header(":path") or "/"
-        method = callout.header(":method") or "GET"
-        headers = [(k, v) for k, v in callout.headers if not k.startswith(":")]
-        authority = callout.header(":authority")
-        if authority and not any(k == "host" for k, _ in headers):
-            headers.insert(0, ("host", authority))
+        method, path, headers = callout.http_request()
         timeout = aiohttp.ClientTimeout(total=callout.timeout_ms / 1000 if callout.timeout_ms else None, connect=5.0)
         parts = urlsplit(base)
         url = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}{path}"

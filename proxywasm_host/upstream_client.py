@@ -18,12 +18,7 @@ def forward_callout(callout: HttpCallout, base_url: str) -> None:
     parts = urlsplit(base_url)
     if parts.scheme not in ("http", ""):
         raise ValueError(f"cluster URL {base_url!r}: only http:// upstreams are supported")
-    path = callout.header(":path") or "/"
-    method = callout.header(":method") or "GET"
-    headers = [(k, v) for k, v in callout.headers if not k.startswith(":")]
-    authority = callout.header(":authority")
-    if authority and not any(k == "host" for k, _ in headers):
-        headers.insert(0, ("host", authority))
+    method, path, headers = callout.http_request()
     timeout = callout.timeout_ms / 1000 if callout.timeout_ms else None
     conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=timeout)
     started = time.monotonic()
