@@ -55,14 +55,7 @@ def test_manifest_exists_and_lists_fixtures():
 def test_entry_matches_wasm_and_sources(name):
     common = _load_common()
     entry = ENTRIES[name]
-    fixture = common.Fixture(
-        name=name,
-        toolchain=entry["toolchain"],
-        source=REPO / entry["source"],
-        extra_sources=tuple(REPO / p for p in entry.get("extra_sources", [])),
-        target=entry.get("target", ""),
-        description=entry.get("description", ""),
-    )
+    fixture = common.fixture_from_entry(name, entry)
     assert fixture.wasm.exists(), f"{fixture.wasm.relative_to(REPO)} is missing; {REBUILD}"
     if "wasm" in entry:
         assert REPO / entry["wasm"] == fixture.wasm
