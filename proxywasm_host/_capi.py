@@ -2,16 +2,21 @@
 
 The runtime layer's fast path (:mod:`proxywasm_host.runtime` is the only user):
 
-* guest exports are called with ``wasmtime_func_call_unchecked`` on a preallocated
-  ``wasmtime_val_raw_t`` buffer; every argument is a plain int (an address) so ctypes
-  converts nothing but ints, and no type is looked up per call;
-* host functions are ``wasmtime_linker_define_func_unchecked`` callbacks generated per
-  hostcall: they read the raw argument slots, mask them as the hostcall's
+* guest exports are called with ``wasmtime_func_call_unchecked`` on a raw
+  ``wasmtime_val_raw_t`` buffer; every argument is a plain int so nothing is converted
+  but ints, and no type is looked up per call (:func:`call`);
+* host functions are ``wasmtime_linker_define_func_unchecked`` callbacks: they read the raw
+  argument slots, mask them as the hostcall's
   :class:`~proxywasm_host.hostcalls.HostcallSpec` says, call the bound
   :class:`~proxywasm_host.hostcalls.AbiHost` method of the instance that is running on
   this thread, and write the result back into slot 0;
 * nothing a callback raises may cross into C: every exception becomes a wasm trap (which
   unwinds the guest) and is handed back to the caller of the guest through the instance.
+
+Both crossings exist twice: in C (``_speedups.c``, built at install when a C compiler is
+there; a guest call costs ~0.2 µs and a host callback ~0.3 µs) and in ctypes (the fallback:
+~0.6 µs and ~2 µs).  Same behaviour; ``PROXYWASM_HOST_NO_SPEEDUPS=1`` forces the ctypes one
+(the test suite runs a part of itself that way).  :data:`SPEEDUPS` says which is in use.
 
 Prototypes are declared here (``CFUNCTYPE`` on the package's ``dll``, plain ints for
 pointers) rather than through the package's ``argtypes``-typed wrappers: same library,
@@ -23,6 +28,7 @@ the epoch ticker thread keeps running while a guest loops.
 from __future__ import annotations
 
 import ctypes
+import os
 import threading
 from ctypes import POINTER, c_char_p, c_size_t, c_uint64, c_void_p
 from typing import Any, Callable
@@ -34,6 +40,7 @@ from wasmtime import _ffi as _ffi
 from .hostcalls import HostcallSpec
 
 MASK32 = 0xFFFFFFFF
+MASK64 = 0xFFFFFFFFFFFFFFFF
 #: wasmtime_val_raw_t is 16 bytes (it has a v128 member): argument i sits at u64 slot 2*i
 RAW_STRIDE = ctypes.sizeof(_b.wasmtime_val_raw_t) // 8
 assert RAW_STRIDE * 8 == ctypes.sizeof(_b.wasmtime_val_raw_t)
@@ -84,7 +91,14 @@ class _Active(threading.local):
     inst: Any = None
 
 
-active = _Active()
+_active = _Active()
+
+
+class CallFailed(Exception):
+    """Raised by :func:`call` when the guest trapped or wasmtime failed.
+
+    ``args`` = (address of the ``wasm_trap_t``, address of the ``wasmtime_error_t``);
+    either may be 0; the catcher owns both (:func:`trap_message`, :func:`error_message`)."""
 
 
 def export_get(ctx: int, instance: wasmtime.Instance, name: str) -> tuple[int, Any, int] | None:
@@ -107,15 +121,14 @@ def error_message(address: int) -> str:
     return str(wasmtime.WasmtimeError._from_ptr(ctypes.cast(address, POINTER(_b.wasmtime_error_t))))
 
 
-def host_exception_trap(exc: BaseException) -> int:
+def park_exception(inst: Any, exc: BaseException | None) -> int:
     """Turn an exception raised inside a host callback into a trap the guest unwinds with.
 
     The exception is parked on the running instance, which re-raises (or reports) it once
     the guest call returns.  Must never raise: it runs inside a C callback.
     """
     try:
-        inst = active.inst
-        if inst is not None and inst._pending is None:
+        if inst is not None and exc is not None and inst._pending is None:
             inst._pending = exc
         msg = f"host function raised {type(exc).__name__}: {exc}".encode("utf-8", "replace")
     except BaseException:  # noqa: BLE001 - nothing may escape into C
@@ -123,7 +136,63 @@ def host_exception_trap(exc: BaseException) -> int:
     return trap_new(msg, len(msg)) or 0
 
 
-# -- one generated callback per hostcall ------------------------------------------------
+# -- the ctypes crossings (the fallback) -----------------------------------------------
+
+#: a raw buffer per slot count, made per call (a nested call must not share its caller's)
+_RawBuffers: dict[int, Any] = {}
+
+
+def _py_call(inst: Any, ctx: int, func: int, nslots: int, deadline_ticks: int, args: tuple[int, ...]) -> int:
+    """:func:`call` in ctypes (see ``sp_call`` in ``_speedups.c`` for the contract)."""
+    kind = _RawBuffers.get(nslots)
+    if kind is None:
+        kind = _RawBuffers[nslots] = ctypes.c_uint64 * (nslots * RAW_STRIDE)
+    buf = kind()
+    i = 0
+    for a in args:
+        buf[i] = a & MASK64
+        i += RAW_STRIDE
+    trap = ctypes.c_void_p()
+    prev = _active.inst
+    if prev is not inst:
+        set_epoch_deadline(ctx, deadline_ticks)
+    _active.inst = inst
+    try:
+        err = func_call_unchecked(ctx, func, ctypes.addressof(buf), nslots, ctypes.addressof(trap))
+    finally:
+        _active.inst = prev
+        inst._view = None
+    if err or trap.value:
+        raise CallFailed(trap.value or 0, err or 0)
+    return buf[0] & MASK32
+
+
+def _py_set_active(inst: Any) -> Any:
+    prev, _active.inst = _active.inst, inst
+    return prev
+
+
+def _py_get_active() -> Any:
+    return _active.inst
+
+
+#: (ctx, memory) -> (size, view): a view is re-made only when the memory has grown
+_py_views: dict[tuple[int, int], tuple[int, memoryview]] = {}
+
+
+def _py_memory_view(ctx: int, mem: int) -> memoryview:
+    size = memory_data_size(ctx, mem)
+    found = _py_views.get((ctx, mem))
+    if found is not None and found[0] == size:
+        return found[1]
+    if not size:
+        return memoryview(bytearray())
+    view = memoryview((ctypes.c_ubyte * size).from_address(memory_data(ctx, mem))).cast("B")
+    if len(_py_views) > 256:  # stores come and go; keep this a cache, not a leak
+        _py_views.clear()
+    _py_views[(ctx, mem)] = (size, view)
+    return view
+
 
 _ARG = {
     "u": "p[{slot}] & 0xFFFFFFFF",
@@ -133,39 +202,86 @@ _ARG = {
 
 _TEMPLATE = """
 def {fname}(env, caller, p, n):
+    inst = None
     try:
         inst = active.inst
         inst._view = None
         {body}
         return 0
     except BaseException as exc:
-        return host_exception_trap(exc)
+        return park_exception(inst, exc)
 """
 
-#: hostcall name -> (index into WasmInstance._host_fns, ctypes callback); process-wide
-_callbacks: dict[str, tuple[int, Any]] = {}
+
+def _py_callback(index: int, spec: HostcallSpec) -> Any:
+    """A ctypes callback for ``spec``, generated from the spec table."""
+    args = ", ".join(_ARG[k].format(slot=i * RAW_STRIDE) for i, k in enumerate(spec.params))
+    call = f"inst._host_fns[{index}]({args})"
+    body = f"p[0] = {call} & 0xFFFFFFFF" if spec.results else call
+    fname = f"cb_{spec.name}"
+    namespace: dict[str, Any] = {"active": _active, "park_exception": park_exception}
+    exec(_TEMPLATE.format(fname=fname, body=body), namespace)  # noqa: S102 - generated from the spec table
+    fn: Callable[..., int] = namespace[fname]
+    callback = CALLBACK(fn)
+    return ctypes.cast(callback, c_void_p).value, callback
+
+
+# -- which crossings are used ---------------------------------------------------------
+
+_speedups: Any = None
+if not os.environ.get("PROXYWASM_HOST_NO_SPEEDUPS"):
+    try:
+        from . import _speedups  # type: ignore[attr-defined,no-redef]
+    except ImportError:  # built without a C compiler: the ctypes crossings
+        _speedups = None
+
+#: True when the C crossings (``_speedups``) are in use
+SPEEDUPS = _speedups is not None
+
+if _speedups is not None:
+    _speedups.init(
+        *(ctypes.cast(getattr(_dll, name), c_void_p).value for name in (
+            "wasmtime_func_call_unchecked", "wasmtime_trap_new", "wasmtime_memory_data",
+            "wasmtime_memory_data_size", "wasmtime_context_set_epoch_deadline")),
+        park_exception, CallFailed,
+    )
+    #: call(inst, ctx, func, nslots, deadline_ticks, args) -> raw slot 0 as u32; CallFailed on a trap
+    call = _speedups.call
+    set_active = _speedups.set_active
+    get_active = _speedups.get_active
+    memory_view = _speedups.memory_view
+else:
+    call = _py_call
+    set_active = _py_set_active
+    get_active = _py_get_active
+    memory_view = _py_memory_view
+
+
+# -- one host callback per hostcall ------------------------------------------------------
+
+#: hostcall name -> (index into WasmInstance._host_fns, callback address, its env pointer,
+#: the ctypes callback object to keep alive or None); process-wide
+_callbacks: dict[str, tuple[int, int, int, Any]] = {}
 _callbacks_lock = threading.Lock()
 
 
-def callback_for(spec: HostcallSpec) -> tuple[int, Any]:
-    """The (index, C callback) for ``spec``, generated once per process."""
+def callback_for(spec: HostcallSpec) -> tuple[int, int]:
+    """The (index, C callback address) for ``spec``, made once per process."""
     found = _callbacks.get(spec.name)
-    if found is not None:
-        return found
-    with _callbacks_lock:
-        found = _callbacks.get(spec.name)
-        if found is not None:
-            return found
-        index = len(_callbacks)
-        args = ", ".join(_ARG[k].format(slot=i * RAW_STRIDE) for i, k in enumerate(spec.params))
-        call = f"inst._host_fns[{index}]({args})"
-        body = f"p[0] = {call} & 0xFFFFFFFF" if spec.results else call
-        fname = f"cb_{spec.name}"
-        namespace: dict[str, Any] = {"active": active, "host_exception_trap": host_exception_trap}
-        exec(_TEMPLATE.format(fname=fname, body=body), namespace)  # noqa: S102 - generated from the spec table
-        fn: Callable[..., int] = namespace[fname]
-        found = _callbacks[spec.name] = (index, CALLBACK(fn))
-        return found
+    if found is None:
+        with _callbacks_lock:
+            found = _callbacks.get(spec.name)
+            if found is None:
+                index = len(_callbacks)
+                if _speedups is not None:
+                    # the one C trampoline; env is the spec it reads the arguments by
+                    env = _speedups.hostcall_spec(index, spec.params, bool(spec.results))
+                    found = (index, _speedups.trampoline_address(), env, None)
+                else:
+                    address, keep = _py_callback(index, spec)
+                    found = (index, address, 0, keep)
+                _callbacks[spec.name] = found
+    return found[0], found[1]
 
 
 def callback_count() -> int:
@@ -174,11 +290,12 @@ def callback_count() -> int:
 
 def define_unchecked(linker: wasmtime.Linker, module: str, spec: HostcallSpec, functype: wasmtime.FuncType) -> None:
     """Define ``module.name`` in ``linker`` as the unchecked callback of ``spec``."""
-    _index, cb = callback_for(spec)
+    callback_for(spec)
+    _index, address, env, _keep = _callbacks[spec.name]
     mod, name = module.encode(), spec.name.encode()
     err = _b.wasmtime_linker_define_func_unchecked(
         linker.ptr(), mod, len(mod), name, len(name), functype.ptr(),
-        ctypes.cast(cb, _b.wasmtime_func_unchecked_callback_t), None, _NO_FINALIZER,
+        ctypes.cast(address, _b.wasmtime_func_unchecked_callback_t), ctypes.c_void_p(env), _NO_FINALIZER,
     )
     if err:
         raise wasmtime.WasmtimeError._from_ptr(err)

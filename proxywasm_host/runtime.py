@@ -18,13 +18,12 @@ this module knows.
 from __future__ import annotations
 
 import atexit
-import ctypes
 import hashlib
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import wasmtime
 
@@ -51,16 +50,10 @@ _module_cache: dict[str, "CompiledModule"] = {}
 _disk_caches: dict[Path, ModuleCache] = {}
 
 
-#: epochs the ticker has counted (read under the GIL): a store whose deadline was armed at
-#: the current count needs no re-arming, its deadline is still ``deadline_s`` away
-_epochs = [0]
-
-
 def _epoch_ticker(eng: wasmtime.Engine) -> None:
     while True:
         time.sleep(EPOCH_TICK_S)
         eng.increment_epoch()
-        _epochs[0] += 1
 
 
 def engine() -> wasmtime.Engine:
@@ -342,24 +335,9 @@ class CompiledModule:
             return self._pre, self._bindings
 
 
-class _Frame:
-    """A preallocated raw argument/result buffer and trap slot for one call depth."""
-
-    __slots__ = ("buf", "buf_addr", "trap", "trap_addr")
-
-    def __init__(self, slots: int) -> None:
-        self.buf = (ctypes.c_uint64 * (slots * _capi.RAW_STRIDE))()
-        self.buf_addr = ctypes.addressof(self.buf)
-        self.trap = ctypes.c_void_p()
-        self.trap_addr = ctypes.addressof(self.trap)
-
-
 _EMPTY_VIEW = memoryview(bytearray())
-_active = _capi.active
-_call_unchecked = _capi.func_call_unchecked
-_set_epoch_deadline = _capi.set_epoch_deadline
-#: below this many ticks the deadline is re-armed on every call (one tick of slack matters)
-_REARM_ALWAYS_BELOW = 4
+_call = _capi.call
+_CallFailed = _capi.CallFailed
 
 
 class WasmInstance:
@@ -376,8 +354,8 @@ class WasmInstance:
         self.compiled = compiled
         self.host = host
         self.deadline_s = deadline_s
+        #: epochs a guest call may run (armed by every outermost call, see _capi.call)
         self._deadline_ticks = max(1, int(deadline_s / EPOCH_TICK_S))
-        self._armed = -1  # _epochs[0] when the deadline was last armed (-1: re-arm every call)
         pre, bindings = compiled.instance_pre()
         self.store = wasmtime.Store(engine())
         self.store.set_limits(memory_size=memory_limit)
@@ -385,27 +363,20 @@ class WasmInstance:
         host_fns: list[Any] = [None] * _capi.callback_count()
         for index, method in bindings:
             host_fns[index] = getattr(host, method)
-        #: bound AbiHost methods by callback index (read by the generated callbacks)
+        #: bound AbiHost methods by callback index (read by the host callbacks)
         self._host_fns = host_fns
         #: an exception a host callback raised, parked until the guest call returns
         self._pending: BaseException | None = None
-        self._trap_text_pending = ""
-        self._depth = 0
-        frame = _Frame(compiled.max_slots)
-        self._frames = [frame]
-        self._buf, self._buf_addr, self._trap, self._trap_addr = frame.buf, frame.buf_addr, frame.trap, frame.trap_addr
         #: GuestRuntime.has_export, as a bound builtin (called twice per callback by the core)
         self.has_export = compiled.func_exports.__contains__
         self._fns: dict[str, tuple[int, int, int, bool]] = {}
         self._keep: list[Any] = []
+        #: the memory view handed to hostcalls; reset (by _capi) whenever guest code ran
         self._view: memoryview | None = None
-        self._full_view = _EMPTY_VIEW
-        self._view_size = 0
         self._mem_addr = 0
         host.guest = self
-        self._arm()
-        prev, _active.inst = _active.inst, self
-        self._depth = 1
+        _capi.set_epoch_deadline(self._ctx, self._deadline_ticks)
+        prev = _capi.set_active(self)
         try:
             self.instance = pre.instantiate(self.store)
         except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
@@ -414,8 +385,7 @@ class WasmInstance:
                 raise pending
             raise ModuleLoadError(f"{compiled.origin}: failed to instantiate: {str(exc).splitlines()[0]}") from None
         finally:
-            self._depth = 0
-            _active.inst = prev
+            _capi.set_active(prev)
         found = _capi.export_get(self._ctx, self.instance, compiled.memory_export)
         if found is None or found[0] != _capi.EXTERN_MEMORY:
             raise ModuleLoadError(f"{compiled.origin}: memory export {compiled.memory_export!r} not found")
@@ -423,11 +393,6 @@ class WasmInstance:
         self._mem_addr = found[2]
         self._view = None
         self._alloc_addr, self._alloc_slots, _n, _r = self._resolve(compiled.allocator)
-
-    def _arm(self) -> None:
-        """(Re-)arm the epoch deadline: the guest call about to start may run ``deadline_s``."""
-        _set_epoch_deadline(self._ctx, self._deadline_ticks)
-        self._armed = _epochs[0] if self._deadline_ticks >= _REARM_ALWAYS_BELOW else -1
 
     def _resolve(self, name: str) -> tuple[int, int, int, bool]:
         """(func address, raw slots, param count, has result) of an export, looked up once."""
@@ -445,44 +410,20 @@ class WasmInstance:
     # -- Guest (for the hostcalls) ---------------------------------------------------------
     def memory(self) -> memoryview:
         view = self._view
-        if view is not None:
-            return view
-        size = _capi.memory_data_size(self._ctx, self._mem_addr) if self._mem_addr else 0
-        if size != self._view_size:
-            addr = _capi.memory_data(self._ctx, self._mem_addr)
-            self._full_view = memoryview((ctypes.c_ubyte * size).from_address(addr)).cast("B") if size else _EMPTY_VIEW
-            self._view_size = size
-        self._view = self._full_view
-        return self._full_view
+        if view is None:
+            view = self._view = _capi.memory_view(self._ctx, self._mem_addr) if self._mem_addr else _EMPTY_VIEW
+        return view
 
     def allocate(self, size: int) -> int:
-        # normally re-entrant (a hostcall handing data to the guest): frame of this depth
-        depth = self._depth
-        frames = self._frames
-        if depth >= len(frames):
-            frames.append(_Frame(self.compiled.max_slots))
-        frame = frames[depth]
-        buf = frame.buf
-        buf[0] = size
-        if depth == 0 and self._armed != _epochs[0]:
-            self._arm()
-        active = _active
-        prev = active.inst
-        active.inst = self
-        self._depth = depth + 1
+        # normally re-entrant: a hostcall handing data to the guest
         try:
-            err = _call_unchecked(self._ctx, self._alloc_addr, frame.buf_addr, self._alloc_slots, frame.trap_addr)
-        finally:
-            self._depth = depth
-            active.inst = prev
-            self._view = None
-        if err or frame.trap.value:
-            text = self._trap_text(err, frame)
+            return _call(self, self._ctx, self._alloc_addr, self._alloc_slots, self._deadline_ticks, (size,))
+        except _CallFailed as failed:
+            text = self._trap_text(*failed.args)
             pending, self._pending = self._pending, None
             if pending is not None:
-                raise pending
-            raise GuestTrapped(WasmTrap(text))
-        return buf[0] & MASK32
+                raise pending from None
+            raise GuestTrapped(WasmTrap(text)) from None
 
     # -- GuestRuntime (for the Vm) -------------------------------------------------------
     def has_export(self, name: str) -> bool:  # replaced per instance by a bound builtin
@@ -493,82 +434,17 @@ class WasmInstance:
             addr, slots, nparams, has_result = self._fns[name]
         except KeyError:
             addr, slots, nparams, has_result = self._resolve(name)
-        if self._depth or len(args) != nparams:
-            return self._call_general(name, args)
-        # the fast path: outermost call, preallocated frame 0
-        buf = self._buf
-        i = 0
-        for a in args:
-            buf[i] = a  # c_uint64 keeps the low 64 bits: an i32 argument as its two's complement
-            i += 2
-        if self._armed != _epochs[0]:
-            self._arm()
-        active = _active
-        prev = active.inst
-        active.inst = self
-        self._depth = 1
-        try:
-            err = _call_unchecked(self._ctx, addr, self._buf_addr, slots, self._trap_addr)
-        finally:
-            self._depth = 0
-            active.inst = prev
-            self._view = None
-        if err or self._trap.value:
-            self._raise_trap(err, self._frames[0])
-        return buf[0] & MASK32 if has_result else None
-
-    def _call_general(self, name: str, args: tuple[int, ...]) -> int | None:
-        """Re-entrant calls (a hostcall calling back into the guest) and arity errors."""
-        addr, slots, nparams, has_result = self._resolve(name)
         if len(args) != nparams:
             raise TypeError(f"{name} takes {nparams} arguments, {len(args)} given")
-        result = self._invoke(addr, slots, args, has_result)
-        if result is _TRAPPED:
-            text, pending = self._take_trap()
-            if pending is not None:
-                if isinstance(pending, GuestTrapped):
-                    raise WasmTrap(f"trap in the guest allocator: {pending.original}") from None
-                raise pending
-            raise WasmTrap(self._deadline_text(text))
-        return result  # type: ignore[return-value]
-
-    def _invoke(self, addr: int, slots: int, args: tuple[int, ...], has_result: bool) -> object:
-        """Call at the current depth with that depth's frame; _TRAPPED when the guest trapped
-        (the trap is then in ``self._trap_text_pending``)."""
-        depth = self._depth
-        frames = self._frames
-        while len(frames) <= depth:
-            frames.append(_Frame(self.compiled.max_slots))
-        frame = frames[depth]
-        buf = frame.buf
-        for i, a in enumerate(args):
-            buf[i * _capi.RAW_STRIDE] = a
-        if depth == 0 and self._armed != _epochs[0]:
-            self._arm()
-        prev = _active.inst
-        _active.inst = self
-        self._depth = depth + 1
         try:
-            err = _call_unchecked(self._ctx, addr, frame.buf_addr, slots, frame.trap_addr)
-        finally:
-            self._depth = depth
-            _active.inst = prev
-            self._view = None
-        if err or frame.trap.value:
-            self._trap_text_pending = self._trap_text(err, frame)
-            return _TRAPPED
-        return buf[0] & MASK32 if has_result else None
+            result = _call(self, self._ctx, addr, slots, self._deadline_ticks, args)
+        except _CallFailed as failed:
+            self._raise_trap(*failed.args)
+        return result if has_result else None
 
     # -- traps (the slow path) ----------------------------------------------------------
-    def _take_trap(self) -> tuple[str, BaseException | None]:
-        text, self._trap_text_pending = self._trap_text_pending, ""
-        pending, self._pending = self._pending, None
-        return text, pending
-
     @staticmethod
-    def _trap_text(err: int | None, frame: _Frame) -> str:
-        trap = frame.trap.value
-        frame.trap.value = None
+    def _trap_text(trap: int, err: int) -> str:
         text = ""
         if err:
             text = _capi.error_message(err)
@@ -582,17 +458,14 @@ class WasmInstance:
             return f"deadline exceeded: the callback ran longer than {self.deadline_s:g} s ({text.strip()})"
         return text
 
-    def _raise_trap(self, err: int | None, frame: _Frame) -> None:
-        text = self._trap_text(err, frame)
+    def _raise_trap(self, trap: int, err: int) -> NoReturn:
+        text = self._trap_text(trap, err)
         pending, self._pending = self._pending, None
         if pending is not None:
             if isinstance(pending, GuestTrapped):
                 raise WasmTrap(f"trap in the guest allocator: {pending.original}") from None
             raise pending
         raise WasmTrap(self._deadline_text(text))
-
-
-_TRAPPED = object()
 
 
 def inspect_module(source: str | Path, *, cache_dir: CacheDirArg = None) -> dict[str, Any]:

@@ -1,0 +1,378 @@
+/* The runtime layer's crossings into and out of wasmtime, in C.
+ *
+ * Part of proxywasm_host's runtime layer (only proxywasm_host/_capi.py imports it).  It
+ * does three things that ctypes does slowly:
+ *
+ *   call()        a guest export through wasmtime_func_call_unchecked: the arguments go
+ *                 into the caller's preallocated raw-value buffer, the GIL is released
+ *                 for the guest (so the epoch ticker thread can interrupt a looping one),
+ *                 and the instance whose guest runs is remembered per thread;
+ *   trampoline    the one C host callback every imported host function is defined with
+ *                 (wasmtime_linker_define_func_unchecked): it reads the raw argument
+ *                 slots as its hostcall's spec says (i32 masked unsigned, i64 signed or
+ *                 unsigned), calls the running instance's bound AbiHost method and writes
+ *                 the i32 result back; an exception becomes a wasm trap (the exception is
+ *                 parked on the instance by a Python handler) and never crosses into C;
+ *   memory_view() a writable memoryview over the guest's linear memory, as it is now.
+ *
+ * It does not link against wasmtime: _capi.py hands over the addresses of the C API
+ * functions from the library the `wasmtime` package already loaded.  Nothing here knows
+ * the proxy-wasm ABI.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+typedef void *(*call_unchecked_fn)(void *ctx, const void *func, uint64_t *args, size_t nargs, void **trap);
+typedef void *(*trap_new_fn)(const char *msg, size_t len);
+typedef uint8_t *(*memory_data_fn)(const void *ctx, const void *mem);
+typedef size_t (*memory_data_size_fn)(const void *ctx, const void *mem);
+typedef void (*set_epoch_deadline_fn)(void *ctx, uint64_t ticks_beyond_current);
+
+static call_unchecked_fn p_call_unchecked;
+static trap_new_fn p_trap_new;
+static memory_data_fn p_memory_data;
+static memory_data_size_fn p_memory_data_size;
+static set_epoch_deadline_fn p_set_epoch_deadline;
+
+/* (inst, exc) -> address of a wasm_trap_t*; parks exc on inst.  Must not raise. */
+static PyObject *exception_handler;
+/* the exception class call() raises when the guest trapped: CallFailed(trap, error) */
+static PyObject *call_failed;
+static PyObject *str_host_fns;
+static PyObject *str_view;
+
+/* wasmtime_val_raw_t is 16 bytes: argument i is at u64 slot 2*i */
+#define RAW_STRIDE 2
+#define MAX_PARAMS 16
+
+typedef struct {
+    Py_ssize_t index;        /* into the instance's _host_fns */
+    int nparams;
+    int has_result;
+    char kinds[MAX_PARAMS];  /* 'u': i32 (masked, unsigned), 'q': i64 signed, 'Q': i64 unsigned */
+} hostcall_spec;
+
+/* per thread: the instance whose guest code runs (innermost), and the thread state saved
+ * while a call() runs guest code without the GIL (NULL when the GIL is held) */
+static _Thread_local PyObject *tl_inst;
+static _Thread_local PyThreadState *tl_saved;
+
+static int ready(void) {
+    if (p_call_unchecked == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "proxywasm_host._speedups used before init()");
+        return 0;
+    }
+    return 1;
+}
+
+/* init(call_unchecked, trap_new, memory_data, memory_data_size, set_epoch_deadline,
+ *      exception_handler, call_failed) */
+static PyObject *sp_init(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "init() takes 7 arguments");
+        return NULL;
+    }
+    void *ptrs[5];
+    for (int i = 0; i < 5; i++) {
+        ptrs[i] = PyLong_AsVoidPtr(args[i]);
+        if (ptrs[i] == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "init(): a C API function address is 0");
+            return NULL;
+        }
+    }
+    if (!PyCallable_Check(args[5])) {
+        PyErr_SetString(PyExc_TypeError, "init(): exception_handler must be callable");
+        return NULL;
+    }
+    if (!PyExceptionClass_Check(args[6])) {
+        PyErr_SetString(PyExc_TypeError, "init(): call_failed must be an exception class");
+        return NULL;
+    }
+    p_call_unchecked = (call_unchecked_fn)ptrs[0];
+    p_trap_new = (trap_new_fn)ptrs[1];
+    p_memory_data = (memory_data_fn)ptrs[2];
+    p_memory_data_size = (memory_data_size_fn)ptrs[3];
+    p_set_epoch_deadline = (set_epoch_deadline_fn)ptrs[4];
+    Py_INCREF(args[5]);
+    Py_XSETREF(exception_handler, args[5]);
+    Py_INCREF(args[6]);
+    Py_XSETREF(call_failed, args[6]);
+    Py_RETURN_NONE;
+}
+
+/* call(inst, ctx, func, nslots, deadline_ticks, args) -> int
+ *
+ * Runs a guest export with args (ints, kept modulo 2**64: a negative i32 arrives as its
+ * two's complement) in raw slots 0, 2, 4, ... of a buffer on the C stack (so calls nest
+ * freely: a host function may call the guest's allocator) and returns raw slot 0 masked
+ * to 32 bits (meaningless for an export without results).  When the guest trapped or
+ * wasmtime failed it raises CallFailed(trap, error) with the addresses of the
+ * wasm_trap_t* and wasmtime_error_t* (either may be 0), which the caller now owns.
+ *
+ * The epoch deadline is armed deadline_ticks ahead unless this instance's guest is already
+ * running on this thread (a nested call must not extend the outer call's deadline).
+ * inst._view is reset afterwards: the guest may have grown its memory. */
+#define MAX_SLOTS 64
+static PyObject *sp_call(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "call() takes 6 arguments");
+        return NULL;
+    }
+    if (!ready())
+        return NULL;
+    PyObject *inst = args[0];
+    void *ctx = PyLong_AsVoidPtr(args[1]);
+    void *func = PyLong_AsVoidPtr(args[2]);
+    size_t nslots = PyLong_AsSize_t(args[3]);
+    unsigned long long ticks = PyLong_AsUnsignedLongLong(args[4]);
+    if (PyErr_Occurred())
+        return NULL;
+    PyObject *values = args[5];
+    if (!PyTuple_Check(values)) {
+        PyErr_SetString(PyExc_TypeError, "call(): args must be a tuple");
+        return NULL;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(values);
+    if (nslots > MAX_SLOTS || (size_t)n > nslots) {
+        PyErr_SetString(PyExc_ValueError, "call(): more arguments than raw slots, or too many slots");
+        return NULL;
+    }
+    uint64_t buf[MAX_SLOTS * RAW_STRIDE];
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned long long v = PyLong_AsUnsignedLongLongMask(PyTuple_GET_ITEM(values, i));
+        if (v == (unsigned long long)-1 && PyErr_Occurred())
+            return NULL;
+        buf[i * RAW_STRIDE] = v;
+    }
+    PyObject *prev_inst = tl_inst;
+    if (prev_inst != inst)
+        p_set_epoch_deadline(ctx, ticks);
+    PyThreadState *prev_saved = tl_saved;
+    void *trap = NULL;
+    Py_INCREF(inst);
+    tl_inst = inst;
+    tl_saved = PyEval_SaveThread();
+    void *err = p_call_unchecked(ctx, func, buf, nslots, &trap);
+    PyEval_RestoreThread(tl_saved);
+    tl_saved = prev_saved;
+    tl_inst = prev_inst;
+
+    int failed = PyObject_SetAttr(inst, str_view, Py_None);
+    Py_DECREF(inst);
+    if (err != NULL || trap != NULL) {
+        PyObject *exc_args = Py_BuildValue("(NN)", PyLong_FromVoidPtr(trap), PyLong_FromVoidPtr(err));
+        if (exc_args != NULL) {
+            PyErr_SetObject(call_failed, exc_args);
+            Py_DECREF(exc_args);
+        }
+        return NULL;
+    }
+    if (failed)
+        return NULL;
+    return PyLong_FromUnsignedLong((unsigned long)(buf[0] & 0xFFFFFFFFu));
+}
+
+/* Turn the pending Python exception into a trap (the handler parks it on inst). */
+static void *exception_to_trap(PyObject *inst) {
+    PyObject *type, *exc, *tb;
+    PyErr_Fetch(&type, &exc, &tb);
+    PyErr_NormalizeException(&type, &exc, &tb);
+    if (exc != NULL && tb != NULL)
+        PyException_SetTraceback(exc, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    void *trap = NULL;
+    if (exception_handler != NULL) {
+        PyObject *res = PyObject_CallFunctionObjArgs(exception_handler, inst ? inst : Py_None,
+                                                     exc ? exc : Py_None, NULL);
+        if (res != NULL) {
+            trap = PyLong_AsVoidPtr(res);
+            Py_DECREF(res);
+        }
+        PyErr_Clear();
+    }
+    Py_XDECREF(exc);
+    if (trap == NULL) {
+        static const char msg[] = "host function raised an exception";
+        trap = p_trap_new(msg, sizeof msg - 1);
+    }
+    return trap;
+}
+
+static void *run_hostcall(const hostcall_spec *spec, uint64_t *raw) {
+    PyObject *inst = tl_inst;
+    if (inst == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "host function called with no instance running");
+        return exception_to_trap(NULL);
+    }
+    if (PyObject_SetAttr(inst, str_view, Py_None) < 0)
+        return exception_to_trap(inst);
+    PyObject *fns = PyObject_GetAttr(inst, str_host_fns);
+    if (fns == NULL)
+        return exception_to_trap(inst);
+    PyObject *fn = PyList_Check(fns) && spec->index < PyList_GET_SIZE(fns) ? PyList_GET_ITEM(fns, spec->index) : NULL;
+    if (fn == NULL || fn == Py_None) {
+        Py_DECREF(fns);
+        PyErr_Format(PyExc_TypeError, "host function #%zd is not bound on this instance", spec->index);
+        return exception_to_trap(inst);
+    }
+    Py_INCREF(fn);
+    Py_DECREF(fns);
+    PyObject *argv[MAX_PARAMS];
+    int built = 0;
+    for (; built < spec->nparams; built++) {
+        uint64_t v = raw[built * RAW_STRIDE];
+        PyObject *o;
+        switch (spec->kinds[built]) {
+        case 'u': o = PyLong_FromUnsignedLong((unsigned long)(v & 0xFFFFFFFFu)); break;
+        case 'q': o = PyLong_FromLongLong((long long)v); break;
+        default:  o = PyLong_FromUnsignedLongLong((unsigned long long)v); break;
+        }
+        if (o == NULL)
+            break;
+        argv[built] = o;
+    }
+    PyObject *res = NULL;
+    if (built == spec->nparams)
+        res = PyObject_Vectorcall(fn, argv, (size_t)spec->nparams, NULL);
+    for (int i = 0; i < built; i++)
+        Py_DECREF(argv[i]);
+    Py_DECREF(fn);
+    if (res == NULL)
+        return exception_to_trap(inst);
+    if (spec->has_result) {
+        unsigned long long r = PyLong_AsUnsignedLongLongMask(res);
+        if (r == (unsigned long long)-1 && PyErr_Occurred()) {
+            Py_DECREF(res);
+            return exception_to_trap(inst);
+        }
+        raw[0] = r & 0xFFFFFFFFu;
+    }
+    Py_DECREF(res);
+    return NULL;
+}
+
+/* size_t callback(void *env, wasmtime_caller_t *caller, wasmtime_val_raw_t *args_and_results, size_t n)
+ * (wasmtime_func_unchecked_callback_t returns a wasm_trap_t*, NULL for none) */
+static void *trampoline(void *env, void *caller, uint64_t *raw, size_t n) {
+    (void)caller;
+    (void)n;
+    PyThreadState *saved = tl_saved;
+    PyGILState_STATE gil = PyGILState_UNLOCKED;
+    if (saved != NULL) {
+        /* inside call(): take the GIL back with this thread's own state */
+        tl_saved = NULL;
+        PyEval_RestoreThread(saved);
+    } else {
+        /* a guest entered some other way (e.g. a start function during instantiation) */
+        gil = PyGILState_Ensure();
+    }
+    void *trap = run_hostcall((const hostcall_spec *)env, raw);
+    if (saved != NULL) {
+        tl_saved = PyEval_SaveThread();
+    } else {
+        PyGILState_Release(gil);
+    }
+    return trap;
+}
+
+/* hostcall_spec(index, kinds: str, has_result) -> address of a process-lifetime spec */
+static PyObject *sp_hostcall_spec(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "hostcall_spec() takes 3 arguments");
+        return NULL;
+    }
+    Py_ssize_t index = PyLong_AsSsize_t(args[0]);
+    if (index == -1 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t len;
+    const char *kinds = PyUnicode_AsUTF8AndSize(args[1], &len);
+    if (kinds == NULL)
+        return NULL;
+    if (len > MAX_PARAMS) {
+        PyErr_SetString(PyExc_ValueError, "hostcall_spec(): too many parameters");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < len; i++) {
+        if (kinds[i] != 'u' && kinds[i] != 'q' && kinds[i] != 'Q') {
+            PyErr_Format(PyExc_ValueError, "hostcall_spec(): unknown parameter kind %c", kinds[i]);
+            return NULL;
+        }
+    }
+    int has_result = PyObject_IsTrue(args[2]);
+    if (has_result < 0)
+        return NULL;
+    hostcall_spec *spec = PyMem_RawCalloc(1, sizeof *spec); /* lives as long as the process */
+    if (spec == NULL)
+        return PyErr_NoMemory();
+    spec->index = index;
+    spec->nparams = (int)len;
+    spec->has_result = has_result;
+    memcpy(spec->kinds, kinds, (size_t)len);
+    return PyLong_FromVoidPtr(spec);
+}
+
+static PyObject *sp_trampoline_address(PyObject *self, PyObject *unused) {
+    return PyLong_FromVoidPtr((void *)trampoline);
+}
+
+/* set_active(inst) -> the previous one: which instance host callbacks act for when a guest
+ * is entered other than through call() (instantiation).  Like call(), it keeps a borrowed
+ * pointer: the caller keeps inst alive and restores the previous one before letting go. */
+static PyObject *sp_set_active(PyObject *self, PyObject *inst) {
+    PyObject *prev = tl_inst ? tl_inst : Py_None;
+    Py_INCREF(prev);
+    tl_inst = inst == Py_None ? NULL : inst;
+    return prev;
+}
+
+static PyObject *sp_get_active(PyObject *self, PyObject *unused) {
+    PyObject *inst = tl_inst ? tl_inst : Py_None;
+    Py_INCREF(inst);
+    return inst;
+}
+
+/* memory_view(ctx, memory) -> writable memoryview of the whole linear memory now */
+static PyObject *sp_memory_view(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "memory_view() takes 2 arguments");
+        return NULL;
+    }
+    if (!ready())
+        return NULL;
+    void *ctx = PyLong_AsVoidPtr(args[0]);
+    void *mem = PyLong_AsVoidPtr(args[1]);
+    if (PyErr_Occurred())
+        return NULL;
+    size_t size = p_memory_data_size(ctx, mem);
+    if (size == 0)
+        return PyMemoryView_FromMemory("", 0, PyBUF_WRITE);
+    return PyMemoryView_FromMemory((char *)p_memory_data(ctx, mem), (Py_ssize_t)size, PyBUF_WRITE);
+}
+
+static PyMethodDef methods[] = {
+    {"init", (PyCFunction)(void (*)(void))sp_init, METH_FASTCALL, "Hand over the C API's function addresses."},
+    {"call", (PyCFunction)(void (*)(void))sp_call, METH_FASTCALL, "Call a guest export (unchecked)."},
+    {"hostcall_spec", (PyCFunction)(void (*)(void))sp_hostcall_spec, METH_FASTCALL, "Describe one host function."},
+    {"trampoline_address", sp_trampoline_address, METH_NOARGS, "The C host callback's address."},
+    {"set_active", sp_set_active, METH_O, "Set this thread's running instance; return the previous."},
+    {"get_active", sp_get_active, METH_NOARGS, "This thread's running instance, or None."},
+    {"memory_view", (PyCFunction)(void (*)(void))sp_memory_view, METH_FASTCALL, "A view over guest memory."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "proxywasm_host._speedups",
+    "C crossings into and out of wasmtime for proxywasm_host's runtime layer.", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__speedups(void) {
+    str_host_fns = PyUnicode_InternFromString("_host_fns");
+    str_view = PyUnicode_InternFromString("_view");
+    if (str_host_fns == NULL || str_view == NULL)
+        return NULL;
+    return PyModule_Create(&module);
+}
