@@ -94,11 +94,6 @@ class _Active(threading.local):
 _active = _Active()
 
 
-class CallFailed(Exception):
-    """Raised by :func:`call` when the guest trapped or wasmtime failed.
-
-    ``args`` = (address of the ``wasm_trap_t``, address of the ``wasmtime_error_t``);
-    either may be 0; the catcher owns both (:func:`trap_message`, :func:`error_message`)."""
 
 
 def export_get(ctx: int, instance: wasmtime.Instance, name: str) -> tuple[int, Any, int] | None:
@@ -142,8 +137,13 @@ def park_exception(inst: Any, exc: BaseException | None) -> int:
 _RawBuffers: dict[int, Any] = {}
 
 
-def _py_call(inst: Any, ctx: int, func: int, nslots: int, deadline_ticks: int, args: tuple[int, ...]) -> int:
+def _py_call(
+    on_trap: Callable[[int, int], Any], name: str, inst: Any, ctx: int, func: int, nslots: int,
+    nparams: int, has_result: bool, deadline_ticks: int, *args: int,
+) -> int | None:
     """:func:`call` in ctypes (see ``sp_call`` in ``_speedups.c`` for the contract)."""
+    if len(args) != nparams:
+        raise TypeError(f"{name} takes {nparams} arguments, {len(args)} given")
     kind = _RawBuffers.get(nslots)
     if kind is None:
         kind = _RawBuffers[nslots] = ctypes.c_uint64 * (nslots * RAW_STRIDE)
@@ -163,8 +163,9 @@ def _py_call(inst: Any, ctx: int, func: int, nslots: int, deadline_ticks: int, a
         _active.inst = prev
         inst._view = None
     if err or trap.value:
-        raise CallFailed(trap.value or 0, err or 0)
-    return buf[0] & MASK32
+        on_trap(trap.value or 0, err or 0)
+        raise RuntimeError("call(): on_trap returned instead of raising")
+    return buf[0] & MASK32 if has_result else None
 
 
 def _py_set_active(inst: Any) -> Any:
@@ -243,9 +244,10 @@ if _speedups is not None:
         *(ctypes.cast(getattr(_dll, name), c_void_p).value for name in (
             "wasmtime_func_call_unchecked", "wasmtime_trap_new", "wasmtime_memory_data",
             "wasmtime_memory_data_size", "wasmtime_context_set_epoch_deadline")),
-        park_exception, CallFailed,
+        park_exception,
     )
-    #: call(inst, ctx, func, nslots, deadline_ticks, args) -> raw slot 0 as u32; CallFailed on a trap
+    #: call(on_trap, name, inst, ctx, func, nslots, nparams, has_result, deadline_ticks, *args)
+    #: -> the i32 result (unsigned) or None; on a trap, on_trap(trap, error) raises
     call = _speedups.call
     set_active = _speedups.set_active
     get_active = _speedups.get_active

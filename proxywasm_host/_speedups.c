@@ -38,8 +38,6 @@ static set_epoch_deadline_fn p_set_epoch_deadline;
 
 /* (inst, exc) -> address of a wasm_trap_t*; parks exc on inst.  Must not raise. */
 static PyObject *exception_handler;
-/* the exception class call() raises when the guest trapped: CallFailed(trap, error) */
-static PyObject *call_failed;
 static PyObject *str_host_fns;
 static PyObject *str_view;
 
@@ -68,10 +66,10 @@ static int ready(void) {
 }
 
 /* init(call_unchecked, trap_new, memory_data, memory_data_size, set_epoch_deadline,
- *      exception_handler, call_failed) */
+ *      exception_handler) */
 static PyObject *sp_init(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError, "init() takes 7 arguments");
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "init() takes 6 arguments");
         return NULL;
     }
     void *ptrs[5];
@@ -87,10 +85,6 @@ static PyObject *sp_init(PyObject *self, PyObject *const *args, Py_ssize_t nargs
         PyErr_SetString(PyExc_TypeError, "init(): exception_handler must be callable");
         return NULL;
     }
-    if (!PyExceptionClass_Check(args[6])) {
-        PyErr_SetString(PyExc_TypeError, "init(): call_failed must be an exception class");
-        return NULL;
-    }
     p_call_unchecked = (call_unchecked_fn)ptrs[0];
     p_trap_new = (trap_new_fn)ptrs[1];
     p_memory_data = (memory_data_fn)ptrs[2];
@@ -98,51 +92,57 @@ static PyObject *sp_init(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     p_set_epoch_deadline = (set_epoch_deadline_fn)ptrs[4];
     Py_INCREF(args[5]);
     Py_XSETREF(exception_handler, args[5]);
-    Py_INCREF(args[6]);
-    Py_XSETREF(call_failed, args[6]);
     Py_RETURN_NONE;
 }
 
-/* call(inst, ctx, func, nslots, deadline_ticks, args) -> int
+/* call(on_trap, name, inst, ctx, func, nslots, nparams, has_result, deadline_ticks, *args)
+ *   -> int | None
  *
- * Runs a guest export with args (ints, kept modulo 2**64: a negative i32 arrives as its
- * two's complement) in raw slots 0, 2, 4, ... of a buffer on the C stack (so calls nest
- * freely: a host function may call the guest's allocator) and returns raw slot 0 masked
- * to 32 bits (meaningless for an export without results).  When the guest trapped or
- * wasmtime failed it raises CallFailed(trap, error) with the addresses of the
- * wasm_trap_t* and wasmtime_error_t* (either may be 0), which the caller now owns.
+ * Runs the guest export `name` (the address of its wasmtime_func_t is func) with args
+ * (ints, kept modulo 2**64: a negative i32 arrives as its two's complement) in raw slots
+ * 0, 2, 4, ... of a buffer on the C stack (so calls nest freely: a host function may call
+ * the guest's allocator), and returns raw slot 0 masked to 32 bits, or None for an export
+ * without results.  The leading arguments are fixed per export and instance (the runtime
+ * binds them once with functools.partial).
+ *
+ * When the guest trapped or wasmtime failed, on_trap(trap, error) is called with the
+ * addresses of the wasm_trap_t* and wasmtime_error_t* (either may be 0; on_trap owns both)
+ * and must raise; its exception is what the call raises.
  *
  * The epoch deadline is armed deadline_ticks ahead unless this instance's guest is already
  * running on this thread (a nested call must not extend the outer call's deadline).
  * inst._view is reset afterwards: the guest may have grown its memory. */
 #define MAX_SLOTS 64
+#define FIXED_ARGS 9
 static PyObject *sp_call(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "call() takes 6 arguments");
+    if (nargs < FIXED_ARGS) {
+        PyErr_SetString(PyExc_TypeError, "call() takes at least 9 arguments");
         return NULL;
     }
     if (!ready())
         return NULL;
-    PyObject *inst = args[0];
-    void *ctx = PyLong_AsVoidPtr(args[1]);
-    void *func = PyLong_AsVoidPtr(args[2]);
-    size_t nslots = PyLong_AsSize_t(args[3]);
-    unsigned long long ticks = PyLong_AsUnsignedLongLong(args[4]);
+    PyObject *on_trap = args[0];
+    PyObject *inst = args[2];
+    void *ctx = PyLong_AsVoidPtr(args[3]);
+    void *func = PyLong_AsVoidPtr(args[4]);
+    size_t nslots = PyLong_AsSize_t(args[5]);
+    Py_ssize_t nparams = PyLong_AsSsize_t(args[6]);
+    int has_result = PyObject_IsTrue(args[7]);
+    unsigned long long ticks = PyLong_AsUnsignedLongLong(args[8]);
     if (PyErr_Occurred())
         return NULL;
-    PyObject *values = args[5];
-    if (!PyTuple_Check(values)) {
-        PyErr_SetString(PyExc_TypeError, "call(): args must be a tuple");
+    Py_ssize_t n = nargs - FIXED_ARGS;
+    if (n != nparams) {
+        PyErr_Format(PyExc_TypeError, "%S takes %zd arguments, %zd given", args[1], nparams, n);
         return NULL;
     }
-    Py_ssize_t n = PyTuple_GET_SIZE(values);
     if (nslots > MAX_SLOTS || (size_t)n > nslots) {
         PyErr_SetString(PyExc_ValueError, "call(): more arguments than raw slots, or too many slots");
         return NULL;
     }
     uint64_t buf[MAX_SLOTS * RAW_STRIDE];
     for (Py_ssize_t i = 0; i < n; i++) {
-        unsigned long long v = PyLong_AsUnsignedLongLongMask(PyTuple_GET_ITEM(values, i));
+        unsigned long long v = PyLong_AsUnsignedLongLongMask(args[FIXED_ARGS + i]);
         if (v == (unsigned long long)-1 && PyErr_Occurred())
             return NULL;
         buf[i * RAW_STRIDE] = v;
@@ -163,15 +163,18 @@ static PyObject *sp_call(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     int failed = PyObject_SetAttr(inst, str_view, Py_None);
     Py_DECREF(inst);
     if (err != NULL || trap != NULL) {
-        PyObject *exc_args = Py_BuildValue("(NN)", PyLong_FromVoidPtr(trap), PyLong_FromVoidPtr(err));
-        if (exc_args != NULL) {
-            PyErr_SetObject(call_failed, exc_args);
-            Py_DECREF(exc_args);
+        PyErr_Clear();
+        PyObject *res = PyObject_CallFunction(on_trap, "NN", PyLong_FromVoidPtr(trap), PyLong_FromVoidPtr(err));
+        if (res != NULL) {
+            Py_DECREF(res);
+            PyErr_SetString(PyExc_RuntimeError, "call(): on_trap returned instead of raising");
         }
         return NULL;
     }
     if (failed)
         return NULL;
+    if (!has_result)
+        Py_RETURN_NONE;
     return PyLong_FromUnsignedLong((unsigned long)(buf[0] & 0xFFFFFFFFu));
 }
 

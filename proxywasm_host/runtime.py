@@ -23,7 +23,8 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from functools import partial
+from typing import Any, Callable, NoReturn
 
 import wasmtime
 
@@ -337,7 +338,6 @@ class CompiledModule:
 
 _EMPTY_VIEW = memoryview(bytearray())
 _call = _capi.call
-_CallFailed = _capi.CallFailed
 
 
 class WasmInstance:
@@ -370,6 +370,8 @@ class WasmInstance:
         #: GuestRuntime.has_export, as a bound builtin (called twice per callback by the core)
         self.has_export = compiled.func_exports.__contains__
         self._fns: dict[str, tuple[int, int, int, bool]] = {}
+        #: export name -> its call with everything but the arguments bound (see _capi.call)
+        self._bound: dict[str, Callable[..., int | None]] = {}
         self._keep: list[Any] = []
         #: the memory view handed to hostcalls; reset (by _capi) whenever guest code ran
         self._view: memoryview | None = None
@@ -392,7 +394,10 @@ class WasmInstance:
         self._keep.append(found[1])
         self._mem_addr = found[2]
         self._view = None
-        self._alloc_addr, self._alloc_slots, _n, _r = self._resolve(compiled.allocator)
+        addr, slots, _n, _r = self._resolve(compiled.allocator)
+        #: the guest allocator, bound like an export; a trap becomes GuestTrapped
+        self._allocate = partial(_call, self._allocator_trapped, compiled.allocator, self, self._ctx, addr, slots,
+                                 1, True, self._deadline_ticks)
 
     def _resolve(self, name: str) -> tuple[int, int, int, bool]:
         """(func address, raw slots, param count, has result) of an export, looked up once."""
@@ -416,14 +421,14 @@ class WasmInstance:
 
     def allocate(self, size: int) -> int:
         # normally re-entrant: a hostcall handing data to the guest
-        try:
-            return _call(self, self._ctx, self._alloc_addr, self._alloc_slots, self._deadline_ticks, (size,))
-        except _CallFailed as failed:
-            text = self._trap_text(*failed.args)
-            pending, self._pending = self._pending, None
-            if pending is not None:
-                raise pending from None
-            raise GuestTrapped(WasmTrap(text)) from None
+        return self._allocate(size)  # type: ignore[no-any-return]
+
+    def _allocator_trapped(self, trap: int, err: int) -> NoReturn:
+        text = self._trap_text(trap, err)
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            raise pending
+        raise GuestTrapped(WasmTrap(text))
 
     # -- GuestRuntime (for the Vm) -------------------------------------------------------
     def has_export(self, name: str) -> bool:  # replaced per instance by a bound builtin
@@ -431,16 +436,13 @@ class WasmInstance:
 
     def call(self, name: str, *args: int) -> int | None:
         try:
-            addr, slots, nparams, has_result = self._fns[name]
+            bound = self._bound[name]
         except KeyError:
             addr, slots, nparams, has_result = self._resolve(name)
-        if len(args) != nparams:
-            raise TypeError(f"{name} takes {nparams} arguments, {len(args)} given")
-        try:
-            result = _call(self, self._ctx, addr, slots, self._deadline_ticks, args)
-        except _CallFailed as failed:
-            self._raise_trap(*failed.args)
-        return result if has_result else None
+            bound = self._bound[name] = partial(
+                _call, self._raise_trap, name, self, self._ctx, addr, slots, nparams, has_result, self._deadline_ticks
+            )
+        return bound(*args)
 
     # -- traps (the slow path) ----------------------------------------------------------
     @staticmethod
