@@ -1,15 +1,16 @@
 """Byte formats of the proxy-wasm ABI, read and written in place.
 
 The serialized map ("pairs") format, the property path format and Envoy's
-property value encodings (ABI_FACTS §6).  Encoding writes straight into a
-writable buffer (normally a memoryview over the guest's linear memory) and
-decoding reads from one, so a whole map never exists as an intermediate
-``bytes`` object.  Pure Python, no wasmtime.
+property value encodings (ABI_FACTS §6).  Encoding builds the whole map as one
+``bytes`` (C-level pack and join, then one copy into guest memory); decoding reads
+in place from a buffer (normally a memoryview over the guest's linear memory).
+Pure Python, no wasmtime.
 """
 
 from __future__ import annotations
 
 import struct
+from itertools import chain
 from typing import Iterable, Sequence
 
 Pair = tuple[bytes, bytes]
@@ -31,36 +32,24 @@ def pairs_size(pairs: Sequence[Pair]) -> int:
     return total
 
 
-def encode_pairs_into(buf: memoryview, offset: int, pairs: Sequence[Pair]) -> int:
-    """Serialize ``pairs`` into ``buf[offset:]``; return the number of bytes written.
+def encode_pairs(pairs: Sequence[Pair]) -> bytes:
+    """Serialize ``pairs``: u32 N, N × (u32 key_len, u32 value_len), then ``key\\0value\\0`` per pair.
 
-    Layout: u32 N, N × (u32 key_len, u32 value_len), then ``key\\0value\\0`` per pair.
+    Built with one ``struct.pack`` and one ``join`` (C loops) rather than a Python loop of
+    small writes: about half the time for a typical request's headers.
     """
     n = len(pairs)
-    _U32.pack_into(buf, offset, n)
-    lengths = offset + 4
-    data = lengths + 8 * n
-    for key, value in pairs:
-        klen = len(key)
-        vlen = len(value)
-        _U32x2.pack_into(buf, lengths, klen, vlen)
-        lengths += 8
-        buf[data : data + klen] = key
-        data += klen
-        buf[data] = 0
-        data += 1
-        buf[data : data + vlen] = value
-        data += vlen
-        buf[data] = 0
-        data += 1
-    return data - offset
+    if not n:
+        return b"\0\0\0\0"
+    flat = list(chain.from_iterable(pairs))  # key, value, key, value, ...
+    return struct.pack(f"<{2 * n + 1}I", n, *map(len, flat)) + b"\0".join(flat) + b"\0"
 
 
-def encode_pairs(pairs: Sequence[Pair]) -> bytes:
-    """Convenience for tests and callers outside guest memory."""
-    out = bytearray(pairs_size(pairs))
-    encode_pairs_into(memoryview(out), 0, pairs)
-    return bytes(out)
+def encode_pairs_into(buf: memoryview, offset: int, pairs: Sequence[Pair]) -> int:
+    """Serialize ``pairs`` into ``buf[offset:]``; return the number of bytes written."""
+    data = encode_pairs(pairs)
+    buf[offset : offset + len(data)] = data
+    return len(data)
 
 
 def decode_pairs(buf: memoryview | bytes, offset: int = 0, size: int | None = None) -> list[Pair] | None:
