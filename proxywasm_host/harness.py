@@ -49,7 +49,8 @@ STREAM_HISTORY = 200
 def _pairs(headers: Headers | None) -> list[tuple[str, str]]:
     if headers is None:
         return []
-    items = headers.items() if isinstance(headers, _abc.Mapping) else headers
+    # a list (the usual case) skips the slower ABC isinstance check
+    items = headers if type(headers) is list else headers.items() if isinstance(headers, _abc.Mapping) else headers
     out = []
     for item in items:
         if type(item) is not tuple or len(item) != 2:  # the common case costs one check
@@ -60,6 +61,13 @@ def _pairs(headers: Headers | None) -> list[tuple[str, str]]:
             item = (item[0], item[1])
         out.append(item)
     return out
+
+
+def _has_status(pairs: list[tuple[str, str]]) -> bool:
+    for k, _ in pairs:  # a loop, not any(<generator>): this runs for every response
+        if (k if type(k) is str else str(k)) == ":status":
+            return True
+    return False
 
 
 def _bytes(data: str | bytes | bytearray) -> bytes:
@@ -346,7 +354,7 @@ class Plugin:
             raise HarnessUsageError("this plugin was shut down; load it again to open new streams")
         if self.vm.failed is not None and self.root.plugin.failure_policy == "fail_reload":
             self.host._reload(self)
-        ctx = HttpContext(self.vm, self.root, attributes={_property_key(k): v for k, v in (attributes or {}).items()})
+        ctx = HttpContext(self.vm, self.root, attributes={_property_key(k): v for k, v in attributes.items()} if attributes else None)
         stream = HttpStream(self, ctx)
         streams = self.streams
         if len(streams) - self._streams_scanned >= STREAM_HISTORY:
@@ -550,7 +558,7 @@ class HttpStream:
     def send_response_headers(self, headers: Headers, *, end_of_stream: bool = False) -> int | None:
         """Deliver the upstream's response headers; include ``:status`` (default 200 if absent)."""
         pairs = _pairs(headers)
-        if not any(str(k) == ":status" for k, _ in pairs):
+        if not _has_status(pairs):
             pairs.insert(0, (":status", "200"))
         return _action(self.context.receive_headers(self.context.response, pairs, end_of_stream))
 

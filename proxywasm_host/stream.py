@@ -23,6 +23,13 @@ if TYPE_CHECKING:
 
 REQUEST, RESPONSE = "request", "response"
 
+# Built once: ``x in (MapType.A, MapType.B)`` inside a function looks up both members and
+# builds the tuple on every call, and get_map runs for every header hostcall.
+_REQUEST_MAPS = frozenset((MapType.HTTP_REQUEST_HEADERS, MapType.HTTP_REQUEST_TRAILERS))
+_TRAILER_MAPS = frozenset((MapType.HTTP_REQUEST_TRAILERS, MapType.HTTP_RESPONSE_TRAILERS))
+_FIRST_CALLOUT_MAP = int(MapType.GRPC_CALL_INITIAL_METADATA)
+_HTTP_BODIES = frozenset((BufferType.HTTP_REQUEST_BODY, BufferType.HTTP_RESPONSE_BODY))
+
 
 @dataclass
 class LocalResponse:
@@ -78,7 +85,9 @@ class HttpContext(Context):
         self._root = root
         self.request = Direction(REQUEST)
         self.response = Direction(RESPONSE)
-        self.callbacks: list[CallbackRecord] = []
+        # (callback, args after the context id, result) per delivered callback; the
+        # CallbackRecords are built only when a test reads them (see ``callbacks``)
+        self._callback_log: list[tuple[str, tuple[int, ...], int]] = []
         self.local_response: LocalResponse | None = None
         self._pending_local: LocalResponse | None = None
         self._local_in_flight = False
@@ -95,6 +104,12 @@ class HttpContext(Context):
     def root(self) -> RootContext:
         return self._root
 
+    @property
+    def callbacks(self) -> list[CallbackRecord]:
+        """Every stream callback delivered so far, in order, with its arguments and result."""
+        cid = self.id
+        return [CallbackRecord(name, (cid, *args), result) for name, args, result in self._callback_log]
+
     def _direction(self, stream_type: int) -> Direction:
         return self.request if stream_type == StreamType.HTTP_REQUEST else self.response
 
@@ -102,10 +117,10 @@ class HttpContext(Context):
     # hostcall-facing state
     # ------------------------------------------------------------------------------------
     def get_map(self, map_type: int, *, for_write: bool) -> tuple[Status, HeaderMap | None]:
-        if map_type >= MapType.GRPC_CALL_INITIAL_METADATA:
+        if map_type >= _FIRST_CALLOUT_MAP:
             return super().get_map(map_type, for_write=for_write)
-        d = self.request if map_type in (MapType.HTTP_REQUEST_HEADERS, MapType.HTTP_REQUEST_TRAILERS) else self.response
-        is_trailers = map_type in (MapType.HTTP_REQUEST_TRAILERS, MapType.HTTP_RESPONSE_TRAILERS)
+        d = self.request if map_type in _REQUEST_MAPS else self.response
+        is_trailers = map_type in _TRAILER_MAPS
         if self.in_log or self.completed:
             # on_log sees read-only copies; request trailers are gone (ABI_FACTS §3.3)
             if for_write or map_type == MapType.HTTP_REQUEST_TRAILERS:
@@ -128,7 +143,7 @@ class HttpContext(Context):
         return super().get_buffer(buffer_type)
 
     def set_buffer(self, buffer_type: int, start: int, size: int, data: bytes) -> Status:
-        if buffer_type not in (BufferType.HTTP_REQUEST_BODY, BufferType.HTTP_RESPONSE_BODY):
+        if buffer_type not in _HTTP_BODIES:
             return super().set_buffer(buffer_type, start, size, data)
         d = self.request if buffer_type == BufferType.HTTP_REQUEST_BODY else self.response
         if not d.body_writable:
@@ -249,9 +264,10 @@ class HttpContext(Context):
     # events from the peers
     # ------------------------------------------------------------------------------------
     def _call(self, name: str, *args: int) -> int:
-        result = self.vm.call(self, name, self.id, *args)
-        if self.vm.runtime.has_export(name):
-            self.callbacks.append(CallbackRecord(name, (self.id, *args), result))
+        vm = self.vm
+        result = vm.call(self, name, self.id, *args)
+        if vm.runtime.has_export(name):
+            self._callback_log.append((name, args, result))
         return result
 
     @property
@@ -425,9 +441,9 @@ class HttpContext(Context):
             )
 
     def _last_request_callback(self) -> str:
-        for rec in reversed(self.callbacks):
-            if "request" in rec.callback:
-                return rec.callback
+        for name, _, _ in reversed(self._callback_log):
+            if "request" in name:
+                return name
         return "proxy_on_request_headers"
 
     def _forward_headers(self, d: Direction) -> None:

@@ -77,22 +77,26 @@ class Vm:
                 f"cannot call {name}: this VM failed earlier ({self.failed.callback} trapped). "
                 "Envoy sends no more callbacks into a failed VM; load a fresh plugin to go on."
             )
-        if not self.runtime.has_export(name):
+        runtime = self.runtime
+        if not runtime.has_export(name):
             return default
         host = self.host
-        saved_current, saved_effective = host.current, host.effective
-        host.current, host.effective = context, None
+        saved_current = host.current
+        saved_effective = host.effective
+        host.current = context
+        host.effective = None
         log_mark = len(host.logs)
         self._depth += 1
         try:
-            result = self.runtime.call(name, *args)
+            result = runtime.call(name, *args)
         except WasmTrap as trap:
             self.failed = FilterTrap(name, context.id, str(trap), _panic_message(host.logs, log_mark))
             host.deferred.clear()
             raise self.failed from None
         finally:
             self._depth -= 1
-            host.current, host.effective = saved_current, saved_effective
+            host.current = saved_current
+            host.effective = saved_effective
         observer = host.observer
         if observer is not None and observer.violations and self._depth == 0:
             found, observer.violations = observer.violations, []
