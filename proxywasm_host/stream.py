@@ -85,9 +85,11 @@ class HttpContext(Context):
         self._root = root
         self.request = Direction(REQUEST)
         self.response = Direction(RESPONSE)
-        # (callback, args after the context id, result) per delivered callback; the
-        # CallbackRecords are built only when a test reads them (see ``callbacks``)
-        self._callback_log: list[tuple[str, tuple[int, ...], int]] = []
+        # callback, args, result, callback, args, result, ... for every delivered callback:
+        # flat, because a stream is kept for a while (Plugin.streams) and each object it
+        # holds costs Python's cyclic GC a visit per collection; the CallbackRecords are
+        # built only when a test reads them (see ``callbacks``)
+        self._callback_log: list[Any] = []
         self.local_response: LocalResponse | None = None
         self._pending_local: LocalResponse | None = None
         self._local_in_flight = False
@@ -107,8 +109,8 @@ class HttpContext(Context):
     @property
     def callbacks(self) -> list[CallbackRecord]:
         """Every stream callback delivered so far, in order, with its arguments and result."""
-        cid = self.id
-        return [CallbackRecord(name, (cid, *args), result) for name, args, result in self._callback_log]
+        log = self._callback_log
+        return [CallbackRecord(*log[i : i + 3]) for i in range(0, len(log), 3)]
 
     def _direction(self, stream_type: int) -> Direction:
         return self.request if stream_type == StreamType.HTTP_REQUEST else self.response
@@ -263,18 +265,20 @@ class HttpContext(Context):
     # ------------------------------------------------------------------------------------
     # events from the peers
     # ------------------------------------------------------------------------------------
-    def _call(self, name: str, *args: int) -> int:
+    # _call and _invoke take the callback's arguments as one tuple (this context's id
+    # first), built once per callback rather than re-packed at every level.
+    def _call(self, name: str, args: tuple[int, ...]) -> int:
         vm = self.vm
-        result = vm.call(self, name, self.id, *args)
+        result = vm.call(self, name, *args)
         if vm.runtime.has_export(name):
-            self._callback_log.append((name, args, result))
+            self._callback_log += (name, args, result)
         return result
 
     @property
     def _fail_open(self) -> bool:
         return self.root.plugin.failure_policy == "fail_open"
 
-    def _invoke(self, name: str, *args: int) -> int | None:
+    def _invoke(self, name: str, args: tuple[int, ...]) -> int | None:
         """A stream callback with Envoy's failure handling: after a trap (now or earlier) the
         stream is failed closed (503) or, with ``fail_open``, the filter is skipped (Continue)."""
         if self.vm.failed is not None:
@@ -283,7 +287,7 @@ class HttpContext(Context):
             self._fail_closed()
             return None
         try:
-            return self._call(name, *args)
+            return self._call(name, args)
         except FilterTrap:
             self.host.deferred.clear()
             self._pending_local = None
@@ -297,7 +301,7 @@ class HttpContext(Context):
         if not self.created:
             self.created = True
             try:
-                self.vm.call(self, "proxy_on_context_create", self.id, self.root.id)
+                self.vm.call(self, "proxy_on_context_create", self.id, self._root.id)
             except FilterTrap:
                 # the same failure handling as any stream callback (see _invoke)
                 self.host.deferred.clear()
@@ -306,15 +310,16 @@ class HttpContext(Context):
                 if self.vm.raise_on_trap:
                     raise
 
-    def _check_open(self, d: Direction, what: str) -> None:
+    def _check_open(self, d: Direction, part: str) -> None:
+        """Raise unless ``d`` may still receive its ``part`` ("headers", "body", "trailers")."""
         if self.completed:
             raise HarnessUsageError(
-                f"cannot send {what}: the stream is complete (on_log/on_done/on_delete ran). "
+                f"cannot send {d.name} {part}: the stream is complete (on_log/on_done/on_delete ran). "
                 "Open a new stream with plugin.http_stream() for another request."
             )
         if d.end_received:
             raise HarnessUsageError(
-                f"cannot send {what}: the {d.name} already ended (end_of_stream was sent or trailers "
+                f"cannot send {d.name} {part}: the {d.name} already ended (end_of_stream was sent or trailers "
                 f"arrived). Pass end_of_stream=False on the last {d.name} event if more is to follow."
             )
 
@@ -324,7 +329,7 @@ class HttpContext(Context):
                 f"{d.name} headers were already sent on this stream; send body chunks or trailers next, "
                 "or open a new stream for another request."
             )
-        self._check_open(d, f"{d.name} headers")
+        self._check_open(d, "headers")
         if d is self.response:
             self._check_response_allowed("response headers")
         d.headers_received = True
@@ -333,10 +338,10 @@ class HttpContext(Context):
         if self.vm.failed is None:
             self._ensure_created()
         name = "proxy_on_request_headers" if d is self.request else "proxy_on_response_headers"
-        args: tuple[int, ...] = (len(d.headers),)
-        if self.vm.abi_version != AbiVersion.V0_1_0:
-            args += (int(end_of_stream),)
-        result = self._invoke(name, *args)
+        if self.vm.abi_version == AbiVersion.V0_1_0:
+            result = self._invoke(name, (self.id, len(d.headers)))
+        else:
+            result = self._invoke(name, (self.id, len(d.headers), int(end_of_stream)))
         if result is None:
             return None
         if self._pending_local is None and not self._reset_requested:
@@ -348,7 +353,7 @@ class HttpContext(Context):
         return result
 
     def receive_data(self, d: Direction, chunk: bytes, end_of_stream: bool) -> int | None:
-        self._check_open(d, f"{d.name} body")
+        self._check_open(d, "body")
         if not d.headers_received:
             raise HarnessUsageError(f"send the {d.name} headers before its body (Envoy never delivers a body first).")
         if d is self.response:
@@ -368,7 +373,7 @@ class HttpContext(Context):
         d.body_writable = True
         d.trailers_creatable = end
         try:
-            result = self._invoke(name, len(d.buffer), int(end))
+            result = self._invoke(name, (self.id, len(d.buffer), int(end)))
         finally:
             d.trailers_creatable = False
         if result is None:
@@ -387,7 +392,7 @@ class HttpContext(Context):
         return result
 
     def receive_trailers(self, d: Direction, pairs: Iterable[Sequence[str | bytes]]) -> int | None:
-        self._check_open(d, f"{d.name} trailers")
+        self._check_open(d, "trailers")
         if not d.headers_received:
             raise HarnessUsageError(f"send the {d.name} headers before its trailers.")
         if d is self.response:
@@ -405,7 +410,7 @@ class HttpContext(Context):
     def _deliver_trailers(self, d: Direction) -> int | None:
         assert d.trailers is not None
         name = "proxy_on_request_trailers" if d is self.request else "proxy_on_response_trailers"
-        result = self._invoke(name, len(d.trailers))
+        result = self._invoke(name, (self.id, len(d.trailers)))
         if result is None:
             return None
         if self._pending_local is None and not self._reset_requested:
@@ -441,7 +446,7 @@ class HttpContext(Context):
             )
 
     def _last_request_callback(self) -> str:
-        for name, _, _ in reversed(self._callback_log):
+        for name in reversed(self._callback_log[::3]):
             if "request" in name:
                 return name
         return "proxy_on_request_headers"
@@ -576,12 +581,13 @@ class HttpContext(Context):
             self.host.forget(self)
             return
         self._ensure_created()
+        args = (self.id,)
         self.in_log = True
         try:
-            self._call("proxy_on_log")
+            self._call("proxy_on_log", args)
         finally:
             self.in_log = False
-        self._call("proxy_on_done")
-        self._call("proxy_on_delete")
+        self._call("proxy_on_done", args)
+        self._call("proxy_on_delete", args)
         self.deleted = True
         self.host.forget(self)
