@@ -27,13 +27,14 @@ class HeaderMap:
     __slots__ = ("_pairs",)
 
     def __init__(self, pairs: Iterable[Sequence[str | bytes]] = ()) -> None:
-        self._pairs: list[Pair] = [
-            (
-                (k.encode("utf-8", "surrogateescape") if type(k) is str else _b(k)).lower(),
-                v.encode("utf-8", "surrogateescape") if type(v) is str else _b(v),
-            )
-            for k, v in pairs
-        ]
+        if type(pairs) is not list:
+            pairs = list(pairs)  # may be walked twice below
+        try:
+            # Every stream builds its maps from text: str.encode() without an error handler
+            # is much faster, and gives the same bytes whenever it succeeds.
+            self._pairs: list[Pair] = [(k.encode().lower(), v.encode()) for k, v in pairs]
+        except (AttributeError, UnicodeEncodeError):  # bytes, or lone surrogates
+            self._pairs = [(_b(k).lower(), _b(v)) for k, v in pairs]
 
     # -- hostcall-level operations (bytes) ---------------------------------------------
     def pairs(self) -> list[Pair]:

@@ -23,7 +23,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Protocol
 
-from . import codec
+from . import codec, properties
 from .callouts import GrpcCall, HttpCallout, decode_pairs_text
 from .context import Context, PluginConfig, RootContext
 from .types import AbiVersion, BufferType, LogLevel, MapType, MetricType, Status
@@ -385,11 +385,6 @@ class AbiHost:
             raise GuestMemoryError
         return mem[ptr:end].tobytes()
 
-    def check(self, ptr: int, size: int) -> None:
-        """What :meth:`read` checks, without the copy (for data the host then ignores)."""
-        if size and ptr + size > len(self.guest.memory()):  # type: ignore[union-attr]
-            raise GuestMemoryError
-
     def read_view(self, ptr: int, size: int) -> memoryview:
         mem = self.guest.memory()  # type: ignore[union-attr]
         if ptr + size > len(mem):
@@ -471,7 +466,8 @@ class AbiHost:
         if level > _CRITICAL:
             return _BAD_ARGUMENT
         if level < self.log_level:  # filtered out: a bad pointer still fails, nothing is copied
-            self.check(ptr, size)
+            if size and ptr + size > len(self.guest.memory()):  # type: ignore[union-attr]
+                raise GuestMemoryError  # what read() checks
             return _OK
         self.emit_log(_LOG_LEVELS[level], self.read(ptr, size))
         return _OK
@@ -504,37 +500,33 @@ class AbiHost:
 
     @hostcall("proxy_get_buffer_bytes", "uuuuu")
     def proxy_get_buffer_bytes(self, buffer_type: int, start: int, max_size: int, ret_ptr_ptr: int, ret_size_ptr: int) -> int:
-        if buffer_type > BufferType.FOREIGN_FUNCTION_ARGUMENTS:
-            return Status.BAD_ARGUMENT
+        if buffer_type > _LAST_BUFFER_TYPE:
+            return _BAD_ARGUMENT
         status, buf = self.active.get_buffer(buffer_type)
-        if status != Status.OK or buf is None:
+        if status != _OK or buf is None:
             return status
         size = len(buf)
-        if start > size:
-            length = 0
-        else:
-            length = min(max_size, size - start)
-        if length == 0:
-            self.write_u32(ret_ptr_ptr, 0)
-            self.write_u32(ret_size_ptr, 0)
-            return Status.OK
+        length = 0 if start > size else min(max_size, size - start)
+        if length == size:  # the whole buffer (the usual read): no view to slice
+            return self.return_bytes(ret_ptr_ptr, ret_size_ptr, buf)
+        # an empty range is (0, 0) without an allocation, like an empty buffer
         return self.return_bytes(ret_ptr_ptr, ret_size_ptr, memoryview(buf)[start : start + length])
 
     @hostcall("proxy_get_buffer_status", "uuu")
     def proxy_get_buffer_status(self, buffer_type: int, ret_size_ptr: int, ret_flags_ptr: int) -> int:
-        if buffer_type > BufferType.FOREIGN_FUNCTION_ARGUMENTS:
-            return Status.BAD_ARGUMENT
+        if buffer_type > _LAST_BUFFER_TYPE:
+            return _BAD_ARGUMENT
         status, buf = self.active.get_buffer(buffer_type)
-        if status != Status.OK or buf is None:
+        if status != _OK or buf is None:
             return status
         self.write_u32(ret_size_ptr, len(buf))
         self.write_u32(ret_flags_ptr, 0)
-        return Status.OK
+        return _OK
 
     @hostcall("proxy_set_buffer_bytes", "uuuuu")
     def proxy_set_buffer_bytes(self, buffer_type: int, start: int, size: int, data_ptr: int, data_len: int) -> int:
-        if buffer_type > BufferType.FOREIGN_FUNCTION_ARGUMENTS:
-            return Status.BAD_ARGUMENT
+        if buffer_type > _LAST_BUFFER_TYPE:
+            return _BAD_ARGUMENT
         data = self.read(data_ptr, data_len)
         return self.active.set_buffer(buffer_type, start, size, data)
 
@@ -715,14 +707,12 @@ class AbiHost:
     def proxy_get_property(self, path_ptr: int, path_len: int, ret_ptr_ptr: int, ret_size_ptr: int) -> int:
         raw = self.read(path_ptr, path_len)
         status, value = self.resolve_property(raw)
-        if status != Status.OK:
+        if status != _OK:
             return status
         return self.return_bytes(ret_ptr_ptr, ret_size_ptr, value)
 
     def resolve_property(self, raw_path: bytes) -> tuple[Status, bytes]:
-        from .properties import lookup
-
-        return lookup(self, self.active, raw_path)
+        return properties.lookup(self, self.active, raw_path)
 
     @hostcall("proxy_set_property", "uuuu")
     def proxy_set_property(self, path_ptr: int, path_len: int, val_ptr: int, val_len: int) -> int:

@@ -84,6 +84,9 @@ def _navigate(value: Any, rest: list[str]) -> tuple[bool, Any]:
     return True, value
 
 
+_WASM_TOKENS = frozenset({"plugin_name", "plugin_root_id", "plugin_vm_id"})
+
+
 def lookup(host: "AbiHost", ctx: "Context", raw_path: bytes) -> tuple[Status, bytes]:
     segments = [s.decode("utf-8", "surrogateescape") for s in codec.split_property_path(raw_path)]
     if not segments:
@@ -93,12 +96,12 @@ def lookup(host: "AbiHost", ctx: "Context", raw_path: bytes) -> tuple[Status, by
         root = ctx.root
         plugin = root.plugin if root is not None else None
         head = segments[0]
-        tokens: dict[str, Any] = {
-            "plugin_name": plugin.name if plugin else "",
-            "plugin_root_id": plugin.root_id if plugin else "",
-            "plugin_vm_id": host.vm_id,
-        }
-        if head in tokens and len(segments) == 1:
+        if head in _WASM_TOKENS and len(segments) == 1:
+            tokens: dict[str, Any] = {
+                "plugin_name": plugin.name if plugin else "",
+                "plugin_root_id": plugin.root_id if plugin else "",
+                "plugin_vm_id": host.vm_id,
+            }
             found, value = True, tokens[head]
         elif plugin is not None:
             # longest user-supplied path that prefixes the request (few keys: cheap for any path)
