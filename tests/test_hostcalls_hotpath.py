@@ -144,3 +144,42 @@ def test_encode_pairs_matches_the_layout_written_out() -> None:
     slow += b"".join(k + b"\0" + v + b"\0" for k, v in pairs)
     assert codec.encode_pairs(pairs) == slow
     assert codec.encode_pairs([]) == b"\0\0\0\0"
+
+
+class Broken(MapContext):
+    def get_map(self, map_type: int, *, for_write: bool) -> tuple[Status, HeaderMap | None]:
+        raise RuntimeError("boom")
+
+
+def test_every_guard_arity_turns_errors_into_statuses_and_lets_traps_through() -> None:
+    from proxywasm_host.hostcalls import GuestTrapped, HostcallObserver
+
+    for observed in (False, True):
+        host, guest, _ = make()
+        if observed:
+            host.observer = HostcallObserver()
+            host.observer.trace = []
+        host.current = Broken(host)
+        put(guest, 100, b"k")
+        assert host.proxy_get_header_map_pairs(0, 200, 204) == Status.INTERNAL_FAILURE  # 3 params
+        assert host.proxy_get_header_map_value(0, 100, 1, 200, 204) == Status.INTERNAL_FAILURE  # 5
+        assert host.proxy_set_effective_context(12345) == Status.BAD_ARGUMENT  # 1 (*args guard)
+        assert host.proxy_get_property(BAD, 10, 200, 204) == Status.INVALID_MEMORY_ACCESS  # 4
+        assert host.host_errors == ["proxy_get_header_map_pairs: RuntimeError: boom",
+                                    "proxy_get_header_map_value: RuntimeError: boom"]
+        host.current = MapContext(host)
+
+        def trap(size: int) -> int:
+            raise GuestTrapped(RuntimeError("allocator trapped"))
+
+        guest.allocate = trap  # type: ignore[method-assign]
+        try:
+            host.proxy_get_header_map_pairs(0, 200, 204)
+        except GuestTrapped:
+            pass
+        else:
+            raise AssertionError("GuestTrapped must propagate")
+        if observed:
+            assert [r.name for r in host.observer.trace] == [  # type: ignore[union-attr]
+                "proxy_get_header_map_pairs", "proxy_get_header_map_value", "proxy_set_effective_context",
+                "proxy_get_property"]
