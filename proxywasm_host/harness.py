@@ -630,7 +630,7 @@ class HttpStream:
 
     @property
     def callbacks(self) -> list[CallbackRecord]:
-        return list(self.context.callbacks)
+        return self.context.callbacks  # a fresh list each time
 
     @property
     def completed(self) -> bool:

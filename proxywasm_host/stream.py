@@ -80,7 +80,8 @@ class HttpContext(Context):
     kind = "http"
 
     def __init__(self, vm: "Vm", root: RootContext, *, attributes: dict[tuple[str, ...], Any] | None = None) -> None:
-        super().__init__(vm.host, vm.host.allocate_context_id())
+        host = vm.host
+        super().__init__(host, host.allocate_context_id())
         self.vm = vm
         self._root = root
         self.request = Direction(REQUEST)
@@ -99,8 +100,8 @@ class HttpContext(Context):
         self.in_log = False
         self.filter_state_data: dict[bytes, bytes] = {}
         self.attributes: dict[tuple[str, ...], Any] = dict(attributes or {})
-        self.request_time_ns = vm.host.clock.wall_ns
-        vm.host.register(self)
+        self.request_time_ns = host.clock.wall_ns
+        host.register(self)
 
     @property
     def root(self) -> RootContext:
@@ -333,15 +334,16 @@ class HttpContext(Context):
         if d is self.response:
             self._check_response_allowed("response headers")
         d.headers_received = True
-        d.headers = HeaderMap(pairs)
+        d.headers = headers = HeaderMap(pairs)
         d.end_received = end_of_stream
-        if self.vm.failed is None:
+        vm = self.vm
+        if vm.failed is None:
             self._ensure_created()
         name = "proxy_on_request_headers" if d is self.request else "proxy_on_response_headers"
-        if self.vm.abi_version == AbiVersion.V0_1_0:
-            result = self._invoke(name, (self.id, len(d.headers)))
+        if vm.abi_version == AbiVersion.V0_1_0:
+            result = self._invoke(name, (self.id, len(headers)))
         else:
-            result = self._invoke(name, (self.id, len(d.headers), int(end_of_stream)))
+            result = self._invoke(name, (self.id, len(headers), int(end_of_stream)))
         if result is None:
             return None
         if self._pending_local is None and not self._reset_requested:
