@@ -21,7 +21,6 @@ MAX_PAIRS_BYTES = 1 << 20
 MAX_PAIRS_COUNT = 1024
 
 _U32 = struct.Struct("<I")
-_U32x2 = struct.Struct("<II")
 
 
 def pairs_size(pairs: Sequence[Pair]) -> int:
@@ -73,18 +72,21 @@ def decode_pairs(buf: memoryview | bytes, offset: int = 0, size: int | None = No
     data = lengths + 8 * n
     if data > end:
         return None
+    # all lengths in one unpack, the strings in one copy: slicing bytes is cheaper than
+    # turning a memoryview slice into bytes per key and value
+    lens = struct.unpack_from(f"<{2 * n}I", buf, lengths)
+    blob = bytes(buf[data:end])
+    stop = end - data
+    pos = 0
     out: list[Pair] = []
-    for _ in range(n):
-        klen, vlen = _U32x2.unpack_from(buf, lengths)
-        lengths += 8
-        kend = data + klen
-        vstart = kend + 1
-        vend = vstart + vlen
-        if vend + 1 > end or buf[kend] != 0 or buf[vend] != 0:
+    for i in range(0, 2 * n, 2):
+        kend = pos + lens[i]
+        vend = kend + 1 + lens[i + 1]
+        if vend + 1 > stop or blob[kend] != 0 or blob[vend] != 0:
             return None
-        out.append((bytes(buf[data:kend]), bytes(buf[vstart:vend])))
-        data = vend + 1
-    if data != end:
+        out.append((blob[pos:kend], blob[kend + 1 : vend]))
+        pos = vend + 1
+    if pos != stop:
         return None
     return out
 

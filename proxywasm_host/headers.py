@@ -106,8 +106,8 @@ class HeaderMap:
         return [_s(v) for k, v in self._pairs if k == key]
 
     def copy(self) -> "HeaderMap":
-        clone = HeaderMap()
-        clone._pairs = list(self._pairs)
+        clone = HeaderMap.__new__(HeaderMap)  # nothing for __init__ to convert: skip it
+        clone._pairs = self._pairs.copy()
         return clone
 
     def __eq__(self, other: object) -> bool:
