@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Protocol
 from . import codec, properties
 from .callouts import GrpcCall, HttpCallout, decode_pairs_text
 from .context import Context, PluginConfig, RootContext
+from .headers import HeaderMap
 from .types import AbiVersion, BufferType, LogLevel, MapType, MetricType, Status
 
 _U32 = struct.Struct("<I")
@@ -430,18 +431,12 @@ class AbiHost:
             raise GuestMemoryError
         mem[ptr : ptr + len(data)] = data
 
-    def _allocate(self, size: int) -> int:
-        assert self.guest is not None
-        ptr = self.guest.allocate(size)
-        if ptr == 0 or ptr + size > len(self.guest.memory()):
-            raise GuestMemoryError
-        return ptr
-
     def return_bytes(self, ret_ptr_ptr: int, ret_size_ptr: int, data: bytes | bytearray | memoryview) -> int:
         """Hand ``data`` to the guest: allocate, copy, write (ptr, size) (ABI_FACTS §2.1).
 
-        _allocate() and two write_u32() inlined (one memory view, same checks in the same
-        order): this runs for every value a hostcall returns.
+        A failed allocation (0 or out of bounds) and a bad result pointer are
+        INVALID_MEMORY_ACCESS; ``ret_ptr_ptr`` is written before ``ret_size_ptr`` is checked.
+        The writes are inlined (one memory view): this runs for every value a hostcall returns.
         """
         guest = self.guest
         assert guest is not None, "AbiHost used before the runtime attached a guest"
@@ -477,7 +472,7 @@ class AbiHost:
 
     # -- logging --------------------------------------------------------------------------
     def emit_log(self, level: LogLevel, message: bytes, source: str = "proxy_log") -> None:
-        ctx = self.active
+        ctx = self.effective if self.effective is not None else self.current  # self.active
         root = ctx.root
         entry = LogEntry(level, message.decode("utf-8", "replace"), ctx.id, source, root.id if root else 0)
         self.logs.append(entry)
@@ -605,7 +600,7 @@ class AbiHost:
     def _legacy_abi(self) -> bool:
         return self.abi_version == AbiVersion.V0_1_0
 
-    def _writable_map(self, map_type: int) -> Any:
+    def _writable_map(self, map_type: int) -> HeaderMap | None:
         """The header map a mutating hostcall works on, or None (Envoy: BAD_ARGUMENT)."""
         ctx = self.effective if self.effective is not None else self.current
         status, hmap = ctx.get_map(map_type, for_write=True)
