@@ -13,12 +13,25 @@ from typing import Iterable, Iterator, Sequence
 Pair = tuple[bytes, bytes]
 
 
+# Text <-> bytes is UTF-8 with surrogateescape (any bytes survive a round trip).  Without an
+# error handler str.encode()/bytes.decode() take a faster path and give the same result
+# whenever they succeed, so the handler is only named for the rare text that needs it.
+
+
 def _b(value: str | bytes) -> bytes:
-    return value.encode("utf-8", "surrogateescape") if isinstance(value, str) else bytes(value)
+    if isinstance(value, str):
+        try:
+            return value.encode()
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "surrogateescape")
+    return bytes(value)
 
 
 def _s(value: bytes) -> str:
-    return value.decode("utf-8", "surrogateescape")
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return value.decode("utf-8", "surrogateescape")
 
 
 class HeaderMap:
@@ -29,9 +42,7 @@ class HeaderMap:
     def __init__(self, pairs: Iterable[Sequence[str | bytes]] = ()) -> None:
         if type(pairs) is not list:
             pairs = list(pairs)  # may be walked twice below
-        try:
-            # Every stream builds its maps from text: str.encode() without an error handler
-            # is much faster, and gives the same bytes whenever it succeeds.
+        try:  # the usual case: all text (see _b), encoded inline
             self._pairs: list[Pair] = [(k.encode().lower(), v.encode()) for k, v in pairs]
         except (AttributeError, UnicodeEncodeError):  # bytes, or lone surrogates
             self._pairs = [(_b(k).lower(), _b(v)) for k, v in pairs]
@@ -82,7 +93,10 @@ class HeaderMap:
     # -- test-author conveniences (str) -------------------------------------------------
     def items(self) -> list[tuple[str, str]]:
         """All entries, in order, as text."""
-        return [(_s(k), _s(v)) for k, v in self._pairs]
+        try:  # the usual case: all valid UTF-8 (see _s), decoded inline
+            return [(k.decode(), v.decode()) for k, v in self._pairs]
+        except UnicodeDecodeError:
+            return [(_s(k), _s(v)) for k, v in self._pairs]
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(self.items())

@@ -183,3 +183,18 @@ def test_every_guard_arity_turns_errors_into_statuses_and_lets_traps_through() -
             assert [r.name for r in host.observer.trace] == [  # type: ignore[union-attr]
                 "proxy_get_header_map_pairs", "proxy_get_header_map_value", "proxy_set_effective_context",
                 "proxy_get_property"]
+
+
+def test_header_text_round_trips_any_bytes() -> None:
+    raw = [(b"x-bin", b"\xff\xfe"), (b"x-utf8", "é".encode()), (b"x-plain", b"v")]
+    hmap = HeaderMap(raw)
+    assert hmap.items() == [("x-bin", "\udcff\udcfe"), ("x-utf8", "é"), ("x-plain", "v")]
+    assert hmap.value("x-bin") == "\udcff\udcfe" and hmap["x-utf8"] == "é"
+    assert HeaderMap(hmap.items()).pairs() == raw  # text with lone surrogates goes back to the bytes
+    assert HeaderMap([("X-Bin", "\udcff")]).get(b"x-bin") == b"\xff"
+    assert "X-BIN" in hmap and hmap.get_all("x-plain") == ["v"]
+    mixed = HeaderMap([("A", b"1"), (b"B", "2")])
+    assert mixed.pairs() == [(b"a", b"1"), (b"b", b"2")]
+    copy = mixed.copy()
+    copy.add(b"c", b"3")
+    assert len(mixed) == 2 and len(copy) == 3
