@@ -30,6 +30,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+import time
 from ctypes import POINTER, c_char_p, c_size_t, c_uint64, c_void_p
 from typing import Any, Callable
 
@@ -257,6 +258,23 @@ else:
     set_active = _py_set_active
     get_active = _py_get_active
     memory_view = _py_memory_view
+
+
+def start_epoch_ticker(engine: wasmtime.Engine, interval_s: float) -> None:
+    """Advance ``engine``'s epoch every ``interval_s`` for the rest of the process: from a C
+    thread that never takes the GIL when the C crossings are built, else a Python thread."""
+    if _speedups is not None:
+        engine_address = ctypes.cast(engine.ptr(), c_void_p).value
+        increment = ctypes.cast(_dll.wasmtime_engine_increment_epoch, c_void_p).value
+        _speedups.start_ticker(increment, engine_address, int(interval_s * 1e9), engine)
+        return
+
+    def tick() -> None:
+        while True:
+            time.sleep(interval_s)
+            engine.increment_epoch()
+
+    threading.Thread(target=tick, name="proxywasm-epoch", daemon=True).start()
 
 
 # -- one host callback per hostcall ------------------------------------------------------

@@ -23,6 +23,9 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#include <errno.h>
+#include <pthread.h>
+#include <time.h>
 
 typedef void *(*call_unchecked_fn)(void *ctx, const void *func, uint64_t *args, size_t nargs, void **trap);
 typedef void *(*trap_new_fn)(const char *msg, size_t len);
@@ -356,7 +359,69 @@ static PyObject *sp_memory_view(PyObject *self, PyObject *const *args, Py_ssize_
     return PyMemoryView_FromMemory((char *)p_memory_data(ctx, mem), (Py_ssize_t)size, PyBUF_WRITE);
 }
 
+/* The epoch ticker: a plain C thread that advances the engine's epoch every interval, so a
+ * guest running past its deadline is interrupted.  It never touches Python (a Python thread
+ * would take the GIL 100 times a second from whoever is running tests). */
+typedef void (*increment_epoch_fn)(void *engine);
+static struct {
+    increment_epoch_fn increment;
+    void *engine;
+    long interval_ns;
+} ticker;
+static int ticker_started;
+
+static void *ticker_main(void *unused) {
+    (void)unused;
+    struct timespec ts = {ticker.interval_ns / 1000000000L, ticker.interval_ns % 1000000000L};
+    for (;;) {
+        nanosleep(&ts, NULL);
+        ticker.increment(ticker.engine);
+    }
+    return NULL;
+}
+
+/* start_ticker(increment_epoch, engine, interval_ns, owner): once per process; False when a
+ * ticker already runs.  owner is the Python object that frees the engine when it goes: a
+ * reference to it is kept for good, so the engine outlives the interpreter's teardown and
+ * the ticker never touches a freed engine. */
+static PyObject *ticker_owner;
+static PyObject *sp_start_ticker(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "start_ticker() takes 4 arguments");
+        return NULL;
+    }
+    void *fn = PyLong_AsVoidPtr(args[0]);
+    void *engine = PyLong_AsVoidPtr(args[1]);
+    long interval = PyLong_AsLong(args[2]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (fn == NULL || engine == NULL || interval <= 0) {
+        PyErr_SetString(PyExc_ValueError, "start_ticker(): null function or engine, or interval <= 0");
+        return NULL;
+    }
+    if (ticker_started)
+        Py_RETURN_FALSE;
+    ticker.increment = (increment_epoch_fn)fn;
+    ticker.engine = engine;
+    ticker.interval_ns = interval;
+    pthread_t thread;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int rc = pthread_create(&thread, &attr, ticker_main, NULL);
+    pthread_attr_destroy(&attr);
+    if (rc != 0) {
+        errno = rc;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    ticker_started = 1;
+    Py_INCREF(args[3]);
+    ticker_owner = args[3];
+    Py_RETURN_TRUE;
+}
+
 static PyMethodDef methods[] = {
+    {"start_ticker", (PyCFunction)(void (*)(void))sp_start_ticker, METH_FASTCALL, "Advance an engine's epoch from a C thread."},
     {"init", (PyCFunction)(void (*)(void))sp_init, METH_FASTCALL, "Hand over the C API's function addresses."},
     {"call", (PyCFunction)(void (*)(void))sp_call, METH_FASTCALL, "Call a guest export (unchecked)."},
     {"hostcall_spec", (PyCFunction)(void (*)(void))sp_hostcall_spec, METH_FASTCALL, "Describe one host function."},

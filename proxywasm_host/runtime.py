@@ -20,7 +20,6 @@ from __future__ import annotations
 import atexit
 import hashlib
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from functools import partial
@@ -51,12 +50,6 @@ _module_cache: dict[str, "CompiledModule"] = {}
 _disk_caches: dict[Path, ModuleCache] = {}
 
 
-def _epoch_ticker(eng: wasmtime.Engine) -> None:
-    while True:
-        time.sleep(EPOCH_TICK_S)
-        eng.increment_epoch()
-
-
 def engine() -> wasmtime.Engine:
     """The process-wide engine, with epoch interruption so a looping guest can be stopped."""
     global _engine
@@ -65,7 +58,7 @@ def engine() -> wasmtime.Engine:
             config = wasmtime.Config()
             config.epoch_interruption = bool(ENGINE_SETTINGS["epoch_interruption"])
             _engine = wasmtime.Engine(config)
-            threading.Thread(target=_epoch_ticker, args=(_engine,), name="proxywasm-epoch", daemon=True).start()
+            _capi.start_epoch_ticker(_engine, EPOCH_TICK_S)
         return _engine
 
 
