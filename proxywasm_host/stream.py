@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 from .context import Context, RootContext
 from .errors import FilterTrap, HarnessUsageError
 from .headers import HeaderMap
-from .properties import Int, Timestamp, UInt
+from .properties import Int, Timestamp, UInt, _navigate
 from .types import AbiVersion, BufferType, MapType, Status, StreamType
 
 if TYPE_CHECKING:
@@ -203,63 +203,29 @@ class HttpContext(Context):
         return self.filter_state_data.get(key)
 
     def stream_property(self, segments: list[str]) -> tuple[bool, Any]:
-        from .properties import _navigate
-
-        attrs = self.current_attributes()
+        """The longest attribute path (at most 3 segments) that prefixes ``segments``, navigated
+        into for the rest.  Only the attribute asked for is computed (see _ATTRIBUTES): a
+        filter may read properties on every request, and rebuilding every attribute (both
+        header dicts included) for each lookup cost ~13 µs."""
+        user = self.attributes
         for length in range(min(len(segments), 3), 0, -1):
             key = tuple(segments[:length])
-            if key in attrs:
-                return _navigate(attrs[key], segments[length:])
+            if key in user:  # user-supplied attributes win over the stream's own
+                return _navigate(user[key], segments[length:])
+            compute = _ATTRIBUTES.get(key)
+            if compute is not None:
+                value = compute(self)
+                if value is not _ABSENT:
+                    return _navigate(value, segments[length:])
         return False, None
 
     def current_attributes(self) -> dict[tuple[str, ...], Any]:
-        """Envoy attributes this stream has right now (ABI_FACTS §9)."""
+        """Envoy attributes this stream has right now (ABI_FACTS §9), user-supplied ones included."""
         attrs: dict[tuple[str, ...], Any] = {}
-        req = self.request.headers or self.request.forwarded_headers
-        if req is not None:
-            path = req.value(":path", "") or ""
-            attrs[("request", "path")] = path
-            attrs[("request", "url_path")] = path.split("?", 1)[0]
-            attrs[("request", "query")] = path.split("?", 1)[1] if "?" in path else ""
-            attrs[("request", "host")] = req.value(":authority", "") or ""
-            attrs[("request", "scheme")] = req.value(":scheme", "http") or "http"
-            attrs[("request", "method")] = req.value(":method", "") or ""
-            headers: dict[str, str] = {}
-            for k, v in req.items():
-                headers[k] = f"{headers[k]},{v}" if k in headers else v
-            attrs[("request", "headers")] = headers
-            for name, attr in (("referer", "referer"), ("user-agent", "useragent"), ("x-request-id", "id")):
-                value = req.value(name)
-                if value is not None:
-                    attrs[("request", attr)] = value
-            attrs[("request", "time")] = Timestamp(self.request_time_ns)
-            attrs[("request", "protocol")] = "HTTP/1.1"
-        resp = self.response.headers or self.response.forwarded_headers
-        if resp is not None:
-            try:
-                attrs[("response", "code")] = Int(int(resp.value(":status", "0") or 0))
-            except ValueError:
-                pass
-            rh: dict[str, str] = {}
-            for k, v in resp.items():
-                rh[k] = f"{rh[k]},{v}" if k in rh else v
-            attrs[("response", "headers")] = rh
-        trailers = self.response.trailers or self.response.forwarded_trailers
-        if trailers is not None:
-            attrs[("response", "trailers")] = dict(trailers.items())
-        if self.completed or self.in_log:
-            attrs[("request", "size")] = Int(self.request.forwarded_bytes)
-            attrs[("response", "size")] = Int(self.response.forwarded_bytes)
-            attrs[("request", "duration")] = Int(self.host.clock.wall_ns - self.request_time_ns)
-            if self.local_response is not None:
-                attrs[("response", "code_details")] = self.local_response.details
-        attrs[("source", "address")] = "127.0.0.1:52400"
-        attrs[("source", "port")] = Int(52400)
-        attrs[("destination", "address")] = "127.0.0.1:8080"
-        attrs[("destination", "port")] = Int(8080)
-        attrs[("connection", "id")] = UInt(self.id)
-        attrs[("connection_id",)] = UInt(self.id)
-        attrs[("connection", "mtls")] = False
+        for key, compute in _ATTRIBUTES.items():
+            value = compute(self)
+            if value is not _ABSENT:
+                attrs[key] = value
         attrs.update(self.attributes)
         return attrs
 
@@ -593,3 +559,141 @@ class HttpContext(Context):
         self._call("proxy_on_delete", args)
         self.deleted = True
         self.host.forget(self)
+
+
+# ----------------------------------------------------------------------------------------
+# Stream attributes (ABI_FACTS §9): attribute path -> function of the stream giving its
+# current value, or _ABSENT when the stream does not have it (yet).  Computed on demand,
+# one attribute per lookup, from the stream's state at that moment.
+# ----------------------------------------------------------------------------------------
+_ABSENT: Any = object()
+
+
+def _request_map(ctx: HttpContext) -> HeaderMap | None:
+    # ``or``: an empty map counts as absent, the forwarded copy answers instead
+    return ctx.request.headers or ctx.request.forwarded_headers
+
+
+def _response_map(ctx: HttpContext) -> HeaderMap | None:
+    return ctx.response.headers or ctx.response.forwarded_headers
+
+
+def _joined(hmap: HeaderMap) -> dict[str, str]:
+    """Header name -> value, repeated names joined with "," (Envoy's header map attributes)."""
+    out: dict[str, str] = {}
+    for k, v in hmap.items():
+        out[k] = f"{out[k]},{v}" if k in out else v
+    return out
+
+
+def _request_header(name: str, default: str | None) -> Any:
+    """request.<attr> read from one request header (``default`` None: absent without it)."""
+
+    def compute(ctx: HttpContext) -> Any:
+        req = _request_map(ctx)
+        if req is None:
+            return _ABSENT
+        value = req.value(name, default)
+        if value is None:
+            return _ABSENT
+        return value or (default or "")
+
+    return compute
+
+
+def _request_path(ctx: HttpContext) -> str:
+    req = _request_map(ctx)
+    return _ABSENT if req is None else (req.value(":path", "") or "")
+
+
+def _url_path(ctx: HttpContext) -> Any:
+    path = _request_path(ctx)
+    return path if path is _ABSENT else path.split("?", 1)[0]
+
+
+def _query(ctx: HttpContext) -> Any:
+    path = _request_path(ctx)
+    return path if path is _ABSENT else (path.split("?", 1)[1] if "?" in path else "")
+
+
+def _on_request(value: Any) -> Any:
+    """request.<attr> that exists once the request headers do."""
+
+    def compute(ctx: HttpContext) -> Any:
+        return _ABSENT if _request_map(ctx) is None else value(ctx)
+
+    return compute
+
+
+def _request_headers(ctx: HttpContext) -> Any:
+    req = _request_map(ctx)
+    return _ABSENT if req is None else _joined(req)
+
+
+def _response_code(ctx: HttpContext) -> Any:
+    resp = _response_map(ctx)
+    if resp is None:
+        return _ABSENT
+    try:
+        return Int(int(resp.value(":status", "0") or 0))
+    except ValueError:
+        return _ABSENT
+
+
+def _response_headers(ctx: HttpContext) -> Any:
+    resp = _response_map(ctx)
+    return _ABSENT if resp is None else _joined(resp)
+
+
+def _response_trailers(ctx: HttpContext) -> Any:
+    trailers = ctx.response.trailers or ctx.response.forwarded_trailers
+    return _ABSENT if trailers is None else dict(trailers.items())
+
+
+def _after_stream(value: Any) -> Any:
+    """An attribute Envoy has from the access-log phase on (on_log and later)."""
+
+    def compute(ctx: HttpContext) -> Any:
+        return value(ctx) if ctx.completed or ctx.in_log else _ABSENT
+
+    return compute
+
+
+def _code_details(ctx: HttpContext) -> Any:
+    if (ctx.completed or ctx.in_log) and ctx.local_response is not None:
+        return ctx.local_response.details
+    return _ABSENT
+
+
+def _constant(value: Any) -> Any:
+    return lambda ctx: value
+
+
+_ATTRIBUTES: dict[tuple[str, ...], Any] = {
+    ("request", "path"): _request_path,
+    ("request", "url_path"): _url_path,
+    ("request", "query"): _query,
+    ("request", "host"): _request_header(":authority", ""),
+    ("request", "scheme"): _request_header(":scheme", "http"),
+    ("request", "method"): _request_header(":method", ""),
+    ("request", "headers"): _request_headers,
+    ("request", "referer"): _request_header("referer", None),
+    ("request", "useragent"): _request_header("user-agent", None),
+    ("request", "id"): _request_header("x-request-id", None),
+    ("request", "time"): _on_request(lambda ctx: Timestamp(ctx.request_time_ns)),
+    ("request", "protocol"): _on_request(lambda ctx: "HTTP/1.1"),
+    ("response", "code"): _response_code,
+    ("response", "headers"): _response_headers,
+    ("response", "trailers"): _response_trailers,
+    ("request", "size"): _after_stream(lambda ctx: Int(ctx.request.forwarded_bytes)),
+    ("response", "size"): _after_stream(lambda ctx: Int(ctx.response.forwarded_bytes)),
+    ("request", "duration"): _after_stream(lambda ctx: Int(ctx.host.clock.wall_ns - ctx.request_time_ns)),
+    ("response", "code_details"): _code_details,
+    ("source", "address"): _constant("127.0.0.1:52400"),
+    ("source", "port"): _constant(Int(52400)),
+    ("destination", "address"): _constant("127.0.0.1:8080"),
+    ("destination", "port"): _constant(Int(8080)),
+    ("connection", "id"): lambda ctx: UInt(ctx.id),
+    ("connection_id",): lambda ctx: UInt(ctx.id),
+    ("connection", "mtls"): _constant(False),
+}
