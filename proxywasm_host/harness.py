@@ -535,6 +535,8 @@ class Plugin:
 class HttpStream:
     """Drive one HTTP stream and read back what the filter did with it."""
 
+    __slots__ = ("plugin", "context")  # one per request, kept for a while (Plugin.streams)
+
     def __init__(self, plugin: Plugin, ctx: HttpContext) -> None:
         self.plugin = plugin
         self.context = ctx

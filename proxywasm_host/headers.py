@@ -37,22 +37,26 @@ def _s(value: bytes) -> str:
 class HeaderMap:
     """Mutable ordered multimap of header name/value bytes."""
 
+    # The entries are one tuple of (name, value) tuples, replaced (never changed in place) by
+    # every mutation: a copy shares it, and a tuple of bytes tuples is something Python's
+    # cyclic GC stops tracking after one collection, where a list of them stays tracked and
+    # is walked again by every collection while the stream is kept (Plugin.streams).
     __slots__ = ("_pairs",)
 
     def __init__(self, pairs: Iterable[Sequence[str | bytes]] = ()) -> None:
         if type(pairs) is not list:
             pairs = list(pairs)  # may be walked twice below
         try:  # the usual case: all text (see _b), encoded inline
-            self._pairs: list[Pair] = [(k.encode().lower(), v.encode()) for k, v in pairs]
+            self._pairs: tuple[Pair, ...] = tuple([(k.encode().lower(), v.encode()) for k, v in pairs])
         except (AttributeError, UnicodeEncodeError):  # bytes, or lone surrogates
-            self._pairs = [(_b(k).lower(), _b(v)) for k, v in pairs]
+            self._pairs = tuple([(_b(k).lower(), _b(v)) for k, v in pairs])
 
     # -- hostcall-level operations (bytes) ---------------------------------------------
     def pairs(self) -> list[Pair]:
-        return self._pairs
+        return list(self._pairs)
 
     def set_pairs(self, pairs: Iterable[Pair]) -> None:
-        self._pairs = [(k.lower(), v) for k, v in pairs]
+        self._pairs = tuple([(k.lower(), v) for k, v in pairs])
 
     def get(self, name: bytes) -> bytes | None:
         name = name.lower()
@@ -62,7 +66,7 @@ class HeaderMap:
         return None
 
     def add(self, name: bytes, value: bytes) -> None:
-        self._pairs.append((name.lower(), value))
+        self._pairs += ((name.lower(), value),)
 
     def replace(self, name: bytes, value: bytes) -> None:
         name = name.lower()
@@ -77,11 +81,11 @@ class HeaderMap:
                 out.append((k, v))
         if not done:
             out.append((name, value))
-        self._pairs = out
+        self._pairs = tuple(out)
 
     def remove(self, name: bytes) -> None:
         name = name.lower()
-        self._pairs = [(k, v) for k, v in self._pairs if k != name]
+        self._pairs = tuple([(k, v) for k, v in self._pairs if k != name])
 
     def byte_size(self) -> int:
         """Envoy ``HeaderMap::byteSize()``: sum of name and value lengths."""
@@ -121,7 +125,7 @@ class HeaderMap:
 
     def copy(self) -> "HeaderMap":
         clone = HeaderMap.__new__(HeaderMap)  # nothing for __init__ to convert: skip it
-        clone._pairs = self._pairs.copy()
+        clone._pairs = self._pairs  # immutable: shared until either map changes
         return clone
 
     def __eq__(self, other: object) -> bool:
