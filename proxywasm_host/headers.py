@@ -34,6 +34,20 @@ def _s(value: bytes) -> str:
         return value.decode("utf-8", "surrogateescape")
 
 
+#: header name text -> its lower-cased UTF-8, for the names tests send again and again (the
+#: same few dozen in a test run): a lookup is cheaper than encode + lower and the two bytes
+#: objects they make and free.  Bounded, for a run that generates random names.
+_NAMES: dict[str, bytes] = {}
+_NAMES_MAX = 2048
+
+
+def _name(text: str) -> bytes:
+    name = text.encode().lower()  # AttributeError / UnicodeEncodeError: HeaderMap's slow path
+    if len(_NAMES) < _NAMES_MAX:
+        _NAMES[text] = name
+    return name
+
+
 class HeaderMap:
     """Mutable ordered multimap of header name/value bytes."""
 
@@ -46,8 +60,9 @@ class HeaderMap:
     def __init__(self, pairs: Iterable[Sequence[str | bytes]] = ()) -> None:
         if type(pairs) is not list:
             pairs = list(pairs)  # may be walked twice below
-        try:  # the usual case: all text (see _b), encoded inline
-            self._pairs: tuple[Pair, ...] = tuple([(k.encode().lower(), v.encode()) for k, v in pairs])
+        names = _NAMES
+        try:  # the usual case: all text (see _b), encoded inline, names mostly from _NAMES
+            self._pairs: tuple[Pair, ...] = tuple([(names[k] if k in names else _name(k), v.encode()) for k, v in pairs])
         except (AttributeError, UnicodeEncodeError):  # bytes, or lone surrogates
             self._pairs = tuple([(_b(k).lower(), _b(v)) for k, v in pairs])
 

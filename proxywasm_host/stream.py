@@ -269,8 +269,12 @@ class HttpContext(Context):
                 return 0
             self._fail_closed()
             return None
-        try:
-            return self._call(name, args)
+        vm = self.vm
+        try:  # self._call(name, args), inline: two of these per request
+            result = vm.call(self, name, *args)
+            if vm.runtime.has_export(name):
+                self._callback_log += (name, args, result)
+            return result
         except FilterTrap:
             self.host.deferred.clear()
             self._pending_local = None
@@ -312,17 +316,18 @@ class HttpContext(Context):
                 f"{d.name} headers were already sent on this stream; send body chunks or trailers next, "
                 "or open a new stream for another request."
             )
-        self._check_open(d, "headers")
+        if self.completed or d.end_received:
+            self._check_open(d, "headers")  # raises
         if d is self.response:
             self._check_response_allowed("response headers")
         d.headers_received = True
         d.headers = headers = HeaderMap(pairs)
         d.end_received = end_of_stream
         vm = self.vm
-        if vm.failed is None:
+        if not self.created and vm.failed is None:
             self._ensure_created()
         name = "proxy_on_request_headers" if d is self.request else "proxy_on_response_headers"
-        if vm.abi_version == AbiVersion.V0_1_0:
+        if self.host.abi_version == AbiVersion.V0_1_0:
             result = self._invoke(name, (self.id, len(headers)))
         else:
             result = self._invoke(name, (self.id, len(headers), int(end_of_stream)))
@@ -333,7 +338,9 @@ class HttpContext(Context):
                 self._forward_headers(d)
             else:
                 d.stopped = "headers"
-        self.vm.flush()
+        host = self.host
+        if host.deferred or host.posted_queue_ready:  # (the call costs more than the test)
+            vm.flush()
         return result
 
     def receive_data(self, d: Direction, chunk: bytes, end_of_stream: bool) -> int | None:
