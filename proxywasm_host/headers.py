@@ -138,6 +138,17 @@ class HeaderMap:
         key = _b(name).lower()
         return [_s(v) for k, v in self._pairs if k == key]
 
+    @classmethod
+    def from_pairs(cls, pairs: tuple[Pair, ...]) -> "HeaderMap":
+        """A map of ``pairs`` as :meth:`frozen_pairs` gave them (lower-cased names, bytes)."""
+        hmap = cls.__new__(cls)  # nothing for __init__ to convert: skip it
+        hmap._pairs = pairs
+        return hmap
+
+    def frozen_pairs(self) -> tuple[Pair, ...]:
+        """The entries as they are now, immutable (later changes to the map don't show)."""
+        return self._pairs
+
     def copy(self) -> "HeaderMap":
         clone = HeaderMap.__new__(HeaderMap)  # nothing for __init__ to convert: skip it
         clone._pairs = self._pairs  # immutable: shared until either map changes

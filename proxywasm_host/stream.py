@@ -57,7 +57,7 @@ class Direction:
     # __slots__ and a plain __init__: two per stream, and a dataclass's generated __init__
     # with 17 defaulted parameters took longer than the rest of stream creation
     __slots__ = (
-        "name", "headers", "trailers", "buffer", "forwarded_headers", "forwarded_body", "forwarded_bytes",
+        "name", "headers", "trailers", "buffer", "_forwarded_headers", "forwarded_body", "forwarded_bytes",
         "forwarded_trailers", "end_received", "end_forwarded", "stopped", "queued_trailers",
         "continue_requested", "maps_released", "body_writable", "trailers_creatable", "headers_received",
     )
@@ -67,7 +67,7 @@ class Direction:
         self.headers: HeaderMap | None = None
         self.trailers: HeaderMap | None = None
         self.buffer = bytearray()  # body held at this filter (HTTP_*_BODY)
-        self.forwarded_headers: HeaderMap | None = None
+        self._forwarded_headers: tuple[tuple[bytes, bytes], ...] | None = None  # see forwarded_headers
         self.forwarded_body = bytearray()  # forwarded, not yet taken
         self.forwarded_bytes = 0  # every body byte forwarded so far (taken or not)
         self.forwarded_trailers: HeaderMap | None = None
@@ -81,8 +81,22 @@ class Direction:
         self.trailers_creatable = False
         self.headers_received = False
 
+    # What went past the filter is kept as the header map's immutable pairs, not as a second
+    # HeaderMap: two fewer objects per stream for Python's GC to count and collect, and
+    # every stream forwards its headers.  A read gives a fresh map (a snapshot: changing
+    # it changes nothing here).
+    @property
+    def forwarded_headers(self) -> HeaderMap | None:
+        pairs = self._forwarded_headers
+        return None if pairs is None else HeaderMap.from_pairs(pairs)
+
+    @forwarded_headers.setter
+    def forwarded_headers(self, hmap: HeaderMap | None) -> None:
+        self._forwarded_headers = None if hmap is None else hmap.frozen_pairs()
+
     def __repr__(self) -> str:
-        return "Direction(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__) + ")"
+        fields = [k.lstrip("_") for k in self.__slots__]
+        return "Direction(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in fields) + ")"
 
 
 class HttpContext(Context):
@@ -114,14 +128,30 @@ class HttpContext(Context):
         self.reset = False
         self.completed = False
         self.in_log = False
-        self.filter_state_data: dict[bytes, bytes] = {}
-        self.attributes: dict[tuple[str, ...], Any] = dict(attributes) if attributes else {}
+        # made when first needed (see the properties below): most streams have neither, and
+        # two fewer allocations per stream let Python's GC collect less often
+        self._filter_state: dict[bytes, bytes] | None = None
+        self._attributes: dict[tuple[str, ...], Any] | None = dict(attributes) if attributes else None
         self.request_time_ns = host.clock.wall_ns
         host.register(self)
 
     @property
     def root(self) -> RootContext:
         return self._root
+
+    @property
+    def filter_state_data(self) -> dict[bytes, bytes]:
+        """What the filter stored with proxy_set_property (Envoy filter state), by key."""
+        if self._filter_state is None:
+            self._filter_state = {}
+        return self._filter_state
+
+    @property
+    def attributes(self) -> dict[tuple[str, ...], Any]:
+        """User-supplied attributes (``http_stream(attributes=...)``), by path."""
+        if self._attributes is None:
+            self._attributes = {}
+        return self._attributes
 
     @property
     def callbacks(self) -> list[CallbackRecord]:
@@ -216,17 +246,17 @@ class HttpContext(Context):
         return Status.OK
 
     def filter_state(self, key: bytes) -> bytes | None:
-        return self.filter_state_data.get(key)
+        return None if self._filter_state is None else self._filter_state.get(key)
 
     def stream_property(self, segments: list[str]) -> tuple[bool, Any]:
         """The longest attribute path (at most 3 segments) that prefixes ``segments``, navigated
         into for the rest.  Only the attribute asked for is computed (see _ATTRIBUTES): a
         filter may read properties on every request, and rebuilding every attribute (both
         header dicts included) for each lookup cost ~13 µs."""
-        user = self.attributes
+        user = self._attributes
         for length in range(min(len(segments), 3), 0, -1):
             key = tuple(segments[:length])
-            if key in user:  # user-supplied attributes win over the stream's own
+            if user is not None and key in user:  # user-supplied attributes win over the stream's own
                 return _navigate(user[key], segments[length:])
             compute = _ATTRIBUTES.get(key)
             if compute is not None:
@@ -242,7 +272,8 @@ class HttpContext(Context):
             value = compute(self)
             if value is not _ABSENT:
                 attrs[key] = value
-        attrs.update(self.attributes)
+        if self._attributes is not None:
+            attrs.update(self._attributes)
         return attrs
 
     # ------------------------------------------------------------------------------------
@@ -429,7 +460,7 @@ class HttpContext(Context):
             )
         if self.reset:
             raise HarnessUsageError(f"cannot send {what}: the filter reset the stream (proxy_close_stream).")
-        if not self.request.end_forwarded and self.request.forwarded_headers is None:
+        if not self.request.end_forwarded and self.request._forwarded_headers is None:
             raise HarnessUsageError(
                 f"cannot send {what}: the request headers have not reached the upstream yet "
                 f"(the filter paused them in {self._last_request_callback()}). Let the filter resume the "
@@ -444,7 +475,7 @@ class HttpContext(Context):
 
     def _forward_headers(self, d: Direction) -> None:
         assert d.headers is not None
-        d.forwarded_headers = d.headers.copy()
+        d._forwarded_headers = d.headers.frozen_pairs()
         d.stopped = None
         if d.end_received and not d.buffer and d.trailers is None and d.queued_trailers is None:
             self._end(d)
@@ -517,7 +548,7 @@ class HttpContext(Context):
         if reply.grpc_status is not None:
             headers.append(("grpc-status", str(reply.grpc_status)))
         resp = self.response
-        if resp.forwarded_headers is not None:
+        if resp._forwarded_headers is not None:
             # Response already started downstream: Envoy can only reset the stream.
             self.reset = True
             self.complete()
