@@ -63,6 +63,18 @@ def _pairs(headers: Headers | None) -> list[tuple[str, str]]:
     return out
 
 
+def _pairs_for_map(headers: Headers | None) -> list[tuple[str, str]]:
+    """``_pairs(headers)`` for headers that only go into a new HeaderMap (which copies them):
+    a list of 2-tuples, the usual case, is checked and passed on as it is, not copied."""
+    if type(headers) is list:
+        for item in headers:
+            if type(item) is not tuple or len(item) != 2:
+                break
+        else:
+            return headers
+    return _pairs(headers)
+
+
 def _has_status(pairs: list[tuple[str, str]]) -> bool:
     for k, _ in pairs:  # a loop, not any(<generator>): this runs for every response
         if (k if type(k) is str else str(k)) == ":status":
@@ -548,7 +560,7 @@ class HttpStream:
     # -- driving ---------------------------------------------------------------------------
     def send_request_headers(self, headers: Headers, *, end_of_stream: bool = False) -> int | None:
         """Deliver request headers (pseudo-headers like ``:authority`` included); return the action."""
-        return _action(self.context.receive_headers(self.context.request, _pairs(headers), end_of_stream))
+        return _action(self.context.receive_headers(self.context.request, _pairs_for_map(headers), end_of_stream))
 
     def send_request_body(self, data: str | bytes, *, end_of_stream: bool = False) -> int | None:
         """Deliver one request body chunk; returns the action, or None when Envoy would hold it."""
@@ -559,9 +571,9 @@ class HttpStream:
 
     def send_response_headers(self, headers: Headers, *, end_of_stream: bool = False) -> int | None:
         """Deliver the upstream's response headers; include ``:status`` (default 200 if absent)."""
-        pairs = _pairs(headers)
+        pairs = _pairs_for_map(headers)
         if not _has_status(pairs):
-            pairs.insert(0, (":status", "200"))
+            pairs = [(":status", "200"), *pairs]  # (may be the caller's list: not changed in place)
         return _action(self.context.receive_headers(self.context.response, pairs, end_of_stream))
 
     def send_response_body(self, data: str | bytes, *, end_of_stream: bool = False) -> int | None:

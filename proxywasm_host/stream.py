@@ -602,7 +602,8 @@ class HttpContext(Context):
         if self.vm.failed is not None:
             self.host.forget(self)
             return
-        self._ensure_created()
+        if not self.created:
+            self._ensure_created()
         args = (self.id,)
         self.in_log = True
         try:

@@ -92,3 +92,13 @@ def test_filter_state_and_attributes_are_made_when_first_needed() -> None:
     assert ctx.filter_state(b"wasm.x") == b"1"
     with_attrs = plugin.http_stream(attributes={"a.b": 1}).context
     assert with_attrs.stream_property(["a", "b"]) == (True, 1) and with_attrs.current_attributes()[("a", "b")] == 1
+
+
+def test_header_lists_passed_in_are_not_changed() -> None:
+    plugin = Host().load_plugin(fixture_wasm("hello_world-wasm32-unknown-unknown"))
+    request, response = list(REQUEST), [("content-length", "0")]
+    stream = plugin.http_stream()
+    stream.send_request_headers(request, end_of_stream=True)
+    stream.send_response_headers(response, end_of_stream=True)  # no :status: 200 is added...
+    assert request == REQUEST and response == [("content-length", "0")]  # ...to the stream, not the list
+    assert stream.downstream_response is not None and stream.downstream_response.status == 200
