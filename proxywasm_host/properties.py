@@ -36,6 +36,8 @@ class Duration(int):
 
 def encode_value(value: Any) -> tuple[Status, bytes]:
     """Serialize a property value the way Envoy's ``serializeValue`` does."""
+    if type(value) is str:  # the usual case (paths, header values, names) before the type ladder
+        return Status.OK, value.encode("utf-8", "surrogateescape")
     if isinstance(value, bool):
         return Status.OK, codec.encode_bool(value)
     if isinstance(value, UInt):
@@ -88,7 +90,11 @@ _WASM_TOKENS = frozenset({"plugin_name", "plugin_root_id", "plugin_vm_id"})
 
 
 def lookup(host: "AbiHost", ctx: "Context", raw_path: bytes) -> tuple[Status, bytes]:
-    segments = [s.decode("utf-8", "surrogateescape") for s in codec.split_property_path(raw_path)]
+    parts = codec.split_property_path(raw_path)
+    try:  # without an error handler decode() takes a faster path; same text when it succeeds
+        segments = [s.decode() for s in parts]
+    except UnicodeDecodeError:
+        segments = [s.decode("utf-8", "surrogateescape") for s in parts]
     if not segments:
         return Status.NOT_FOUND, b""
     found, value = ctx.stream_property(segments)

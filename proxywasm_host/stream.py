@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from .context import Context, RootContext
 from .errors import FilterTrap, HarnessUsageError
-from .headers import HeaderMap
+from .headers import HeaderMap, _s
 from .properties import Int, Timestamp, UInt, _navigate
 from .types import AbiVersion, BufferType, MapType, Status, StreamType
 
@@ -258,11 +258,18 @@ class HttpContext(Context):
             key = tuple(segments[:length])
             if user is not None and key in user:  # user-supplied attributes win over the stream's own
                 return _navigate(user[key], segments[length:])
+            if length == 2 and len(segments) == 3 and key in _HEADER_MAPS:
+                # request.headers.<name>: that header alone, not the dict of all of them
+                hmap = _HEADER_MAPS[key](self)
+                if hmap is None:
+                    continue
+                value = _joined_value(hmap, segments[2])
+                return (False, None) if value is None else (True, value)
             compute = _ATTRIBUTES.get(key)
             if compute is not None:
                 value = compute(self)
                 if value is not _ABSENT:
-                    return _navigate(value, segments[length:])
+                    return (True, value) if length == len(segments) else _navigate(value, segments[length:])
         return False, None
 
     def current_attributes(self) -> dict[tuple[str, ...], Any]:
@@ -641,6 +648,18 @@ def _joined(hmap: HeaderMap) -> dict[str, str]:
     return out
 
 
+def _joined_value(hmap: HeaderMap, name: str) -> str | None:
+    """``_joined(hmap).get(name)`` without building the dict: ``name`` as text, exact case."""
+    try:
+        key = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return None  # no header name decodes to this text
+    values = [v for k, v in hmap.frozen_pairs() if k == key]
+    if not values:
+        return None
+    return ",".join([_s(v) for v in values])
+
+
 def _request_header(name: str, default: str | None) -> Any:
     """request.<attr> read from one request header (``default`` None: absent without it)."""
 
@@ -723,6 +742,8 @@ def _code_details(ctx: HttpContext) -> Any:
 def _constant(value: Any) -> Any:
     return lambda ctx: value
 
+
+_HEADER_MAPS: dict[tuple[str, ...], Any] = {("request", "headers"): _request_map, ("response", "headers"): _response_map}
 
 _ATTRIBUTES: dict[tuple[str, ...], Any] = {
     ("request", "path"): _request_path,

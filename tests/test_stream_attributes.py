@@ -94,7 +94,8 @@ USER = [{}, {("request", "path"): "/user", ("custom", "a", "b", "c"): 1, ("custo
 PATHS = [
     ["request", "path"], ["request", "url_path"], ["request", "query"], ["request", "host"], ["request", "scheme"],
     ["request", "method"], ["request", "headers"], ["request", "headers", "x-dup"], ["request", "headers", "X-Dup"],
-    ["request", "headers", "missing"], ["request", "referer"], ["request", "useragent"], ["request", "id"],
+    ["request", "headers", "missing"], ["request", "headers", "user-agent"], ["request", "headers", ":path"],
+    ["request", "headers", "\udcff"], ["request", "headers", "\ud800"], ["response", "headers", "X-A"], ["request", "referer"], ["request", "useragent"], ["request", "id"],
     ["request", "time"], ["request", "protocol"], ["request", "size"], ["request", "duration"], ["request"],
     ["request", "path", "deeper"], ["response", "code"], ["response", "headers"], ["response", "headers", "x-a"],
     ["response", "trailers"], ["response", "trailers", "t"], ["response", "size"], ["response", "code_details"],
