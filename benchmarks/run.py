@@ -204,7 +204,9 @@ def section_exchange(args: argparse.Namespace, out: dict[str, Any]) -> list[list
             envoy_configs = {}
     try:
         for r in range(args.rounds):
-            for f in filters:  # interleaved: every filter, every path, every round
+            # interleaved: every filter, every path, every round; the order rotates so no
+            # filter is always the first to run after the Envoy bursts
+            for f in filters[r % len(filters):] + filters[:r % len(filters)]:
                 samples[f.key]["ours"].append(timed_round(ours[f.key], n_ours[f.key]))
                 samples[f.key]["naive"].append(timed_round(naive[f.key], n_naive[f.key]))
             if envoy_configs:
