@@ -95,8 +95,6 @@ class _Active(threading.local):
 _active = _Active()
 
 
-
-
 def export_get(ctx: int, instance: wasmtime.Instance, name: str) -> tuple[int, Any, int] | None:
     """(kind, keep-alive extern, address of its func/memory struct) for an export, or None."""
     ext = _b.wasmtime_extern_t()
@@ -134,8 +132,9 @@ def park_exception(inst: Any, exc: BaseException | None) -> int:
 
 # -- the ctypes crossings (the fallback) -----------------------------------------------
 
-#: a raw buffer per slot count, made per call (a nested call must not share its caller's)
-_RawBuffers: dict[int, Any] = {}
+#: the raw buffer type per slot count; a buffer is made per call (a nested call must not
+#: share its caller's)
+_raw_buffer_types: dict[int, Any] = {}
 
 
 def _py_call(
@@ -145,9 +144,9 @@ def _py_call(
     """:func:`call` in ctypes (see ``sp_call`` in ``_speedups.c`` for the contract)."""
     if len(args) != nparams:
         raise TypeError(f"{name} takes {nparams} arguments, {len(args)} given")
-    kind = _RawBuffers.get(nslots)
+    kind = _raw_buffer_types.get(nslots)
     if kind is None:
-        kind = _RawBuffers[nslots] = ctypes.c_uint64 * (nslots * RAW_STRIDE)
+        kind = _raw_buffer_types[nslots] = ctypes.c_uint64 * (nslots * RAW_STRIDE)
     buf = kind()
     i = 0
     for a in args:
@@ -172,10 +171,6 @@ def _py_call(
 def _py_set_active(inst: Any) -> Any:
     prev, _active.inst = _active.inst, inst
     return prev
-
-
-def _py_get_active() -> Any:
-    return _active.inst
 
 
 #: (ctx, memory) -> (size, view): a view is re-made only when the memory has grown
@@ -251,12 +246,10 @@ if _speedups is not None:
     #: -> the i32 result (unsigned) or None; on a trap, on_trap(trap, error) raises
     call = _speedups.call
     set_active = _speedups.set_active
-    get_active = _speedups.get_active
     memory_view = _speedups.memory_view
 else:
     call = _py_call
     set_active = _py_set_active
-    get_active = _py_get_active
     memory_view = _py_memory_view
 
 

@@ -335,12 +335,6 @@ static PyObject *sp_set_active(PyObject *self, PyObject *inst) {
     return prev;
 }
 
-static PyObject *sp_get_active(PyObject *self, PyObject *unused) {
-    PyObject *inst = tl_inst ? tl_inst : Py_None;
-    Py_INCREF(inst);
-    return inst;
-}
-
 /* memory_view(ctx, memory) -> writable memoryview of the whole linear memory now */
 static PyObject *sp_memory_view(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2) {
@@ -427,7 +421,6 @@ static PyMethodDef methods[] = {
     {"hostcall_spec", (PyCFunction)(void (*)(void))sp_hostcall_spec, METH_FASTCALL, "Describe one host function."},
     {"trampoline_address", sp_trampoline_address, METH_NOARGS, "The C host callback's address."},
     {"set_active", sp_set_active, METH_O, "Set this thread's running instance; return the previous."},
-    {"get_active", sp_get_active, METH_NOARGS, "This thread's running instance, or None."},
     {"memory_view", (PyCFunction)(void (*)(void))sp_memory_view, METH_FASTCALL, "A view over guest memory."},
     {NULL, NULL, 0, NULL},
 };

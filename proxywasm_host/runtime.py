@@ -362,7 +362,6 @@ class WasmInstance:
         self._pending: BaseException | None = None
         #: GuestRuntime.has_export, as a bound builtin (called twice per callback by the core)
         self.has_export = compiled.func_exports.__contains__
-        self._fns: dict[str, tuple[int, int, int, bool]] = {}
         #: export name -> its call with everything but the arguments bound (see _capi.call)
         self._bound: dict[str, Callable[..., int | None]] = {}
         self._keep: list[Any] = []
@@ -393,17 +392,14 @@ class WasmInstance:
                                  1, True, self._deadline_ticks)
 
     def _resolve(self, name: str) -> tuple[int, int, int, bool]:
-        """(func address, raw slots, param count, has result) of an export, looked up once."""
-        fn = self._fns.get(name)
-        if fn is not None:
-            return fn
+        """(func address, raw slots, param count, has result) of an export (looked up once per
+        export: the result is bound into ``_bound`` or ``_allocate``)."""
         sig = self.compiled.func_sigs.get(name)
         found = _capi.export_get(self._ctx, self.instance, name) if sig is not None else None
         if found is None or found[0] != _capi.EXTERN_FUNC or sig is None:
             raise KeyError(name)
         self._keep.append(found[1])
-        fn = self._fns[name] = (found[2], max(sig[0], sig[1], 1), sig[0], sig[1] > 0)
-        return fn
+        return found[2], max(sig[0], sig[1], 1), sig[0], sig[1] > 0
 
     # -- Guest (for the hostcalls) ---------------------------------------------------------
     def memory(self) -> memoryview:
