@@ -288,7 +288,8 @@ def callback_for(spec: HostcallSpec) -> tuple[int, int]:
                 index = len(_callbacks)
                 if _speedups is not None:
                     # the one C trampoline; env is the spec it reads the arguments by
-                    env = _speedups.hostcall_spec(index, spec.params, bool(spec.results))
+                    # proxy_log below the host's level is dropped in C (see _speedups.c)
+                    env = _speedups.hostcall_spec(index, spec.params, bool(spec.results), spec.name == "proxy_log")
                     found = (index, _speedups.trampoline_address(), env, None)
                 else:
                     address, keep = _py_callback(index, spec)

@@ -54,6 +54,43 @@ def test_log_statuses(probe: Probe) -> None:
     assert probe.call("proxy_log", 2, 0, 0) == Status.OK  # (null, 0) is a valid empty string
 
 
+def test_logs_below_the_level_are_dropped_with_the_same_statuses() -> None:
+    """Below the host's level a log is dropped before Python (in the C crossings when built):
+    the statuses stay AbiHost.proxy_log's, a level change applies at once, and with an
+    observer (trace) every call still reaches Python and is recorded."""
+    from proxywasm_host import LogLevel
+
+    probe = Probe()
+    abi = probe.plugin.vm.host
+    abi.log_level = LogLevel.WARN
+    ptr, n = probe.put(b"dropped")
+    end = len(probe.mem)
+    for level in (LogLevel.TRACE, LogLevel.DEBUG, LogLevel.INFO):
+        assert probe.call("proxy_log", level, ptr, n) == Status.OK
+    assert probe.call("proxy_log", LogLevel.INFO, end - n, n) == Status.OK  # ends at the last byte
+    assert probe.call("proxy_log", LogLevel.INFO, end - n + 1, n) == Status.INVALID_MEMORY_ACCESS
+    assert probe.call("proxy_log", LogLevel.INFO, BAD, 10) == Status.INVALID_MEMORY_ACCESS
+    assert probe.call("proxy_log", LogLevel.INFO, BAD, 0) == Status.OK  # no range to check
+    assert probe.call("proxy_log", 6, ptr, n) == Status.BAD_ARGUMENT
+    assert probe.plugin.log_messages() == []
+    assert probe.call("proxy_log", LogLevel.WARN, ptr, n) == Status.OK
+    abi.log_level = LogLevel.DEBUG
+    assert probe.call("proxy_log", LogLevel.DEBUG, ptr, n) == Status.OK
+    assert probe.call("proxy_log", LogLevel.TRACE, ptr, n) == Status.OK
+    assert probe.plugin.log_messages() == ["dropped", "dropped"]
+
+    host = Host(log_level=LogLevel.ERROR, trace=True)
+    plugin = host.load_plugin(WAT / "hostcall_probe.wat")
+    stream = plugin.http_stream()
+    stream.send_request_headers([(":path", "/")])
+    mem = plugin.vm.runtime.memory()  # type: ignore[attr-defined]
+    mem[SCRATCH : SCRATCH + 2] = b"hi"
+    assert plugin.vm.call(stream.context, "call_proxy_log", int(LogLevel.INFO), SCRATCH, 2) == Status.OK
+    logs = [r for r in host.hostcall_trace if r.name == "proxy_log"]
+    assert [(r.args["level"], r.result) for r in logs] == [(int(LogLevel.INFO), Status.OK)]
+    assert plugin.log_messages() == []
+
+
 def test_header_value_lookup(probe: Probe) -> None:
     ptr, n = probe.put(b"X-DUP")
     assert probe.call("proxy_get_header_map_value", 0, ptr, n, RET, RET + 4) == Status.OK

@@ -316,7 +316,8 @@ def test_the_c_crossings_are_built_and_in_use() -> None:
 
 
 def test_the_ctypes_crossings_behave_the_same(tmp_path: Any) -> None:
-    """This file and the hostile-guest suite, again, on the ctypes fallback."""
+    """This file, the hostile-guest suite and the raw hostcall probes, again, on the ctypes
+    fallback."""
     import os
     import subprocess
     import sys
@@ -328,7 +329,8 @@ def test_the_ctypes_crossings_behave_the_same(tmp_path: Any) -> None:
     env = dict(os.environ, PROXYWASM_HOST_NO_SPEEDUPS="1")
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
-         str(tests / "test_runtime_fastpath.py"), str(tests / "test_hostile_guests.py")],
+         str(tests / "test_runtime_fastpath.py"), str(tests / "test_hostile_guests.py"),
+         str(tests / "test_hostcalls_wat.py")],
         env=env, cwd=tests.parent, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
