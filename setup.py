@@ -1,7 +1,9 @@
-"""Build the optional C part of the runtime layer (proxywasm_host/_speedups.c).
+"""Build the optional C parts: the runtime layer's crossings (proxywasm_host/_speedups.c)
+and the core's map codec (proxywasm_host/_codec.c).
 
-Everything else is in pyproject.toml.  Without a C compiler the extension is skipped and
-the runtime falls back to ctypes for the same crossings (slower, same behaviour).
+Everything else is in pyproject.toml.  Without a C compiler the extensions are skipped:
+the runtime falls back to ctypes for the same crossings and the codec to Python (slower,
+same behaviour).
 """
 
 from setuptools import Extension, setup
@@ -13,6 +15,12 @@ setup(
             ["proxywasm_host/_speedups.c"],
             optional=True,
             extra_compile_args=["-O2"],
-        )
+        ),
+        Extension(
+            "proxywasm_host._codec",
+            ["proxywasm_host/_codec.c"],
+            optional=True,
+            extra_compile_args=["-O2"],
+        ),
     ]
 )

@@ -2,13 +2,17 @@
 
 The serialized map ("pairs") format, the property path format and Envoy's
 property value encodings (ABI_FACTS §6).  Encoding builds the whole map as one
-``bytes`` (C-level pack and join, then one copy into guest memory); decoding reads
-in place from a buffer (normally a memoryview over the guest's linear memory).
-Pure Python, no wasmtime.
+``bytes`` (then one copy into guest memory); decoding reads in place from a buffer
+(normally a memoryview over the guest's linear memory).  No wasmtime.
+
+:func:`encode_pairs` and :func:`decode_pairs` run in C (``_codec.c``, built by ``pip
+install``) when it is built, unless ``PROXYWASM_HOST_NO_SPEEDUPS`` is set; the Python
+versions below are the fallback and the reference the C ones are tested against.
 """
 
 from __future__ import annotations
 
+import os
 import struct
 from itertools import chain
 from typing import Iterable, Sequence
@@ -31,7 +35,7 @@ def pairs_size(pairs: Sequence[Pair]) -> int:
     return total
 
 
-def encode_pairs(pairs: Sequence[Pair]) -> bytes:
+def py_encode_pairs(pairs: Sequence[Pair]) -> bytes:
     """Serialize ``pairs``: u32 N, N × (u32 key_len, u32 value_len), then ``key\\0value\\0`` per pair.
 
     Built with one ``struct.pack`` and one ``join`` (C loops) rather than a Python loop of
@@ -51,7 +55,7 @@ def encode_pairs_into(buf: memoryview, offset: int, pairs: Sequence[Pair]) -> in
     return len(data)
 
 
-def decode_pairs(buf: memoryview | bytes, offset: int = 0, size: int | None = None) -> list[Pair] | None:
+def py_decode_pairs(buf: memoryview | bytes, offset: int = 0, size: int | None = None) -> list[Pair] | None:
     """Parse a serialized map from ``buf[offset:offset+size]``.
 
     Returns ``None`` when the bytes are malformed or over cpp-host's limits;
@@ -60,6 +64,8 @@ def decode_pairs(buf: memoryview | bytes, offset: int = 0, size: int | None = No
     """
     if size is None:
         size = len(buf) - offset
+    if offset < 0 or size < 0 or offset + size > len(buf):
+        raise ValueError(f"decode_pairs(): bytes {offset}..{offset + size} are outside the {len(buf)}-byte buffer")
     if size < 4:
         return []
     if size > MAX_PAIRS_BYTES:
@@ -89,6 +95,17 @@ def decode_pairs(buf: memoryview | bytes, offset: int = 0, size: int | None = No
     if pos != stop:
         return None
     return out
+
+
+encode_pairs = py_encode_pairs
+decode_pairs = py_decode_pairs
+if not os.environ.get("PROXYWASM_HOST_NO_SPEEDUPS"):
+    try:
+        from ._codec import decode_pairs, encode_pairs  # type: ignore[no-redef]  # noqa: F811
+    except ImportError:  # not built (no C compiler at install time)
+        pass
+#: True when encode_pairs/decode_pairs are the C ones
+C_CODEC = encode_pairs is not py_encode_pairs
 
 
 def split_property_path(path: bytes) -> list[bytes]:
