@@ -423,14 +423,24 @@ class WasmInstance:
     def has_export(self, name: str) -> bool:  # replaced per instance by a bound builtin
         return name in self.compiled.func_exports
 
-    def call(self, name: str, *args: int) -> int | None:
-        try:
-            bound = self._bound[name]
-        except KeyError:
+    def export(self, name: str) -> Callable[..., int | None] | None:
+        """Export ``name`` with everything but its arguments bound (see _capi.call), made
+        once per export; None when the module has no such function."""
+        bound = self._bound.get(name)
+        if bound is None:
+            if name not in self.compiled.func_exports:
+                return None
             addr, slots, nparams, has_result = self._resolve(name)
             bound = self._bound[name] = partial(
                 _call, self._raise_trap, name, self, self._ctx, addr, slots, nparams, has_result, self._deadline_ticks
             )
+        return bound
+
+    def call(self, name: str, *args: int) -> int | None:
+        """Call export ``name`` (KeyError when there is none)."""
+        bound = self.export(name)
+        if bound is None:
+            raise KeyError(name)
         return bound(*args)
 
     # -- traps (the slow path) ----------------------------------------------------------

@@ -8,7 +8,7 @@ runtime layer implements; nothing here imports wasmtime.
 from __future__ import annotations
 
 import struct
-from typing import Protocol
+from typing import Callable, Protocol
 
 from .context import Context, PluginConfig, RootContext
 from .errors import FilterFailed, FilterTrap, HarnessUsageError, UnexpectedHostcall
@@ -25,8 +25,9 @@ class WasmTrap(Exception):
 class GuestRuntime(Protocol):
     def has_export(self, name: str) -> bool: ...
 
-    def call(self, name: str, *args: int) -> int | None:
-        """Call an exported function; raise :class:`WasmTrap` when it traps."""
+    def export(self, name: str) -> Callable[..., int | None] | None:
+        """The exported function ``name`` ready to call with its arguments (it raises
+        :class:`WasmTrap` when the guest traps), or None when the module has no such export."""
 
 
 def _panic_message(logs: list[LogEntry], since: int) -> str | None:
@@ -62,6 +63,8 @@ class Vm:
         host.deliver_grpc = self._deliver_grpc  # type: ignore[method-assign]
         host.deliver_dns = self._deliver_dns  # type: ignore[method-assign]
         self._depth = 0
+        #: export name -> runtime.export(name), asked once per name
+        self._exports: dict[str, Callable[..., int | None] | None] = {}
         #: raise FilterTrap to the test (True) or only apply the failure policy (False)
         self.raise_on_trap = True
 
@@ -77,8 +80,11 @@ class Vm:
                 f"cannot call {name}: this VM failed earlier ({self.failed.callback} trapped). "
                 "Envoy sends no more callbacks into a failed VM; load a fresh plugin to go on."
             )
-        runtime = self.runtime
-        if not runtime.has_export(name):
+        try:
+            fn = self._exports[name]
+        except KeyError:
+            fn = self._exports[name] = self.runtime.export(name)
+        if fn is None:
             return default
         host = self.host
         saved_current = host.current
@@ -88,7 +94,7 @@ class Vm:
         log_mark = len(host.logs)
         self._depth += 1
         try:
-            result = runtime.call(name, *args)
+            result = fn(*args)
         except WasmTrap as trap:
             self.failed = FilterTrap(name, context.id, str(trap), _panic_message(host.logs, log_mark))
             host.deferred.clear()
