@@ -28,6 +28,7 @@ the epoch ticker thread keeps running while a guest loops.
 from __future__ import annotations
 
 import ctypes
+from functools import partial
 import os
 import threading
 import time
@@ -251,6 +252,14 @@ else:
     call = _py_call
     set_active = _py_set_active
     memory_view = _py_memory_view
+
+
+def memory_reader(ctx: int, memory: int, error: type[Exception]) -> Callable[[int, int], bytes] | None:
+    """``read(ptr, size) -> bytes`` copying out of one instance's linear memory in C (raises
+    ``error`` for a range outside it), or None without the C crossings."""
+    if _speedups is None:
+        return None
+    return partial(_speedups.read, ctx, memory, error)
 
 
 def start_epoch_ticker(engine: wasmtime.Engine, interval_s: float) -> None:

@@ -1,7 +1,7 @@
 /* The runtime layer's crossings into and out of wasmtime, in C.
  *
  * Part of proxywasm_host's runtime layer (only proxywasm_host/_capi.py imports it).  It
- * does three things that ctypes does slowly:
+ * does what ctypes does slowly:
  *
  *   call()        a guest export through wasmtime_func_call_unchecked: the arguments go
  *                 into the caller's preallocated raw-value buffer, the GIL is released
@@ -13,7 +13,8 @@
  *                 unsigned), calls the running instance's bound AbiHost method and writes
  *                 the i32 result back; an exception becomes a wasm trap (the exception is
  *                 parked on the instance by a Python handler) and never crosses into C;
- *   memory_view() a writable memoryview over the guest's linear memory, as it is now.
+ *   memory_view() a writable memoryview over the guest's linear memory, as it is now;
+ *   read()        a copy of a range of it as bytes (the hostcalls' AbiHost.read).
  *
  * It does not link against wasmtime: _capi.py hands over the addresses of the C API
  * functions from the library the `wasmtime` package already loaded.  It knows one rule of
@@ -414,6 +415,31 @@ static PyObject *sp_memory_view(PyObject *self, PyObject *const *args, Py_ssize_
     return PyMemoryView_FromMemory((char *)p_memory_data(ctx, mem), (Py_ssize_t)size, PyBUF_WRITE);
 }
 
+/* read(ctx, memory, error, ptr, size) -> bytes: a copy of guest memory [ptr, ptr + size);
+ * raises error() when the range is not inside the memory (size 0 is always b""). */
+static PyObject *sp_read(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "read() takes 5 arguments");
+        return NULL;
+    }
+    if (!ready())
+        return NULL;
+    void *ctx = PyLong_AsVoidPtr(args[0]);
+    void *mem = PyLong_AsVoidPtr(args[1]);
+    unsigned long long ptr = PyLong_AsUnsignedLongLong(args[3]);
+    unsigned long long size = PyLong_AsUnsignedLongLong(args[4]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (size == 0)
+        return PyBytes_FromStringAndSize(NULL, 0);
+    size_t have = mem ? p_memory_data_size(ctx, mem) : 0;
+    if (ptr > have || size > have - ptr) {
+        PyErr_SetNone(args[2]);
+        return NULL;
+    }
+    return PyBytes_FromStringAndSize((const char *)p_memory_data(ctx, mem) + ptr, (Py_ssize_t)size);
+}
+
 /* The epoch ticker: a plain C thread that advances the engine's epoch every interval, so a
  * guest running past its deadline is interrupted.  It never touches Python (a Python thread
  * would take the GIL 100 times a second from whoever is running tests). */
@@ -482,6 +508,7 @@ static PyMethodDef methods[] = {
     {"hostcall_spec", (PyCFunction)(void (*)(void))sp_hostcall_spec, METH_FASTCALL, "Describe one host function."},
     {"trampoline_address", sp_trampoline_address, METH_NOARGS, "The C host callback's address."},
     {"set_active", sp_set_active, METH_O, "Set this thread's running instance; return the previous."},
+    {"read", (PyCFunction)(void (*)(void))sp_read, METH_FASTCALL, "Copy bytes out of guest memory."},
     {"memory_view", (PyCFunction)(void (*)(void))sp_memory_view, METH_FASTCALL, "A view over guest memory."},
     {NULL, NULL, 0, NULL},
 };

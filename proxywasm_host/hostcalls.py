@@ -398,6 +398,12 @@ class AbiHost:
         assert self.guest is not None, "AbiHost used before the runtime attached a guest"
         return self.guest.memory()
 
+    def use_reader(self, read: Callable[[int, int], bytes]) -> None:
+        """Let ``read`` stand in for :meth:`read` on this host: the runtime layer hands over
+        its C copy out of linear memory (same contract: ``b""`` for size 0, GuestMemoryError
+        for a range outside the memory) once the guest's memory is known."""
+        self.read = read  # type: ignore[method-assign]
+
     def read(self, ptr: int, size: int) -> bytes:
         if size == 0:
             return b""

@@ -30,7 +30,7 @@ import wasmtime
 from . import _capi
 from .cache import CacheDirArg, ModuleCache, resolve_cache_dir
 from .errors import ModuleLoadError
-from .hostcalls import HOSTCALLS, MASK32, AbiHost, GuestTrapped, imports_for
+from .hostcalls import HOSTCALLS, MASK32, AbiHost, GuestMemoryError, GuestTrapped, imports_for
 from .types import AbiVersion
 from .vm import WasmTrap, guest_exports
 
@@ -386,6 +386,9 @@ class WasmInstance:
         self._keep.append(found[1])
         self._mem_addr = found[2]
         self._view = None
+        reader = _capi.memory_reader(self._ctx, self._mem_addr, GuestMemoryError)
+        if reader is not None:
+            host.use_reader(reader)
         addr, slots, _n, _r = self._resolve(compiled.allocator)
         #: the guest allocator, bound like an export; a trap becomes GuestTrapped
         self._allocate = partial(_call, self._allocator_trapped, compiled.allocator, self, self._ctx, addr, slots,

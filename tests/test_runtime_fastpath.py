@@ -221,6 +221,36 @@ def test_memory_growth_during_a_call_is_seen(compiled: CompiledModule) -> None:
     inst.memory()[4 * 65536 - 1] = 9  # the new view reaches the new pages
 
 
+def test_the_hosts_reader_copies_exactly_what_the_view_holds(compiled: CompiledModule) -> None:
+    """host.read (the C copy when built) against AbiHost.read over the view, at the edges of
+    memory, before and after it grows."""
+    from proxywasm_host import _capi
+    from proxywasm_host.hostcalls import GuestMemoryError
+
+    inst, host = instance(compiled)
+    if _capi.SPEEDUPS:
+        assert host.read is not AbiHost.read.__get__(host)  # the C one was handed over
+    mem = inst.memory()
+    mem[:] = bytes(range(256)) * (len(mem) // 256)
+
+    def outcome(read: Any, ptr: int, size: int) -> Any:
+        try:
+            return read(ptr, size)
+        except GuestMemoryError:
+            return GuestMemoryError
+
+    for grown in (False, True):
+        end = len(inst.memory())
+        cases = [(0, 0), (0, 5), (end - 5, 5), (end - 4, 5), (end, 0), (end, 1), (0xFFFFFFFF, 0),
+                 (0xFFFFFFFF, 1), (1, 0xFFFFFFFF), (end // 2, end // 2), (end // 2, end // 2 + 1)]
+        for ptr, size in cases:
+            got = outcome(host.read, ptr, size)
+            assert got == outcome(lambda p, n: AbiHost.read(host, p, n), ptr, size), (grown, ptr, size)
+            assert got is GuestMemoryError or len(got) == size
+        if not grown:
+            assert inst.call("grow", 1) == 1  # the reader sees the new page without being re-made
+
+
 def test_memory_cap_refuses_growth(compiled: CompiledModule) -> None:
     inst, _ = instance(compiled, memory_limit=2 * 65536)
     assert inst.call("grow", 1) == 1
