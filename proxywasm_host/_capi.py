@@ -254,12 +254,16 @@ else:
     memory_view = _py_memory_view
 
 
-def memory_reader(ctx: int, memory: int, error: type[Exception]) -> Callable[[int, int], bytes] | None:
-    """``read(ptr, size) -> bytes`` copying out of one instance's linear memory in C (raises
-    ``error`` for a range outside it), or None without the C crossings."""
+def memory_access(
+    allocate: Callable[[int], int], ctx: int, memory: int, error: type[Exception]
+) -> tuple[Callable[[int, int], bytes], Callable[[Any], int], Callable[[int, int, int, int], None]] | None:
+    """One instance's ``read(ptr, size)``, ``give(data)`` and ``write_u32_pair(p1, v1, p2,
+    v2)`` in C (see _speedups.c; ``error`` for a range outside its linear memory), or None
+    without the C crossings."""
     if _speedups is None:
         return None
-    return partial(_speedups.read, ctx, memory, error)
+    return (partial(_speedups.read, ctx, memory, error), partial(_speedups.give, allocate, ctx, memory, error),
+            partial(_speedups.write_u32_pair, ctx, memory, error))
 
 
 def start_epoch_ticker(engine: wasmtime.Engine, interval_s: float) -> None:

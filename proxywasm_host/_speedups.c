@@ -14,7 +14,9 @@
  *                 the i32 result back; an exception becomes a wasm trap (the exception is
  *                 parked on the instance by a Python handler) and never crosses into C;
  *   memory_view() a writable memoryview over the guest's linear memory, as it is now;
- *   read()        a copy of a range of it as bytes (the hostcalls' AbiHost.read).
+ *   read(), give(), write_u32_pair()
+ *                 copies out of and into it for the hostcalls (AbiHost.read, .give and
+ *                 .write_u32_pair, which keep the Python versions).
  *
  * It does not link against wasmtime: _capi.py hands over the addresses of the C API
  * functions from the library the `wasmtime` package already loaded.  It knows one rule of
@@ -397,17 +399,25 @@ static PyObject *sp_set_active(PyObject *self, PyObject *inst) {
     return prev;
 }
 
-/* memory_view(ctx, memory) -> writable memoryview of the whole linear memory now */
-static PyObject *sp_memory_view(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "memory_view() takes 2 arguments");
-        return NULL;
+/* The common start of the memory functions: nargs == want, the C API handed over, and
+ * args[at], args[at + 1] as the store context and the memory.  0, or -1 with an exception. */
+static int memory_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, const char *name, int at,
+                       void **ctx, void **mem) {
+    if (nargs != want) {
+        PyErr_Format(PyExc_TypeError, "%s() takes %zd arguments", name, want);
+        return -1;
     }
     if (!ready())
-        return NULL;
-    void *ctx = PyLong_AsVoidPtr(args[0]);
-    void *mem = PyLong_AsVoidPtr(args[1]);
-    if (PyErr_Occurred())
+        return -1;
+    *ctx = PyLong_AsVoidPtr(args[at]);
+    *mem = PyLong_AsVoidPtr(args[at + 1]);
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+/* memory_view(ctx, memory) -> writable memoryview of the whole linear memory now */
+static PyObject *sp_memory_view(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    void *ctx, *mem;
+    if (memory_args(args, nargs, 2, "memory_view", 0, &ctx, &mem) < 0)
         return NULL;
     size_t size = p_memory_data_size(ctx, mem);
     if (size == 0)
@@ -418,14 +428,9 @@ static PyObject *sp_memory_view(PyObject *self, PyObject *const *args, Py_ssize_
 /* read(ctx, memory, error, ptr, size) -> bytes: a copy of guest memory [ptr, ptr + size);
  * raises error() when the range is not inside the memory (size 0 is always b""). */
 static PyObject *sp_read(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "read() takes 5 arguments");
+    void *ctx, *mem;
+    if (memory_args(args, nargs, 5, "read", 0, &ctx, &mem) < 0)
         return NULL;
-    }
-    if (!ready())
-        return NULL;
-    void *ctx = PyLong_AsVoidPtr(args[0]);
-    void *mem = PyLong_AsVoidPtr(args[1]);
     unsigned long long ptr = PyLong_AsUnsignedLongLong(args[3]);
     unsigned long long size = PyLong_AsUnsignedLongLong(args[4]);
     if (PyErr_Occurred())
@@ -438,6 +443,64 @@ static PyObject *sp_read(PyObject *self, PyObject *const *args, Py_ssize_t nargs
         return NULL;
     }
     return PyBytes_FromStringAndSize((const char *)p_memory_data(ctx, mem) + ptr, (Py_ssize_t)size);
+}
+
+/* give(allocate, ctx, memory, error, data) -> ptr: allocate(len(data)) in the guest (its
+ * exceptions pass through), then copy data there; raises error() when the allocator gave 0
+ * or a range outside the memory.  data is non-empty bytes-like. */
+static PyObject *sp_give(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    void *ctx, *mem;
+    if (memory_args(args, nargs, 5, "give", 1, &ctx, &mem) < 0)
+        return NULL;
+    Py_buffer data;
+    if (PyObject_GetBuffer(args[4], &data, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *result = NULL;
+    PyObject *size = PyLong_FromSsize_t(data.len);
+    PyObject *got = size ? PyObject_Vectorcall(args[0], &size, 1, NULL) : NULL;
+    Py_XDECREF(size);
+    if (got == NULL)
+        goto done;
+    unsigned long long ptr = PyLong_AsUnsignedLongLong(got);
+    Py_DECREF(got);
+    if (ptr == (unsigned long long)-1 && PyErr_Occurred())
+        goto done;
+    size_t have = p_memory_data_size(ctx, mem); /* after the allocator: it may have grown memory */
+    if (ptr == 0 || ptr > have || (size_t)data.len > have - ptr) {
+        PyErr_SetNone(args[3]);
+        goto done;
+    }
+    memcpy(p_memory_data(ctx, mem) + ptr, data.buf, (size_t)data.len);
+    result = PyLong_FromUnsignedLongLong(ptr);
+done:
+    PyBuffer_Release(&data);
+    return result;
+}
+
+/* write_u32_pair(ctx, memory, error, ptr1, value1, ptr2, value2): little-endian u32s, the
+ * first written before the second is checked; raises error() at the first outside memory. */
+static PyObject *sp_write_u32_pair(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    void *ctx, *mem;
+    if (memory_args(args, nargs, 7, "write_u32_pair", 0, &ctx, &mem) < 0)
+        return NULL;
+    size_t have = p_memory_data_size(ctx, mem);
+    uint8_t *base = p_memory_data(ctx, mem);
+    for (int i = 0; i < 2; i++) {
+        unsigned long long ptr = PyLong_AsUnsignedLongLong(args[3 + 2 * i]);
+        unsigned long value = PyLong_AsUnsignedLongMask(args[4 + 2 * i]);
+        if (PyErr_Occurred())
+            return NULL;
+        if (have < 4 || ptr > have - 4) {
+            PyErr_SetNone(args[2]);
+            return NULL;
+        }
+        uint8_t *p = base + ptr;
+        p[0] = (uint8_t)(value & 0xFF);
+        p[1] = (uint8_t)((value >> 8) & 0xFF);
+        p[2] = (uint8_t)((value >> 16) & 0xFF);
+        p[3] = (uint8_t)((value >> 24) & 0xFF);
+    }
+    Py_RETURN_NONE;
 }
 
 /* The epoch ticker: a plain C thread that advances the engine's epoch every interval, so a
@@ -509,6 +572,8 @@ static PyMethodDef methods[] = {
     {"trampoline_address", sp_trampoline_address, METH_NOARGS, "The C host callback's address."},
     {"set_active", sp_set_active, METH_O, "Set this thread's running instance; return the previous."},
     {"read", (PyCFunction)(void (*)(void))sp_read, METH_FASTCALL, "Copy bytes out of guest memory."},
+    {"give", (PyCFunction)(void (*)(void))sp_give, METH_FASTCALL, "Allocate in the guest and copy bytes there."},
+    {"write_u32_pair", (PyCFunction)(void (*)(void))sp_write_u32_pair, METH_FASTCALL, "Write two u32s into guest memory."},
     {"memory_view", (PyCFunction)(void (*)(void))sp_memory_view, METH_FASTCALL, "A view over guest memory."},
     {NULL, NULL, 0, NULL},
 };

@@ -398,11 +398,18 @@ class AbiHost:
         assert self.guest is not None, "AbiHost used before the runtime attached a guest"
         return self.guest.memory()
 
-    def use_reader(self, read: Callable[[int, int], bytes]) -> None:
-        """Let ``read`` stand in for :meth:`read` on this host: the runtime layer hands over
-        its C copy out of linear memory (same contract: ``b""`` for size 0, GuestMemoryError
-        for a range outside the memory) once the guest's memory is known."""
+    def use_memory_access(
+        self,
+        read: Callable[[int, int], bytes],
+        give: Callable[[bytes | bytearray | memoryview], int],
+        write_u32_pair: Callable[[int, int, int, int], None],
+    ) -> None:
+        """Let the runtime layer's C copies in and out of linear memory stand in for
+        :meth:`read`, :meth:`give` and :meth:`write_u32_pair` on this host, once the guest's
+        memory is known (same contracts)."""
         self.read = read  # type: ignore[method-assign]
+        self.give = give  # type: ignore[method-assign]
+        self.write_u32_pair = write_u32_pair  # type: ignore[method-assign]
 
     def read(self, ptr: int, size: int) -> bytes:
         if size == 0:
@@ -437,32 +444,39 @@ class AbiHost:
             raise GuestMemoryError
         mem[ptr : ptr + len(data)] = data
 
+    def give(self, data: bytes | bytearray | memoryview) -> int:
+        """Copy non-empty ``data`` into a new guest allocation; its address.  A failed
+        allocation (0, or a range outside memory) is GuestMemoryError."""
+        guest = self.guest
+        assert guest is not None, "AbiHost used before the runtime attached a guest"
+        size = len(data)
+        ptr = guest.allocate(size)
+        mem = guest.memory()  # after the allocator ran: it may have grown memory
+        if ptr == 0 or ptr + size > len(mem):
+            raise GuestMemoryError
+        mem[ptr : ptr + size] = data
+        return ptr
+
+    def write_u32_pair(self, ptr1: int, value1: int, ptr2: int, value2: int) -> None:
+        """Two u32 out-params, in order: the first is written before the second is checked."""
+        mem = self.guest.memory()  # type: ignore[union-attr]
+        last = len(mem) - 4  # highest address a u32 fits at
+        if ptr1 > last:
+            raise GuestMemoryError
+        _pack_u32(mem, ptr1, value1 & MASK32)
+        if ptr2 > last:
+            raise GuestMemoryError
+        _pack_u32(mem, ptr2, value2 & MASK32)
+
     def return_bytes(self, ret_ptr_ptr: int, ret_size_ptr: int, data: bytes | bytearray | memoryview) -> int:
         """Hand ``data`` to the guest: allocate, copy, write (ptr, size) (ABI_FACTS §2.1).
 
         A failed allocation (0 or out of bounds) and a bad result pointer are
         INVALID_MEMORY_ACCESS; ``ret_ptr_ptr`` is written before ``ret_size_ptr`` is checked.
-        The writes are inlined (one memory view): this runs for every value a hostcall returns.
+        Empty data is (0, 0) without an allocation.
         """
-        guest = self.guest
-        assert guest is not None, "AbiHost used before the runtime attached a guest"
         size = len(data)
-        ptr = 0
-        if size:
-            ptr = guest.allocate(size)
-            mem = guest.memory()  # after the allocator ran: it may have grown memory
-            if ptr == 0 or ptr + size > len(mem):
-                raise GuestMemoryError
-            mem[ptr : ptr + size] = data
-        else:
-            mem = guest.memory()
-        last = len(mem) - 4  # highest address a u32 fits at
-        if ret_ptr_ptr > last:
-            raise GuestMemoryError
-        _pack_u32(mem, ret_ptr_ptr, ptr)
-        if ret_size_ptr > last:
-            raise GuestMemoryError
-        _pack_u32(mem, ret_size_ptr, size)
+        self.write_u32_pair(ret_ptr_ptr, self.give(data) if size else 0, ret_size_ptr, size)
         return _OK
 
     def return_pairs(self, ret_ptr_ptr: int, ret_size_ptr: int, pairs: list[tuple[bytes, bytes]]) -> int:

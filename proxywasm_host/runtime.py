@@ -386,13 +386,13 @@ class WasmInstance:
         self._keep.append(found[1])
         self._mem_addr = found[2]
         self._view = None
-        reader = _capi.memory_reader(self._ctx, self._mem_addr, GuestMemoryError)
-        if reader is not None:
-            host.use_reader(reader)
         addr, slots, _n, _r = self._resolve(compiled.allocator)
         #: the guest allocator, bound like an export; a trap becomes GuestTrapped
         self._allocate = partial(_call, self._allocator_trapped, compiled.allocator, self, self._ctx, addr, slots,
                                  1, True, self._deadline_ticks)
+        fast = _capi.memory_access(self._allocate, self._ctx, self._mem_addr, GuestMemoryError)
+        if fast is not None:
+            host.use_memory_access(*fast)
 
     def _resolve(self, name: str) -> tuple[int, int, int, bool]:
         """(func address, raw slots, param count, has result) of an export (looked up once per
