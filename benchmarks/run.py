@@ -202,18 +202,36 @@ def section_exchange(args: argparse.Namespace, out: dict[str, Any]) -> list[list
 
                 envoy_cpu.stop(list(envoy_configs.values()))
             envoy_configs = {}
+    # Envoy's added CPU per filter and round: the filter's burst minus the mean of the
+    # baseline bursts right before and right after it (a baseline burst between two filters
+    # serves both).  This machine changes speed for seconds at a time (a shared VM); a
+    # baseline taken 15 s earlier made the difference swing by 2x.  "ours" and "naive" for
+    # the filter run right before its Envoy bursts, for the same reason.
+    added: dict[str, list[float]] = {f.key: [] for f in filters}
     try:
         for r in range(args.rounds):
-            # interleaved: every filter, every path, every round; the order rotates so no
-            # filter is always the first to run after the Envoy bursts
+            # the order rotates so no filter always runs first after the cold start
+            last_base: tuple[str, float] | None = None  # the burst just before, if a baseline
             for f in filters[r % len(filters):] + filters[:r % len(filters)]:
                 samples[f.key]["ours"].append(timed_round(ours[f.key], n_ours[f.key]))
                 samples[f.key]["naive"].append(timed_round(naive[f.key], n_naive[f.key]))
-            if envoy_configs:
+                if not envoy_configs:
+                    continue
                 import envoy_cpu
 
-                for c in envoy_configs.values():
-                    c.samples.append(envoy_cpu.burst(c, args.envoy_s, args.connections, 10**6))
+                base_key = "none_body" if f.body else "none"
+                base = envoy_configs[base_key]
+                if last_base is not None and last_base[0] == base_key:
+                    before = last_base[1]
+                else:
+                    before = envoy_cpu.burst(base, args.envoy_s, args.connections, 10**6)
+                    base.samples.append(before)
+                with_filter = envoy_cpu.burst(envoy_configs[f.key], args.envoy_s, args.connections, 10**6)
+                envoy_configs[f.key].samples.append(with_filter)
+                after = envoy_cpu.burst(base, args.envoy_s, args.connections, 10**6)
+                base.samples.append(after)
+                last_base = (base_key, after)
+                added[f.key].append(with_filter - (before + after) / 2)
             print(f"  exchange round {r + 1}/{args.rounds} done", file=sys.stderr)
     finally:
         if envoy_configs:
@@ -234,14 +252,13 @@ def section_exchange(args: argparse.Namespace, out: dict[str, Any]) -> list[list
         if envoy_configs:
             base = envoy_configs["none_body" if f.body else "none"]
             with_filter = envoy_configs[f.key]
-            added = [w - b for w, b in zip(with_filter.samples, base.samples)]
-            ratios = [o / a if a > 0 else float("inf") for o, a in zip(samples[f.key]["ours"], added)]
+            ratios = [o / a if a > 0 else float("inf") for o, a in zip(samples[f.key]["ours"], added[f.key])]
             entry["envoy_with_filter_us"] = summarize(with_filter.samples)
             entry["envoy_without_filter_us"] = summarize(base.samples)
-            entry["envoy_added_us"] = summarize(added)
+            entry["envoy_added_us"] = summarize(added[f.key])
             entry["ours_over_envoy_added"] = summarize(ratios)
             entry["envoy_requests"] = with_filter.requests
-            envoy_cell = f"{fmt(summarize(added))} [{statistics.median(with_filter.samples):.0f}−{statistics.median(base.samples):.0f}]"
+            envoy_cell = f"{fmt(summarize(added[f.key]))} [{statistics.median(with_filter.samples):.0f}−{statistics.median(base.samples):.0f}]"
             ratio_cell = f"{statistics.median(ratios):.2f}× ({min(ratios):.2f}–{max(ratios):.2f})"
         result["filters"][f.key] = entry
         sp = summarize(speedups)

@@ -1,6 +1,6 @@
 /* The serialized-map ("pairs") codec of the proxy-wasm ABI, in C.
  *
- * Part of proxywasm_host's sans-IO core: proxywasm_host/codec.py uses these two functions
+ * Part of proxywasm_host's sans-IO core: proxywasm_host/codec.py uses these functions
  * when this extension is built and keeps the same functions in Python otherwise (and when
  * PROXYWASM_HOST_NO_SPEEDUPS is set); tests/test_codec_speedups.py holds the two to the
  * same output on generated input.  No wasmtime, no I/O: bytes in, bytes out.
@@ -70,6 +70,7 @@ typedef struct {
     Py_ssize_t size;
     int held;       /* view must be released */
     Py_buffer view;
+    PyObject *obj;  /* a bytes object's own reference (it stays alive until written) */
 } piece;
 
 #define STACK_PIECES 64
@@ -104,8 +105,11 @@ static PyObject *codec_encode_pairs(PyObject *self, PyObject *pairs) {
             goto done;
         for (int j = 0; j < 2; j++, got++) {
             piece *pc = &pieces[got];
+            pc->obj = NULL;
             if (as_bytes(kv[j], &pc->data, &pc->size, &pc->view, &pc->held) < 0)
                 goto done;
+            if (!pc->held)
+                pc->obj = Py_NewRef(kv[j]);
             if ((uint64_t)pc->size > UINT32_MAX) {
                 got++;
                 PyErr_SetString(PyExc_OverflowError, "encode_pairs(): a key or value is 4 GiB or more");
@@ -132,6 +136,7 @@ done:
     for (Py_ssize_t k = 0; k < got; k++) {
         if (pieces[k].held)
             PyBuffer_Release(&pieces[k].view);
+        Py_XDECREF(pieces[k].obj);
     }
     if (pieces != stack)
         PyMem_Free(pieces);
@@ -220,7 +225,90 @@ done:
     return out;
 }
 
+/* The lower-cased UTF-8 of header name `text` (new reference), from or into the names
+ * cache (a dict, grown while it has fewer than names_max entries).  NULL with an exception
+ * (UnicodeEncodeError for lone surrogates). */
+static PyObject *header_name(PyObject *text, PyObject *names, Py_ssize_t names_max) {
+    PyObject *name = PyDict_GetItemWithError(names, text);
+    if (name != NULL)
+        return Py_NewRef(name);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_ssize_t len;
+    const char *utf8 = PyUnicode_AsUTF8AndSize(text, &len);
+    if (utf8 == NULL)
+        return NULL;
+    name = PyBytes_FromStringAndSize(utf8, len);
+    if (name == NULL)
+        return NULL;
+    char *b = PyBytes_AS_STRING(name);
+    for (Py_ssize_t i = 0; i < len; i++) {
+        if (b[i] >= 'A' && b[i] <= 'Z')
+            b[i] = (char)(b[i] + ('a' - 'A')); /* bytes.lower(): ASCII only */
+    }
+    if (PyDict_GET_SIZE(names) < names_max && PyDict_SetItem(names, text, name) < 0) {
+        Py_DECREF(name);
+        return NULL;
+    }
+    return name;
+}
+
+/* text_pairs(pairs: list, names: dict, names_max: int) -> tuple[(bytes, bytes), ...] | None
+ *
+ * A header map's entries from a list of (str, str) tuples: names lower-cased UTF-8 (see
+ * header_name), values UTF-8.  None when an item is anything else or does not encode (lone
+ * surrogates): the caller's general path handles, or reports, those. */
+static PyObject *codec_text_pairs(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyList_CheckExact(args[0]) || !PyDict_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "text_pairs(pairs: list, names: dict, names_max: int)");
+        return NULL;
+    }
+    PyObject *pairs = args[0], *names = args[1];
+    Py_ssize_t names_max = PyLong_AsSsize_t(args[2]);
+    if (names_max == -1 && PyErr_Occurred())
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(pairs);
+    for (Py_ssize_t i = 0; i < n; i++) { /* every item's shape first: nothing cached for a refused list */
+        PyObject *item = PyList_GET_ITEM(pairs, i);
+        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2 ||
+            !PyUnicode_CheckExact(PyTuple_GET_ITEM(item, 0)) || !PyUnicode_CheckExact(PyTuple_GET_ITEM(item, 1)))
+            Py_RETURN_NONE;
+    }
+    PyObject *out = PyTuple_New(n);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        /* (an allocation may run the GC, and a finalizer could change the list) */
+        if (PyList_GET_SIZE(pairs) != n || !PyTuple_CheckExact(PyList_GET_ITEM(pairs, i)))
+            goto general;
+        PyObject *item = PyList_GET_ITEM(pairs, i); /* a tuple: its items cannot change */
+        Py_INCREF(item);
+        PyObject *name = header_name(PyTuple_GET_ITEM(item, 0), names, names_max);
+        PyObject *value = name ? PyUnicode_AsUTF8String(PyTuple_GET_ITEM(item, 1)) : NULL;
+        PyObject *entry = value ? PyTuple_New(2) : NULL;
+        Py_DECREF(item);
+        if (entry == NULL) {
+            Py_XDECREF(name);
+            Py_XDECREF(value);
+            if (PyErr_ExceptionMatches(PyExc_UnicodeEncodeError))
+                goto general;
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(entry, 0, name);
+        PyTuple_SET_ITEM(entry, 1, value);
+        PyTuple_SET_ITEM(out, i, entry);
+    }
+    return out;
+general:
+    PyErr_Clear();
+    Py_DECREF(out);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
+    {"text_pairs", (PyCFunction)(void (*)(void))codec_text_pairs, METH_FASTCALL,
+     "A header map's entries from (str, str) pairs, or None for anything else."},
     {"encode_pairs", codec_encode_pairs, METH_O, "Serialize (key, value) pairs in the proxy-wasm map format."},
     {"decode_pairs", (PyCFunction)(void (*)(void))codec_decode_pairs, METH_FASTCALL,
      "Parse a serialized map; None when malformed or over cpp-host's limits."},

@@ -5,7 +5,7 @@ property value encodings (ABI_FACTS §6).  Encoding builds the whole map as one
 ``bytes`` (then one copy into guest memory); decoding reads in place from a buffer
 (normally a memoryview over the guest's linear memory).  No wasmtime.
 
-:func:`encode_pairs` and :func:`decode_pairs` run in C (``_codec.c``, built by ``pip
+:func:`encode_pairs`, :func:`decode_pairs` and :func:`text_pairs` run in C (``_codec.c``, built by ``pip
 install``) when it is built, unless ``PROXYWASM_HOST_NO_SPEEDUPS`` is set; the Python
 versions below are the fallback and the reference the C ones are tested against.
 """
@@ -97,14 +97,36 @@ def py_decode_pairs(buf: memoryview | bytes, offset: int = 0, size: int | None =
     return out
 
 
+def py_text_pairs(pairs: list[tuple[str, str]], names: dict[str, bytes], names_max: int) -> tuple[Pair, ...] | None:
+    """A header map's entries from a list of ``(str, str)`` tuples: names lower-cased UTF-8,
+    taken from (or added to, while it is smaller than ``names_max``) the ``names`` cache,
+    values UTF-8.  None when an item is anything else or does not encode (lone surrogates):
+    the caller's general path handles, or reports, those."""
+
+    def name(text: str) -> bytes:
+        got = text.encode().lower()
+        if len(names) < names_max:
+            names[text] = got
+        return got
+
+    for item in pairs:
+        if type(item) is not tuple or len(item) != 2 or type(item[0]) is not str or type(item[1]) is not str:
+            return None
+    try:
+        return tuple([(names[k] if k in names else name(k), v.encode()) for k, v in pairs])
+    except UnicodeEncodeError:
+        return None
+
+
 encode_pairs = py_encode_pairs
 decode_pairs = py_decode_pairs
+text_pairs = py_text_pairs
 if not os.environ.get("PROXYWASM_HOST_NO_SPEEDUPS"):
     try:
-        from ._codec import decode_pairs, encode_pairs  # type: ignore[no-redef]  # noqa: F811
+        from ._codec import decode_pairs, encode_pairs, text_pairs  # type: ignore[no-redef]  # noqa: F811
     except ImportError:  # not built (no C compiler at install time)
         pass
-#: True when encode_pairs/decode_pairs are the C ones
+#: True when encode_pairs/decode_pairs/text_pairs are the C ones
 C_CODEC = encode_pairs is not py_encode_pairs
 
 

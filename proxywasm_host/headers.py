@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Iterable, Iterator, Sequence
 
+from .codec import text_pairs
+
 Pair = tuple[bytes, bytes]
 
 
@@ -41,13 +43,6 @@ _NAMES: dict[str, bytes] = {}
 _NAMES_MAX = 2048
 
 
-def _name(text: str) -> bytes:
-    name = text.encode().lower()  # AttributeError / UnicodeEncodeError: HeaderMap's slow path
-    if len(_NAMES) < _NAMES_MAX:
-        _NAMES[text] = name
-    return name
-
-
 class HeaderMap:
     """Mutable ordered multimap of header name/value bytes."""
 
@@ -60,11 +55,12 @@ class HeaderMap:
     def __init__(self, pairs: Iterable[Sequence[str | bytes]] = ()) -> None:
         if type(pairs) is not list:
             pairs = list(pairs)  # may be walked twice below
-        names = _NAMES
-        try:  # the usual case: all text (see _b), encoded inline, names mostly from _NAMES
-            self._pairs: tuple[Pair, ...] = tuple([(names[k] if k in names else _name(k), v.encode()) for k, v in pairs])
-        except (AttributeError, UnicodeEncodeError):  # bytes, or lone surrogates
-            self._pairs = tuple([(_b(k).lower(), _b(v)) for k, v in pairs])
+        # the usual case, (str, str) tuples, in one call (C when built); else bytes, lists,
+        # lone surrogates (see _b)
+        encoded = text_pairs(pairs, _NAMES, _NAMES_MAX)  # type: ignore[arg-type]
+        self._pairs: tuple[Pair, ...] = (
+            encoded if encoded is not None else tuple([(_b(k).lower(), _b(v)) for k, v in pairs])
+        )
 
     # -- hostcall-level operations (bytes) ---------------------------------------------
     def pairs(self) -> list[Pair]:

@@ -111,3 +111,27 @@ def test_decode_reads_in_place_from_a_window() -> None:
     assert c_codec.decode_pairs(arena, 7, len(encoded) + 1) is None  # one trailing byte too many
     with pytest.raises(ValueError, match="outside"):
         c_codec.decode_pairs(arena, 7, len(arena))
+
+
+texts = st.text(max_size=12)  # includes lone surrogates, which UTF-8 cannot encode
+items = st.one_of(
+    st.tuples(texts, texts),
+    st.tuples(texts, texts).map(list),  # a list, not a tuple
+    st.tuples(st.binary(max_size=4), texts),
+    st.tuples(texts, st.binary(max_size=4)),
+    st.tuples(texts),
+    st.tuples(texts, texts, texts),
+)
+
+
+@needs_c
+@settings(max_examples=400)
+@given(st.lists(items, max_size=8), st.integers(0, 6), st.dictionaries(texts, st.binary(max_size=4), max_size=3))
+def test_text_pairs_agrees_on_entries_and_the_names_cache(pairs: list, names_max: int, seeded: dict) -> None:  # type: ignore[type-arg]
+    c_names, py_names = dict(seeded), dict(seeded)
+    c_out = c_codec.text_pairs(pairs, c_names, names_max)
+    assert c_out == codec.py_text_pairs(pairs, py_names, names_max)
+    assert c_names == py_names  # the same names cached (a seeded entry is used as it is)
+    assert len(c_names) <= max(names_max, len(seeded))
+    if c_out is not None:
+        assert c_out == tuple((k.encode().lower() if k not in seeded else seeded[k], v.encode()) for k, v in pairs)
