@@ -407,9 +407,9 @@ class AbiHost:
         """Let the runtime layer's C copies in and out of linear memory stand in for
         :meth:`read`, :meth:`give` and :meth:`write_u32_pair` on this host, once the guest's
         memory is known (same contracts)."""
-        self.read = read  # type: ignore[method-assign]
-        self.give = give  # type: ignore[method-assign]
-        self.write_u32_pair = write_u32_pair  # type: ignore[method-assign]
+        self.read = read  # type: ignore[method-assign,assignment]
+        self.give = give  # type: ignore[method-assign,assignment]
+        self.write_u32_pair = write_u32_pair  # type: ignore[method-assign,assignment]
 
     def read(self, ptr: int, size: int) -> bytes:
         if size == 0:
@@ -511,13 +511,13 @@ class AbiHost:
     @hostcall("proxy_get_log_level", "u", abis=ABI_0_2_1)
     def proxy_get_log_level(self, ret_ptr: int) -> int:
         self.write_u32(ret_ptr, int(self.log_level))
-        return Status.OK
+        return _OK
 
     # -- time -----------------------------------------------------------------------------
     @hostcall("proxy_get_current_time_nanoseconds", "u")
     def proxy_get_current_time_nanoseconds(self, ret_ptr: int) -> int:
         self.write_u64(ret_ptr, self.clock.wall_ns)
-        return Status.OK
+        return _OK
 
     @hostcall("proxy_set_tick_period_milliseconds", "u")
     def proxy_set_tick_period_milliseconds(self, period_ms: int) -> int:
@@ -525,7 +525,7 @@ class AbiHost:
         if root is not None:
             root.tick_period_ms = period_ms
             root.next_tick_ns = self.clock.monotonic_ns + period_ms * 1_000_000 if period_ms else None
-        return Status.OK
+        return _OK
 
     # -- configuration / buffers ----------------------------------------------------------
     @hostcall("proxy_get_configuration", "uu", abis=ABI_0_1)
@@ -666,13 +666,13 @@ class AbiHost:
     @hostcall("proxy_continue_stream", "u", abis=ABI_0_2)
     def proxy_continue_stream(self, stream_type: int) -> int:
         if stream_type > 3:
-            return Status.BAD_ARGUMENT
+            return _BAD_ARGUMENT
         return self.active.continue_stream(stream_type)
 
     @hostcall("proxy_close_stream", "u", abis=ABI_0_2)
     def proxy_close_stream(self, stream_type: int) -> int:
         if stream_type > 3:
-            return Status.BAD_ARGUMENT
+            return _BAD_ARGUMENT
         return self.active.close_stream(stream_type)
 
     @hostcall("proxy_continue_request", "", abis=ABI_0_1)
@@ -709,18 +709,18 @@ class AbiHost:
     def proxy_set_effective_context(self, context_id: int) -> int:
         ctx = self.contexts.get(context_id)
         if ctx is None:
-            return Status.BAD_ARGUMENT
+            return _BAD_ARGUMENT
         self.effective = None if context_id == 0 else ctx
-        return Status.OK
+        return _OK
 
     @hostcall("proxy_done", "")
     def proxy_done(self) -> int:
         root = self.active.root
         if root is None or not root.pending_done:
-            return Status.NOT_FOUND
+            return _NOT_FOUND
         root.pending_done = False
         self.deferred.append(lambda: self.on_root_done(root))
-        return Status.OK
+        return _OK
 
     def on_root_done(self, root: RootContext) -> None:
         """Replaced by the Vm: deliver proxy_on_delete after proxy_done."""
@@ -762,7 +762,7 @@ class AbiHost:
         key = self.read(key_ptr, key_len)
         entry = self.shared.data.get(self.vm_id, {}).get(key)
         if entry is None:
-            return Status.NOT_FOUND
+            return _NOT_FOUND
         value, cas = entry
         status = self.return_bytes(ret_ptr_ptr, ret_size_ptr, value)
         self.write_u32(ret_cas_ptr, cas)
@@ -779,7 +779,7 @@ class AbiHost:
         new_cas = self.shared.next_cas
         self.shared.next_cas = new_cas + 1 if new_cas + 1 <= MASK32 else 1
         space[key] = (value, new_cas)
-        return Status.OK
+        return _OK
 
     # -- shared queues --------------------------------------------------------------------
     @hostcall("proxy_register_shared_queue", "uuu")
@@ -797,7 +797,7 @@ class AbiHost:
         else:
             self.shared.queues[token].owner = owner
         self.write_u32(ret_id_ptr, token)
-        return Status.OK
+        return _OK
 
     @hostcall("proxy_resolve_shared_queue", "uuuuu")
     def proxy_resolve_shared_queue(self, vm_id_ptr: int, vm_id_len: int, name_ptr: int, name_len: int, ret_id_ptr: int) -> int:
@@ -805,26 +805,26 @@ class AbiHost:
         name = self.read(name_ptr, name_len)
         token = self.shared.queue_tokens.get((vm_id, name))
         if token is None:
-            return Status.NOT_FOUND
+            return _NOT_FOUND
         self.write_u32(ret_id_ptr, token)
-        return Status.OK
+        return _OK
 
     @hostcall("proxy_enqueue_shared_queue", "uuu")
     def proxy_enqueue_shared_queue(self, token: int, val_ptr: int, val_len: int) -> int:
         value = self.read(val_ptr, val_len)
         queue = self.shared.queues.get(token)
         if queue is None:
-            return Status.NOT_FOUND
+            return _NOT_FOUND
         queue.items.append(value)
         owner_host, root_id = queue.owner
         owner_host.posted_queue_ready.append((root_id, token))
-        return Status.OK
+        return _OK
 
     @hostcall("proxy_dequeue_shared_queue", "uuu")
     def proxy_dequeue_shared_queue(self, token: int, ret_ptr_ptr: int, ret_size_ptr: int) -> int:
         queue = self.shared.queues.get(token)
         if queue is None:
-            return Status.NOT_FOUND
+            return _NOT_FOUND
         if not queue.items:
             return Status.EMPTY
         status = self.return_bytes(ret_ptr_ptr, ret_size_ptr, queue.items[0])
@@ -835,7 +835,7 @@ class AbiHost:
     @hostcall("proxy_define_metric", "uuuu")
     def proxy_define_metric(self, metric_type: int, name_ptr: int, name_len: int, ret_id_ptr: int) -> int:
         if metric_type > MetricType.HISTOGRAM:
-            return Status.BAD_ARGUMENT
+            return _BAD_ARGUMENT
         name = self.read(name_ptr, name_len).decode("utf-8", "surrogateescape")
         mtype = MetricType(metric_type)
         metric_id = self._metric_ids[mtype]
@@ -845,45 +845,45 @@ class AbiHost:
         self.metrics[metric_id] = self.metrics[existing] if existing is not None else Metric(name, mtype)
         self.metrics_by_name.setdefault((mtype, name), metric_id)
         self.write_u32(ret_id_ptr, metric_id)
-        return Status.OK
+        return _OK
 
     @hostcall("proxy_increment_metric", "uq")
     def proxy_increment_metric(self, metric_id: int, delta: int) -> int:
         metric = self.metrics.get(metric_id)
         if metric is None:
-            return Status.NOT_FOUND
+            return _NOT_FOUND
         if metric.type == MetricType.COUNTER:
             if delta <= 0:
-                return Status.BAD_ARGUMENT
+                return _BAD_ARGUMENT
             metric.value += delta
         elif metric.type == MetricType.GAUGE:
             metric.value += delta
         else:
-            return Status.BAD_ARGUMENT
-        return Status.OK
+            return _BAD_ARGUMENT
+        return _OK
 
     @hostcall("proxy_record_metric", "uQ")
     def proxy_record_metric(self, metric_id: int, value: int) -> int:
         metric = self.metrics.get(metric_id)
         if metric is None:
-            return Status.NOT_FOUND
+            return _NOT_FOUND
         if metric.type == MetricType.COUNTER:
             metric.value += value  # Envoy adds (spec says "sets")
         elif metric.type == MetricType.GAUGE:
             metric.value = value
         else:
             metric.samples.append(value)
-        return Status.OK
+        return _OK
 
     @hostcall("proxy_get_metric", "uu")
     def proxy_get_metric(self, metric_id: int, ret_ptr: int) -> int:
         metric = self.metrics.get(metric_id)
         if metric is None:
-            return Status.NOT_FOUND
+            return _NOT_FOUND
         if metric.type == MetricType.HISTOGRAM:
-            return Status.BAD_ARGUMENT
+            return _BAD_ARGUMENT
         self.write_u64(ret_ptr, metric.value)
-        return Status.OK
+        return _OK
 
     # -- callouts (ABI_FACTS §4.7) ----------------------------------------------------------
     def cluster_known(self, name: str) -> bool:
@@ -909,15 +909,15 @@ class AbiHost:
         body = self.read(body_ptr, body_len)
         trailers = decode_pairs_text(self.read_pairs(trailers_ptr, trailers_len))
         if timeout_ms & 0x80000000:  # Envoy reads it as a signed int: negative is refused
-            return Status.BAD_ARGUMENT
+            return _BAD_ARGUMENT
         if not self.cluster_known(cluster):
-            return Status.BAD_ARGUMENT
+            return _BAD_ARGUMENT
         names = {k.lower() for k, _ in headers}
         if not {":path", ":method", ":authority"} <= names:
-            return Status.BAD_ARGUMENT
+            return _BAD_ARGUMENT
         root = self.active.root
         if root is None:
-            return Status.BAD_ARGUMENT
+            return _BAD_ARGUMENT
         headers = [(k.lower(), v) for k, v in headers]
         if body:
             headers = [(k, v) for k, v in headers if k != "content-length"] + [("content-length", str(len(body)))]
@@ -932,7 +932,7 @@ class AbiHost:
         self.write_u32(ret_token_ptr, token)
         if self.on_http_callout is not None:
             self.deferred.append(lambda: self.on_http_callout(callout))  # type: ignore[misc]
-        return Status.OK
+        return _OK
 
     def _grpc_open(self, streaming: bool, up: tuple[int, int], svc: tuple[int, int], method: tuple[int, int],
                    md: tuple[int, int], message: bytes | None, timeout_ms: int, ret_token_ptr: int) -> int:
@@ -944,7 +944,7 @@ class AbiHost:
             return Status.PARSE_FAILURE
         root = self.active.root
         if root is None:
-            return Status.BAD_ARGUMENT
+            return _BAD_ARGUMENT
         if streaming:
             token, self._next_grpc_stream = self._next_grpc_stream, self._next_grpc_stream + 4
         else:
@@ -954,7 +954,7 @@ class AbiHost:
         self.grpc_calls[token] = call
         self.callout_history.append(call)
         self.write_u32(ret_token_ptr, token)  # written only on success (Envoy)
-        return Status.OK
+        return _OK
 
     @hostcall("proxy_grpc_call", "uuuuuuuuuuuu")
     def proxy_grpc_call(self, up_ptr: int, up_len: int, svc_ptr: int, svc_len: int, m_ptr: int, m_len: int, md_ptr: int, md_len: int, msg_ptr: int, msg_len: int, timeout_ms: int, ret_token_ptr: int) -> int:
@@ -971,37 +971,37 @@ class AbiHost:
     def proxy_grpc_send(self, token: int, msg_ptr: int, msg_len: int, end_stream: int) -> int:
         message = self.read(msg_ptr, msg_len)
         if token % 4 != 2:
-            return Status.BAD_ARGUMENT
+            return _BAD_ARGUMENT
         call = self.grpc_calls.get(token)
         if call is None or call.state in ("cancelled", "closed"):
-            return Status.NOT_FOUND
+            return _NOT_FOUND
         call.sent_messages.append(message)
         if end_stream:
             call.local_end_stream = True
-        return Status.OK
+        return _OK
 
     @hostcall("proxy_grpc_cancel", "u")
     def proxy_grpc_cancel(self, token: int) -> int:
         if token % 4 not in (1, 2):
-            return Status.BAD_ARGUMENT
+            return _BAD_ARGUMENT
         call = self.grpc_calls.get(token)
         if call is None or call.state in ("cancelled", "closed"):
-            return Status.NOT_FOUND
+            return _NOT_FOUND
         call.state = "cancelled"
-        return Status.OK
+        return _OK
 
     @hostcall("proxy_grpc_close", "u")
     def proxy_grpc_close(self, token: int) -> int:
         if token % 4 not in (1, 2):
-            return Status.BAD_ARGUMENT
+            return _BAD_ARGUMENT
         call = self.grpc_calls.get(token)
         if call is None or call.state in ("cancelled", "closed"):
-            return Status.NOT_FOUND
+            return _NOT_FOUND
         if call.streaming:
             call.local_end_stream = True  # half-close: messages may still arrive
         else:
             call.state = "cancelled"
-        return Status.OK
+        return _OK
 
     # -- foreign functions ----------------------------------------------------------------
     @hostcall("proxy_call_foreign_function", "uuuuuu")
@@ -1012,7 +1012,7 @@ class AbiHost:
         if fn is None:
             builtin = ENVOY_FOREIGN_FUNCTIONS.get(name)
             if builtin is None:
-                return Status.NOT_FOUND
+                return _NOT_FOUND
             status, result = builtin(args)
             if ret_ptr_ptr:  # Envoy writes the results pointers even on error
                 self.return_bytes(ret_ptr_ptr, ret_size_ptr, result)
@@ -1020,7 +1020,7 @@ class AbiHost:
         result = fn(args) or b""
         if ret_ptr_ptr:
             return self.return_bytes(ret_ptr_ptr, ret_size_ptr, result)
-        return Status.OK
+        return _OK
 
     # -- Envoy / emscripten extras ---------------------------------------------------------
     @hostcall("envoy_resolve_dns", "uuu")
@@ -1030,13 +1030,13 @@ class AbiHost:
         name = self.read(addr_ptr, addr_len).decode("utf-8", "surrogateescape")
         root = self.active.root
         if root is None:
-            return Status.BAD_ARGUMENT
+            return _BAD_ARGUMENT
         token = self._next_dns_token
         self._next_dns_token = token + 1 if token + 1 <= MASK32 else 1
         self.write_u32(ret_token_ptr, token)
         answers = self.dns.get(name, [])
         self.deferred.append(lambda: self.deliver_dns(root, token, answers))
-        return Status.OK
+        return _OK
 
     def deliver_dns(self, root: RootContext, token: int, answers: list[tuple[str, int]]) -> None:
         """Replaced by the Vm: run envoy_on_resolve_dns."""
