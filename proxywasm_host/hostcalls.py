@@ -21,7 +21,7 @@ import random
 import struct
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 from . import codec, properties
 from .callouts import GrpcCall, HttpCallout, decode_pairs_text
@@ -479,7 +479,7 @@ class AbiHost:
         self.write_u32_pair(ret_ptr_ptr, self.give(data) if size else 0, ret_size_ptr, size)
         return _OK
 
-    def return_pairs(self, ret_ptr_ptr: int, ret_size_ptr: int, pairs: list[tuple[bytes, bytes]]) -> int:
+    def return_pairs(self, ret_ptr_ptr: int, ret_size_ptr: int, pairs: Sequence[tuple[bytes, bytes]]) -> int:
         """Serialize a map into a guest allocation; no pairs is (0, 0), no allocation."""
         return self.return_bytes(ret_ptr_ptr, ret_size_ptr, codec.encode_pairs(pairs) if pairs else b"")
 
@@ -575,7 +575,7 @@ class AbiHost:
             return _BAD_ARGUMENT
         ctx = self.effective if self.effective is not None else self.current
         status, hmap = ctx.get_map(map_type, for_write=False)
-        pairs = hmap.pairs() if (status == _OK and hmap is not None) else []
+        pairs = hmap.frozen_pairs() if (status == _OK and hmap is not None) else ()
         return self.return_pairs(ret_ptr_ptr, ret_size_ptr, pairs)
 
     @hostcall("proxy_set_header_map_pairs", "uuu")
