@@ -295,7 +295,7 @@ class HttpContext(Context):
     # first), built once per callback rather than re-packed at every level.
     def _call(self, name: str, args: tuple[int, ...]) -> int:
         vm = self.vm
-        result = vm.call(self, name, *args)
+        result = vm.call_with(self, name, args)
         if vm.runtime.has_export(name):
             self._callback_log += (name, args, result)
         return result
@@ -314,7 +314,7 @@ class HttpContext(Context):
             return None
         vm = self.vm
         try:  # self._call(name, args), inline: two of these per request
-            result = vm.call(self, name, *args)
+            result = vm.call_with(self, name, args)
             if vm.runtime.has_export(name):
                 self._callback_log += (name, args, result)
             return result
@@ -331,7 +331,7 @@ class HttpContext(Context):
         if not self.created:
             self.created = True
             try:
-                self.vm.call(self, "proxy_on_context_create", self.id, self._root.id)
+                self.vm.call_with(self, "proxy_on_context_create", (self.id, self._root.id))
             except FilterTrap:
                 # the same failure handling as any stream callback (see _invoke)
                 self.host.deferred.clear()

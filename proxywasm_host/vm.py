@@ -75,6 +75,11 @@ class Vm:
     # -- the one way into the guest ------------------------------------------------------
     def call(self, context: Context, name: str, *args: int, default: int = 0) -> int:
         """Run export ``name`` with ``context`` current; return its i32 result (or ``default``)."""
+        return self.call_with(context, name, args, default)
+
+    def call_with(self, context: Context, name: str, args: tuple[int, ...], default: int = 0) -> int:
+        """:meth:`call` with the arguments as one tuple (the stream's callbacks build theirs
+        once; passing them on as ``*args`` would pack them again at every level)."""
         if self.failed is not None:
             raise HarnessUsageError(
                 f"cannot call {name}: this VM failed earlier ({self.failed.callback} trapped). "
