@@ -6,7 +6,7 @@
 Only the samples inside the timed request loop count (the module load, plugin start and
 warm-up are left out).  Without ``--native``, time spent in C (a guest call: the crossing,
 wasmtime and the filter's own code, and the C parts of host functions) is charged to the
-Python line that called it, e.g. ``Vm.call`` for the guest calls; with ``--native`` it is
+Python line that called it, e.g. ``Vm.call_with`` for the guest calls; with ``--native`` it is
 listed under the C frames.  Prints the share of samples by function (self and inclusive)
 and by line (self).
 """

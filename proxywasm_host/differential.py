@@ -222,18 +222,18 @@ class _CallRecorder:
         self.vm = plugin.vm
         self.host = plugin.host
         self.events: list[tuple[str, str, tuple[int, ...], int]] = []
-        original = self.vm.call
+        original = self.vm.call_with  # (Vm.call goes through it too)
 
-        def call(context: Any, name: str, *args: int, **kwargs: Any) -> Any:
+        def call_with(context: Any, name: str, args: tuple[int, ...], default: int = 0) -> Any:
             if not self.vm.runtime.has_export(name) or not _is_callback(name):
-                return original(context, name, *args, **kwargs)
+                return original(context, name, args, default)
             self.events.append(("enter", name, tuple(args), self._mark()))
             try:
-                return original(context, name, *args, **kwargs)
+                return original(context, name, args, default)
             finally:
                 self.events.append(("exit", name, (), self._mark()))
 
-        self.vm.call = call  # instance attribute: shadows Vm.call for this VM only
+        self.vm.call_with = call_with  # instance attribute: shadows Vm.call_with for this VM only
 
     def _mark(self) -> int:
         observer = self.host._observer
@@ -568,28 +568,28 @@ class DifferentialRunner:
     def _traced_load(self, host: Any) -> tuple[Any, list[CallbackTrace]]:
         """Load the plugin into ``host`` (created with trace=True), recording its start-up calls.
 
-        The VM does not exist before the load, so for its duration Vm.call is
-        wrapped at class level (acting only for this host's VMs)."""
+        The VM does not exist before the load, so for its duration Vm.call_with (which
+        Vm.call goes through) is wrapped at class level (acting only for this host's VMs)."""
         from .vm import Vm
 
         events: list[tuple[str, str, tuple[int, ...], int]] = []
         observer = host._observer
-        original = Vm.call
+        original = Vm.call_with
 
-        def call(vm: Any, context: Any, name: str, *args: int, **kwargs: Any) -> Any:
+        def call_with(vm: Any, context: Any, name: str, args: tuple[int, ...], default: int = 0) -> Any:
             if vm.host.observer is not observer or not vm.runtime.has_export(name) or not _is_callback(name):
-                return original(vm, context, name, *args, **kwargs)
+                return original(vm, context, name, args, default)
             events.append(("enter", name, tuple(args), len(observer.trace)))
             try:
-                return original(vm, context, name, *args, **kwargs)
+                return original(vm, context, name, args, default)
             finally:
                 events.append(("exit", name, (), len(observer.trace)))
 
-        Vm.call = call  # type: ignore[method-assign]
+        Vm.call_with = call_with  # type: ignore[method-assign]
         try:
             plugin = self._load(host)
         finally:
-            Vm.call = original  # type: ignore[method-assign]
+            Vm.call_with = original  # type: ignore[method-assign]
         return plugin, inprocess_callback_trace(events, host.hostcall_trace)
 
     def stop(self) -> None:
