@@ -366,7 +366,10 @@ class Plugin:
             raise HarnessUsageError("this plugin was shut down; load it again to open new streams")
         if self.vm.failed is not None and self.root.plugin.failure_policy == "fail_reload":
             self.host._reload(self)
-        ctx = HttpContext(self.vm, self.root, attributes={_property_key(k): v for k, v in attributes.items()} if attributes else None)
+        if attributes:
+            ctx = HttpContext(self.vm, self.root, attributes={_property_key(k): v for k, v in attributes.items()})
+        else:
+            ctx = HttpContext(self.vm, self.root)
         stream = HttpStream(self, ctx)
         streams = self.streams
         if len(streams) - self._streams_scanned >= STREAM_HISTORY:

@@ -370,10 +370,11 @@ class HttpContext(Context):
         if not self.created and vm.failed is None:
             self._ensure_created()
         name = "proxy_on_request_headers" if d is self.request else "proxy_on_response_headers"
+        count = len(headers._pairs)  # (not len(headers): a Python-level __len__ call)
         if self.host.abi_version == _ABI_0_1_0:
-            result = self._invoke(name, (self.id, len(headers)))
+            result = self._invoke(name, (self.id, count))
         else:
-            result = self._invoke(name, (self.id, len(headers), int(end_of_stream)))
+            result = self._invoke(name, (self.id, count, 1 if end_of_stream else 0))
         if result is None:
             return None
         if self._pending_local is None and not self._reset_requested:
