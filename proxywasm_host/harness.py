@@ -64,19 +64,19 @@ def _pairs(headers: Headers | None) -> list[tuple[str, str]]:
 
 
 def _pairs_for_map(headers: Headers | None) -> list[tuple[str, str]]:
-    """``_pairs(headers)`` for headers that only go into a new HeaderMap (which copies them):
-    a list of 2-tuples, the usual case, is checked and passed on as it is, not copied."""
+    """``_pairs(headers)`` for headers that only go into a new HeaderMap: a list, the usual
+    case, is passed on as it is (not copied, not checked here: the HeaderMap checks each item
+    and says what is wrong with a bad one)."""
     if type(headers) is list:
-        for item in headers:
-            if type(item) is not tuple or len(item) != 2:
-                break
-        else:
-            return headers
+        return headers
     return _pairs(headers)
 
 
 def _has_status(pairs: list[tuple[str, str]]) -> bool:
-    for k, _ in pairs:  # a loop, not any(<generator>): this runs for every response
+    for item in pairs:  # a loop, not any(<generator>): this runs for every response
+        if isinstance(item, (str, bytes)) or len(item) != 2:
+            return True  # malformed: add nothing, the HeaderMap reports it
+        k = item[0]
         if (k if type(k) is str else str(k)) == ":status":
             return True
     return False

@@ -363,8 +363,9 @@ class HttpContext(Context):
             self._check_open(d, "headers")  # raises
         if d is self.response:
             self._check_response_allowed("response headers")
+        headers = HeaderMap(pairs)  # first: malformed headers raise with the stream untouched
         d.headers_received = True
-        d.headers = headers = HeaderMap(pairs)
+        d.headers = headers
         d.end_received = end_of_stream
         vm = self.vm
         if not self.created and vm.failed is None:

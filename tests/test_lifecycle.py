@@ -117,6 +117,25 @@ def test_misuse_messages_say_what_to_do() -> None:
         s.send_response_body(b"late")
 
 
+def test_malformed_header_lists_are_refused_and_change_nothing() -> None:
+    """The harness hands header lists to the header map unchecked; the map refuses a bad item
+    with the same message, before the stream records anything, so the test can go on."""
+    plugin = recorder()
+    s = plugin.http_stream()
+    for bad in (["x-a"], [("x-a", "1", "2")], [(":path", "/"), b"raw"], [(":path",)]):
+        with pytest.raises(HarnessUsageError, match="dict or a list of"):
+            s.send_request_headers(bad)  # type: ignore[arg-type]
+    assert calls(s) == []  # no callback ran, the stream is as new
+    s.send_request_headers([[":path", "/"], (b"X-Raw", b"v")], end_of_stream=True)  # lists and bytes are fine
+    assert s.upstream_request.headers == [(":path", "/"), ("x-raw", "v")]
+    with pytest.raises(HarnessUsageError, match="dict or a list of"):
+        s.send_response_headers([("content-length", "0"), ("x",)])
+    s.send_response_headers([["content-length", "0"]], end_of_stream=True)  # :status 200 added
+    assert s.context.response.headers.items() == [(":status", "200"), ("content-length", "0")]
+    assert s.downstream_response.status == 200
+    assert [c[0] for c in calls(s)] == ["request_headers", "response_headers", "log", "done", "delete"]
+
+
 def test_several_streams_alive_at_once() -> None:
     plugin = recorder()
     a, b = plugin.http_stream(), plugin.http_stream()
