@@ -28,11 +28,11 @@ the epoch ticker thread keeps running while a guest loops.
 from __future__ import annotations
 
 import ctypes
-from functools import partial
 import os
 import threading
 import time
 from ctypes import POINTER, c_char_p, c_size_t, c_uint64, c_void_p
+from functools import partial
 from typing import Any, Callable
 
 import wasmtime

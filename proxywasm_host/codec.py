@@ -5,9 +5,9 @@ property value encodings (ABI_FACTS §6).  Encoding builds the whole map as one
 ``bytes`` (then one copy into guest memory); decoding reads in place from a buffer
 (normally a memoryview over the guest's linear memory).  No wasmtime.
 
-:func:`encode_pairs`, :func:`decode_pairs` and :func:`text_pairs` run in C (``_codec.c``, built by ``pip
-install``) when it is built, unless ``PROXYWASM_HOST_NO_SPEEDUPS`` is set; the Python
-versions below are the fallback and the reference the C ones are tested against.
+:func:`encode_pairs`, :func:`decode_pairs` and :func:`text_pairs` run in C (``_codec.c``,
+built by ``pip install``) when it is built, unless ``PROXYWASM_HOST_NO_SPEEDUPS`` is set;
+the Python versions below are the fallback and the reference the C ones are tested against.
 """
 
 from __future__ import annotations

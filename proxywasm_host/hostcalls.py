@@ -555,8 +555,7 @@ class AbiHost:
         status, buf = self.active.get_buffer(buffer_type)
         if status != _OK or buf is None:
             return status
-        self.write_u32(ret_size_ptr, len(buf))
-        self.write_u32(ret_flags_ptr, 0)
+        self.write_u32_pair(ret_size_ptr, len(buf), ret_flags_ptr, 0)
         return _OK
 
     @hostcall("proxy_set_buffer_bytes", "uuuuu")
@@ -1236,8 +1235,7 @@ class AbiHost:
     @hostcall("environ_sizes_get", "uu", module="wasi")
     def environ_sizes_get(self, count_ptr: int, size_ptr: int) -> int:
         env = self._environ()
-        self.write_u32(count_ptr, len(env))
-        self.write_u32(size_ptr, sum(len(e) for e in env))
+        self.write_u32_pair(count_ptr, len(env), size_ptr, sum(len(e) for e in env))
         return ESUCCESS
 
     @hostcall("environ_get", "uu", module="wasi")
@@ -1250,8 +1248,7 @@ class AbiHost:
 
     @hostcall("args_sizes_get", "uu", module="wasi")
     def args_sizes_get(self, argc_ptr: int, size_ptr: int) -> int:
-        self.write_u32(argc_ptr, 0)
-        self.write_u32(size_ptr, 0)
+        self.write_u32_pair(argc_ptr, 0, size_ptr, 0)
         return ESUCCESS
 
     @hostcall("args_get", "uu", module="wasi")
