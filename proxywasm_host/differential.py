@@ -585,7 +585,7 @@ class DifferentialRunner:
             finally:
                 events.append(("exit", name, (), len(observer.trace)))
 
-        Vm.call_with = call_with  # type: ignore[method-assign]
+        Vm.call_with = call_with  # type: ignore[method-assign,assignment]
         try:
             plugin = self._load(host)
         finally:
