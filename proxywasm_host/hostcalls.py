@@ -28,6 +28,7 @@ from .callouts import GrpcCall, HttpCallout, decode_pairs_text
 from .context import Context, PluginConfig, RootContext
 from .headers import HeaderMap
 from .types import AbiVersion, BufferType, LogLevel, MapType, MetricType, Status
+from .types import BAD_ARGUMENT as _BAD_ARGUMENT, NOT_FOUND as _NOT_FOUND, OK as _OK
 
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
@@ -46,12 +47,9 @@ ESUCCESS, EBADF, EFAULT, EINVAL, ENOENT, ENOSYS, ENOTDIR, ENOTSUP = 0, 8, 21, 28
 
 RANDOM_GET_LIMIT = 65536
 
-# Plain-int copies of what the hot hostcalls compare and return: reading an IntEnum member
-# (``Status.OK``) goes through the enum class (~0.1 µs each), a module global does not.
-# The values are equal (IntEnum == int) and the runtime hands the guest plain ints anyway.
-_OK = int(Status.OK)
-_NOT_FOUND = int(Status.NOT_FOUND)
-_BAD_ARGUMENT = int(Status.BAD_ARGUMENT)
+# Plain ints of what the hot hostcalls compare against: reading an IntEnum member
+# (``Status.OK``) goes through the enum class (~0.1 µs each), a module global does not
+# (the statuses themselves: types.OK etc.).
 _LAST_MAP_TYPE = int(MapType.HTTP_CALL_RESPONSE_TRAILERS)
 _LAST_BUFFER_TYPE = int(BufferType.FOREIGN_FUNCTION_ARGUMENTS)
 _LOG_LEVELS = tuple(LogLevel)  # _LOG_LEVELS[n] is LogLevel(n) without the enum call

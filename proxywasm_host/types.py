@@ -145,3 +145,9 @@ class AbiVersion(str, enum.Enum):
             if version.marker == name:
                 return version
         return None
+
+
+# The statuses the per-request paths return, as module globals: reading ``Status.OK`` goes
+# through EnumType's attribute hook (~0.1 µs a lookup on Python 3.11), a global is a dict
+# hit.  The same member objects.
+OK, NOT_FOUND, BAD_ARGUMENT = Status.OK, Status.NOT_FOUND, Status.BAD_ARGUMENT
