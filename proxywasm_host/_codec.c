@@ -238,13 +238,16 @@ static PyObject *header_name(PyObject *text, PyObject *names, Py_ssize_t names_m
     const char *utf8 = PyUnicode_AsUTF8AndSize(text, &len);
     if (utf8 == NULL)
         return NULL;
-    name = PyBytes_FromStringAndSize(utf8, len);
+    /* A new object to lower-case in place: PyBytes_FromStringAndSize(utf8, 1) would hand
+     * back CPython's shared one-byte singleton, and changing it changes every b"Q" in the
+     * process.  (NULL, len) allocates a fresh one for any len > 0. */
+    name = PyBytes_FromStringAndSize(NULL, len);
     if (name == NULL)
         return NULL;
     char *b = PyBytes_AS_STRING(name);
     for (Py_ssize_t i = 0; i < len; i++) {
-        if (b[i] >= 'A' && b[i] <= 'Z')
-            b[i] = (char)(b[i] + ('a' - 'A')); /* bytes.lower(): ASCII only */
+        char c = utf8[i];
+        b[i] = (c >= 'A' && c <= 'Z') ? (char)(c + ('a' - 'A')) : c; /* bytes.lower(): ASCII only */
     }
     if (PyDict_GET_SIZE(names) < names_max && PyDict_SetItem(names, text, name) < 0) {
         Py_DECREF(name);

@@ -135,3 +135,18 @@ def test_text_pairs_agrees_on_entries_and_the_names_cache(pairs: list, names_max
     assert len(c_names) <= max(names_max, len(seeded))
     if c_out is not None:
         assert c_out == tuple((k.encode().lower() if k not in seeded else seeded[k], v.encode()) for k, v in pairs)
+
+
+def test_text_pairs_never_changes_shared_bytes_objects() -> None:
+    """A one-letter name lower-cased must be a new bytes object: CPython shares one object
+    per single byte, and lower-casing that one in place turned every b"Q" in the process
+    into b"q" (it broke pytest-xdist's wire protocol)."""
+    for letter in "AQZ":
+        for names in ({}, {letter: b"seeded"}):
+            for fn in (codec.text_pairs, codec.py_text_pairs):
+                out = fn([(letter, letter)], dict(names), 8)
+                assert out is not None
+                assert bytes([ord(letter)]) == letter.encode() and bytes([ord(letter)])[0] == ord(letter)
+                assert out[0][1] == letter.encode()
+    assert codec.text_pairs([("Q", "")], {}, 8) == ((b"q", b""),)
+    assert b"Q"[0] == 0x51 and bytes([0x51]).lower() == b"q"
