@@ -169,8 +169,8 @@ static PyObject *codec_decode_pairs(PyObject *self, PyObject *const *args, Py_ss
         size = view.len - offset;
     }
     if (offset < 0 || size < 0 || offset > view.len || size > view.len - offset) {
-        PyErr_Format(PyExc_ValueError, "decode_pairs(): bytes %zd..%zd are outside the %zd-byte buffer",
-                     offset, offset + size, view.len);
+        PyErr_Format(PyExc_ValueError, "decode_pairs(): %zd bytes at offset %zd are outside the %zd-byte buffer",
+                     size, offset, view.len); /* (offset + size might overflow) */
         goto done;
     }
     if (size < 4) {

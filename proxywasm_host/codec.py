@@ -65,7 +65,7 @@ def py_decode_pairs(buf: memoryview | bytes, offset: int = 0, size: int | None =
     if size is None:
         size = len(buf) - offset
     if offset < 0 or size < 0 or offset + size > len(buf):
-        raise ValueError(f"decode_pairs(): bytes {offset}..{offset + size} are outside the {len(buf)}-byte buffer")
+        raise ValueError(f"decode_pairs(): {size} bytes at offset {offset} are outside the {len(buf)}-byte buffer")
     if size < 4:
         return []
     if size > MAX_PAIRS_BYTES:
