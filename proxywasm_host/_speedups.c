@@ -411,7 +411,13 @@ static int memory_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want,
         return -1;
     *ctx = PyLong_AsVoidPtr(args[at]);
     *mem = PyLong_AsVoidPtr(args[at + 1]);
-    return PyErr_Occurred() ? -1 : 0;
+    if (PyErr_Occurred())
+        return -1;
+    if (*ctx == NULL || *mem == NULL) {
+        PyErr_Format(PyExc_ValueError, "%s(): no store context or no memory (address 0)", name);
+        return -1;
+    }
+    return 0;
 }
 
 /* memory_view(ctx, memory) -> writable memoryview of the whole linear memory now */
@@ -437,7 +443,7 @@ static PyObject *sp_read(PyObject *self, PyObject *const *args, Py_ssize_t nargs
         return NULL;
     if (size == 0)
         return PyBytes_FromStringAndSize(NULL, 0);
-    size_t have = mem ? p_memory_data_size(ctx, mem) : 0;
+    size_t have = p_memory_data_size(ctx, mem);
     if (ptr > have || size > have - ptr) {
         PyErr_SetNone(args[2]);
         return NULL;
