@@ -45,7 +45,11 @@ def instrument(vm: Any) -> dict[str, int]:
 
     runtime = vm.runtime
     export = runtime.export
-    runtime.export = lambda name: None if export(name) is None else timed(export(name), "call")
+    def timed_export(name: str) -> Any:
+        fn = export(name)
+        return None if fn is None else timed(fn, "call")
+
+    runtime.export = timed_export
     vm._exports.clear()  # the Vm asks again, for the timed ones
     host = vm.host
     # guest allocations happen in host.give (allocate + copy; C when built), or through
