@@ -304,7 +304,7 @@ def main() -> int:
         parser.error("keep the load bounded: at most 120 s and 200 connections")
     wasm = REPO / "fixtures" / "wasm" / f"{args.filter}-wasm32-unknown-unknown.wasm"
     from proxywasm_host.envoy import EnvoyProcess, find_envoy, render_envoy_config
-    from proxywasm_host.scenario import PluginSpec
+    from proxywasm_host.http.scenario import PluginSpec
 
     print(f"{args.filter}: {args.seconds:g} s at {args.connections} connections with {args.tool}, "
           f"{os.cpu_count()} cores, Python {platform.python_version()}", flush=True)

@@ -49,9 +49,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from naive_host import NaiveHost  # noqa: E402
 
 from proxywasm_host import Host, LogLevel  # noqa: E402
-from proxywasm_host.cache import wasmtime_version  # noqa: E402
-from proxywasm_host.hostcalls import AbiHost  # noqa: E402
-from proxywasm_host.runtime import CompiledModule, WasmInstance, _module_cache  # noqa: E402
+from proxywasm_host.runtime.cache import wasmtime_version  # noqa: E402
+from proxywasm_host.core.hostcalls import AbiHost
+from proxywasm_host.runtime.module import CompiledModule, WasmInstance, _module_cache  # noqa: E402
 
 WASM = REPO / "fixtures" / "wasm"
 
@@ -283,7 +283,7 @@ def section_exchange(args: argparse.Namespace, out: dict[str, Any]) -> list[list
 _CHILD = r"""
 import sys, time, json
 sys.path.insert(0, sys.argv[1])
-from proxywasm_host.runtime import CompiledModule, engine
+from proxywasm_host.runtime.module import CompiledModule, engine
 engine()
 t = time.perf_counter()
 m = CompiledModule.load(sys.argv[2], cache_dir=sys.argv[3])

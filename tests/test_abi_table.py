@@ -7,11 +7,10 @@ import json
 import pytest
 
 from conftest import REPO
-from proxywasm_host import types
-from proxywasm_host.hostcalls import HOSTCALLS, imports_for
-from proxywasm_host.types import AbiVersion
-from proxywasm_host.vm import guest_exports
-
+from proxywasm_host.core import types
+from proxywasm_host.core.spec import HOSTCALLS, imports_for
+from proxywasm_host.core.types import AbiVersion
+from proxywasm_host.core.vm import guest_exports
 ABI_DIR = REPO / "abi"
 
 

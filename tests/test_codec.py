@@ -8,7 +8,7 @@ import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxywasm_host import codec
+from proxywasm_host.core import codec
 
 header_bytes = st.binary(min_size=0, max_size=64)
 pairs_strategy = st.lists(st.tuples(header_bytes, header_bytes), max_size=40)

@@ -12,12 +12,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxywasm_host import codec
+from proxywasm_host.core import codec
 
 c_codec: Any = None
 if not os.environ.get("PROXYWASM_HOST_NO_SPEEDUPS"):
     try:
-        from proxywasm_host import _codec as c_codec
+        from proxywasm_host.core import _codec as c_codec
     except ImportError:  # not built: test_the_c_codec_is_built_and_in_use says so
         pass
 
@@ -29,7 +29,7 @@ def test_the_c_codec_is_built_and_in_use() -> None:
     if os.environ.get("PROXYWASM_HOST_NO_SPEEDUPS"):
         assert not codec.C_CODEC
         return
-    assert c_codec is not None and codec.C_CODEC, "proxywasm_host._codec is not built: run `pip install -e .` with a C compiler"
+    assert c_codec is not None and codec.C_CODEC, "proxywasm_host.core._codec is not built: run `pip install -e .` with a C compiler"
     assert codec.encode_pairs is c_codec.encode_pairs and codec.decode_pairs is c_codec.decode_pairs
     assert codec.text_pairs is c_codec.text_pairs
 

@@ -25,9 +25,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # when run as a script
     sys.path.insert(0, str(REPO))
 
-from proxywasm_host.differential import DiffReport, DifferentialRunner  # noqa: E402
+from proxywasm_host.envoy.differential import DiffReport, DifferentialRunner  # noqa: E402
 from proxywasm_host.envoy import find_envoy  # noqa: E402
-from proxywasm_host.scenario import HttpRequest, HttpResponse, PluginSpec  # noqa: E402
+from proxywasm_host.http.scenario import HttpRequest, HttpResponse, PluginSpec  # noqa: E402
 
 WASM = REPO / "fixtures" / "wasm"
 ENVOY = find_envoy()

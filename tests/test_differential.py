@@ -1,4 +1,4 @@
-"""The differential runner (proxywasm_host.differential) and --proxywasm-backend.
+"""The differential runner (proxywasm_host.envoy.differential) and --proxywasm-backend.
 
 The parsing/normalising parts are tested without Envoy; the rest needs a real
 Envoy (skipped with the reason when there is none).
@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import RUST_TARGETS, fixture_wasm
-from proxywasm_host.differential import (
+from proxywasm_host.envoy.differential import (
     IGNORED_HEADERS,
     CallbackTrace,
     DiffReport,
@@ -19,8 +19,8 @@ from proxywasm_host.differential import (
     inprocess_callback_trace,
 )
 from proxywasm_host.envoy import find_envoy
-from proxywasm_host.hostcalls import HostcallRecord
-from proxywasm_host.scenario import HttpRequest, HttpResponse, PluginSpec, Scenario
+from proxywasm_host.core.observer import HostcallRecord
+from proxywasm_host.http.scenario import HttpRequest, HttpResponse, PluginSpec, Scenario
 
 ENVOY = find_envoy()
 needs_envoy = pytest.mark.skipif(
@@ -163,7 +163,7 @@ def test_callout_clusters_serve_both_backends() -> None:
 
 USER_TEST = '''
 import pytest
-from proxywasm_host.scenario import HttpRequest, HttpResponse
+from proxywasm_host.http.scenario import HttpRequest, HttpResponse
 
 
 def test_hello(proxywasm_exchange):

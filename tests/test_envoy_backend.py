@@ -28,8 +28,8 @@ from proxywasm_host.envoy import (
     run_scenarios_in_envoy,
     send_request,
 )
-from proxywasm_host.scenario import HttpRequest, HttpResponse, PluginSpec, Scenario
-from proxywasm_host.upstream import UpstreamServer
+from proxywasm_host.http.scenario import HttpRequest, HttpResponse, PluginSpec, Scenario
+from proxywasm_host.net.upstream import UpstreamServer
 
 REPO = Path(__file__).resolve().parents[1]
 HELLO_WORLD = REPO / "fixtures" / "wasm" / "hello_world-wasm32-unknown-unknown.wasm"

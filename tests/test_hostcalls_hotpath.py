@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import struct
 
-from proxywasm_host import codec
-from proxywasm_host.context import Context
-from proxywasm_host.headers import HeaderMap
-from proxywasm_host.hostcalls import AbiHost
-from proxywasm_host.types import AbiVersion, LogLevel, Status
+from proxywasm_host.core import codec
+from proxywasm_host.core.context import Context
+from proxywasm_host.core.headers import HeaderMap
+from proxywasm_host.core.hostcalls import AbiHost
+from proxywasm_host.core.types import AbiVersion, LogLevel, Status
 
 MEM = 4096
 BAD = MEM - 2  # a pointer whose u32 / 10-byte range runs past the end of memory
@@ -152,8 +152,8 @@ class Broken(MapContext):
 
 
 def test_every_guard_arity_turns_errors_into_statuses_and_lets_traps_through() -> None:
-    from proxywasm_host.hostcalls import GuestTrapped, HostcallObserver
-
+    from proxywasm_host.core.guest import GuestTrapped
+    from proxywasm_host.core.observer import HostcallObserver
     for observed in (False, True):
         host, guest, _ = make()
         if observed:

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import WAT, u32
 from proxywasm_host import Host, Status
-from proxywasm_host.codec import encode_pairs
+from proxywasm_host.core.codec import encode_pairs
 
 BAD = 0xFFFFFFF0  # far outside a 2-page memory
 SCRATCH = 0x8000  # guest scratch area the tests write arguments into
@@ -107,7 +107,7 @@ def test_header_value_lookup(probe: Probe) -> None:
 
 def test_header_pairs_round_trip_through_guest_memory(probe: Probe) -> None:
     assert probe.call("proxy_get_header_map_pairs", 0, RET, RET + 4) == Status.OK
-    from proxywasm_host.codec import decode_pairs
+    from proxywasm_host.core.codec import decode_pairs
 
     assert decode_pairs(probe.returned()) == [(b":path", b"/a"), (b"x-one", b"1"), (b"x-dup", b"a"), (b"x-dup", b"b")]
     new = encode_pairs([(b"A", b"1"), (b"b", b"")])
@@ -185,7 +185,7 @@ def test_memory_growth_inside_the_allocator_is_seen() -> None:
     probe.stream.context.request.headers.add(b"x-big", big)
     assert probe.call("proxy_get_header_map_pairs", 0, RET, RET + 4) == Status.OK
     assert len(probe.mem) // 65536 > pages_before
-    from proxywasm_host.codec import decode_pairs
+    from proxywasm_host.core.codec import decode_pairs
 
     assert (b"x-big", big) in decode_pairs(probe.returned())
 

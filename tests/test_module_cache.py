@@ -9,9 +9,9 @@ import pytest
 
 from conftest import fixture_wasm
 from proxywasm_host import Host
-from proxywasm_host import cache as cache_mod
-from proxywasm_host.cache import MAGIC, ModuleCache, default_cache_dir, resolve_cache_dir
-from proxywasm_host.runtime import ENGINE_SETTINGS, CompiledModule, engine
+from proxywasm_host.runtime import cache as cache_mod
+from proxywasm_host.runtime.cache import MAGIC, ModuleCache, default_cache_dir, resolve_cache_dir
+from proxywasm_host.runtime.module import ENGINE_SETTINGS, CompiledModule, engine
 
 HELLO = fixture_wasm("hello_world-wasm32-unknown-unknown")
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from proxywasm_host import Host
-from proxywasm_host import oci
+from proxywasm_host.deploy import oci
 
 REPO = Path(__file__).resolve().parents[1]
 HELLO = REPO / "fixtures" / "wasm" / "hello_world-wasm32-unknown-unknown.wasm"

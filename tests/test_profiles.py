@@ -1,4 +1,4 @@
-"""Envoy stream profiles (proxywasm_host.profiles): pure rules, and the filter's view in-process.
+"""Envoy stream profiles (proxywasm_host.http.profiles): pure rules, and the filter's view in-process.
 
 Every expectation here was measured on Envoy 1.40 (see docs/conformance.md);
 tests/test_conformance.py checks the same rules against a real Envoy.
@@ -10,8 +10,8 @@ import pytest
 
 from conftest import RUST_TARGETS, fixture_wasm
 from proxywasm_host import Host
-from proxywasm_host.differential import exchange_with_profile
-from proxywasm_host.profiles import (
+from proxywasm_host.envoy.differential import exchange_with_profile
+from proxywasm_host.http.profiles import (
     DEFAULT_REQUEST_ID,
     StreamProfile,
     envoy_request_body,
@@ -20,7 +20,7 @@ from proxywasm_host.profiles import (
     envoy_response_headers,
     get_profile,
 )
-from proxywasm_host.scenario import DownstreamResponse, ExchangeResult, HttpRequest, HttpResponse
+from proxywasm_host.http.scenario import DownstreamResponse, ExchangeResult, HttpRequest, HttpResponse
 
 RID = DEFAULT_REQUEST_ID
 

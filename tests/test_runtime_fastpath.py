@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 
 from proxywasm_host import FilterTrap, Host
-from proxywasm_host.hostcalls import AbiHost, GuestTrapped
-from proxywasm_host.runtime import CompiledModule, WasmInstance
-from proxywasm_host.types import AbiVersion
-from proxywasm_host.vm import WasmTrap
-
+from proxywasm_host.core.hostcalls import AbiHost
+from proxywasm_host.core.guest import GuestTrapped
+from proxywasm_host.runtime.module import CompiledModule, WasmInstance
+from proxywasm_host.core.types import AbiVersion
+from proxywasm_host.core.guest import WasmTrap
 PROBE = """
 (module
   (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
@@ -224,9 +224,8 @@ def test_memory_growth_during_a_call_is_seen(compiled: CompiledModule) -> None:
 def test_the_hosts_reader_copies_exactly_what_the_view_holds(compiled: CompiledModule) -> None:
     """host.read (the C copy when built) against AbiHost.read over the view, at the edges of
     memory, before and after it grows."""
-    from proxywasm_host import _capi
-    from proxywasm_host.hostcalls import GuestMemoryError
-
+    from proxywasm_host.runtime import _capi
+    from proxywasm_host.core.guest import GuestMemoryError
     inst, host = instance(compiled)
     if _capi.SPEEDUPS:  # the C ones were handed over
         assert "read" in vars(host) and "give" in vars(host) and "write_u32_pair" in vars(host)
@@ -254,8 +253,7 @@ def test_the_hosts_reader_copies_exactly_what_the_view_holds(compiled: CompiledM
 def test_the_hosts_give_and_u32_writes_match_the_python_ones(compiled: CompiledModule) -> None:
     """host.give / host.write_u32_pair (C when built) against AbiHost's: same address, same
     bytes written, same error at the same point; an allocator trap passes through."""
-    from proxywasm_host.hostcalls import GuestMemoryError
-
+    from proxywasm_host.core.guest import GuestMemoryError
     def run(fn: Any) -> tuple[Any, bytes]:
         inst, host = instance(compiled)
         try:
@@ -364,12 +362,12 @@ def test_the_c_crossings_are_built_and_in_use() -> None:
     cost a third of the per-request time, so the suite says so (unless asked for ctypes)."""
     import os
 
-    from proxywasm_host import _capi
+    from proxywasm_host.runtime import _capi
 
     if os.environ.get("PROXYWASM_HOST_NO_SPEEDUPS"):
         assert not _capi.SPEEDUPS
         return
-    assert _capi.SPEEDUPS, "proxywasm_host._speedups is not built: run `pip install -e .` with a C compiler"
+    assert _capi.SPEEDUPS, "proxywasm_host.runtime._speedups is not built: run `pip install -e .` with a C compiler"
     assert _capi.call is _capi._speedups.call
 
 

@@ -87,8 +87,8 @@ def test_http_callout_to_unknown_cluster_fails_dispatch() -> None:
 
 
 def test_callout_answered_by_a_real_upstream() -> None:
-    from proxywasm_host.scenario import HttpResponse
-    from proxywasm_host.upstream import UpstreamServer
+    from proxywasm_host.http.scenario import HttpResponse
+    from proxywasm_host.net.upstream import UpstreamServer
 
     with UpstreamServer(HttpResponse(status=200, body_chunks=(b"from-real-server",))) as upstream:
         host = Host(clusters={"auth_cluster": upstream.url})
@@ -240,7 +240,7 @@ HELLO_FILTERS = {
 @pytest.mark.parametrize("sdk", HELLO_FILTERS)
 def test_tutorial_filter_in_every_sdk(sdk: str) -> None:
     from proxywasm_host import HttpRequest
-    from proxywasm_host.profiles import DEFAULT_REQUEST_ID
+    from proxywasm_host.http.profiles import DEFAULT_REQUEST_ID
 
     plugin = load(HELLO_FILTERS[sdk])
     result = plugin.exchange(HttpRequest(headers=tuple(GET.items())))

@@ -1,7 +1,7 @@
 """``proxywasm-host serve``: a real proxy on 127.0.0.1, driven by real clients.
 
 The end-to-end tests start the CLI as a subprocess (curl, a Python client, Ctrl-C); the
-behaviour tests run :func:`proxywasm_host.server.serve` on a loop in a background thread.
+behaviour tests run :func:`proxywasm_host.serve.server.serve` on a loop in a background thread.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ pytest.importorskip("hypercorn")
 httpx = pytest.importorskip("httpx")
 
 from proxywasm_host.envoy import send_request  # noqa: E402
-from proxywasm_host.scenario import HttpRequest, HttpResponse  # noqa: E402
-from proxywasm_host.server import ServeConfig, canonical_header_name, serve  # noqa: E402
-from proxywasm_host.upstream import UpstreamServer  # noqa: E402
+from proxywasm_host.http.scenario import HttpRequest, HttpResponse  # noqa: E402
+from proxywasm_host.serve.server import ServeConfig, canonical_header_name, serve  # noqa: E402
+from proxywasm_host.net.upstream import UpstreamServer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 WASM = REPO / "fixtures" / "wasm"
@@ -468,7 +468,7 @@ def test_h2c_upgrade_and_access_log():
 
 
 def test_echo_upstream_alone():
-    proc = subprocess.Popen([sys.executable, "-m", "proxywasm_host.server", "echo", "--port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "proxywasm_host.serve.server", "echo", "--port", "0"],
                             stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
         assert proc.stderr is not None

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from proxywasm_host.context import PluginConfig
-from proxywasm_host.headers import HeaderMap
-from proxywasm_host.hostcalls import AbiHost
-from proxywasm_host.properties import Int, Timestamp, UInt, _navigate
-from proxywasm_host.stream import HttpContext, LocalResponse
-from proxywasm_host.types import AbiVersion
+from proxywasm_host.core.context import PluginConfig
+from proxywasm_host.core.headers import HeaderMap
+from proxywasm_host.core.hostcalls import AbiHost
+from proxywasm_host.core.properties import Int, Timestamp, UInt, _navigate
+from proxywasm_host.core.stream import HttpContext, LocalResponse
+from proxywasm_host.core.types import AbiVersion
 
 
 def reference_attributes(self: HttpContext) -> dict[tuple[str, ...], Any]:

@@ -9,7 +9,7 @@ import gc
 from typing import Any
 
 from proxywasm_host import Host, HeaderMap
-from proxywasm_host.stream import Direction
+from proxywasm_host.core.stream import Direction
 
 from conftest import fixture_wasm
 

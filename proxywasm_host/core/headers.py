@@ -1,0 +1,200 @@
+"""An Envoy-like HTTP header map: ordered, duplicates allowed, names lower-cased.
+
+Operations mirror what Envoy does behind the proxy-wasm header hostcalls
+(ABI_FACTS §4.5): ``get`` returns the first value, ``add`` appends,
+``replace`` (Envoy ``setCopy``) overwrites the first entry and drops the rest
+or appends when absent, ``remove`` drops every entry of the name.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator, Sequence
+
+from proxywasm_host.core.codec import text_pairs
+from proxywasm_host.errors import HarnessUsageError
+
+Pair = tuple[bytes, bytes]
+
+
+# Text <-> bytes is UTF-8 with surrogateescape (any bytes survive a round trip).  Without an
+# error handler str.encode()/bytes.decode() take a faster path and give the same result
+# whenever they succeed, so the handler is only named for the rare text that needs it.
+
+
+def _b(value: str | bytes) -> bytes:
+    if isinstance(value, str):
+        try:
+            return value.encode()
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "surrogateescape")
+    return bytes(value)
+
+
+def _s(value: bytes) -> str:
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return value.decode("utf-8", "surrogateescape")
+
+
+#: header name text -> its lower-cased UTF-8, for the names tests send again and again (the
+#: same few dozen in a test run): a lookup is cheaper than encode + lower and the two bytes
+#: objects they make and free.  Bounded, for a run that generates random names.
+_NAMES: dict[str, bytes] = {}
+_NAMES_MAX = 2048
+
+
+def _entry(item: Sequence[str | bytes]) -> Pair:
+    """One (name, value) entry the general way (bytes, lists, lone surrogates)."""
+    if isinstance(item, (str, bytes)) or len(item) != 2:
+        # what a test passed: the harness hands its header lists over unchecked
+        raise HarnessUsageError(f"headers must be a dict or a list of (name, value) pairs; got item {item!r}")
+    name, value = item
+    return _b(name).lower(), _b(value)
+
+
+class HeaderMap:
+    """Mutable ordered multimap of header name/value bytes."""
+
+    # The entries are one tuple of (name, value) tuples, replaced (never changed in place) by
+    # every mutation: a copy shares it, and a tuple of bytes tuples is something Python's
+    # cyclic GC stops tracking after one collection, where a list of them stays tracked and
+    # is walked again by every collection while the stream is kept (Plugin.streams).
+    __slots__ = ("_pairs",)
+
+    def __init__(self, pairs: Iterable[Sequence[str | bytes]] = ()) -> None:
+        if type(pairs) is not list:
+            pairs = list(pairs)  # may be walked twice below
+        # the usual case, (str, str) tuples, in one call (C when built); else bytes, lists,
+        # lone surrogates (see _b)
+        encoded = text_pairs(pairs, _NAMES, _NAMES_MAX)  # type: ignore[arg-type]
+        self._pairs: tuple[Pair, ...] = encoded if encoded is not None else tuple([_entry(item) for item in pairs])
+
+    # -- hostcall-level operations (bytes) ---------------------------------------------
+    def pairs(self) -> list[Pair]:
+        return list(self._pairs)
+
+    def set_pairs(self, pairs: Iterable[Pair]) -> None:
+        self._pairs = tuple([(k.lower(), v) for k, v in pairs])
+
+    def get(self, name: bytes) -> bytes | None:
+        name = name.lower()
+        for k, v in self._pairs:
+            if k == name:
+                return v
+        return None
+
+    def add(self, name: bytes, value: bytes) -> None:
+        self._pairs += ((name.lower(), value),)
+
+    def replace(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        out: list[Pair] = []
+        done = False
+        for k, v in self._pairs:
+            if k == name:
+                if not done:
+                    out.append((k, value))
+                    done = True
+            else:
+                out.append((k, v))
+        if not done:
+            out.append((name, value))
+        self._pairs = tuple(out)
+
+    def remove(self, name: bytes) -> None:
+        name = name.lower()
+        self._pairs = tuple([(k, v) for k, v in self._pairs if k != name])
+
+    def byte_size(self) -> int:
+        """Envoy ``HeaderMap::byteSize()``: sum of name and value lengths."""
+        return sum(len(k) + len(v) for k, v in self._pairs)
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+    # -- test-author conveniences (str) -------------------------------------------------
+    def items(self) -> list[tuple[str, str]]:
+        """All entries, in order, as text."""
+        try:  # the usual case: all valid UTF-8 (see _s), decoded inline
+            return [(k.decode(), v.decode()) for k, v in self._pairs]
+        except UnicodeDecodeError:
+            return [(_s(k), _s(v)) for k, v in self._pairs]
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self.items())
+
+    def __getitem__(self, name: str) -> str:
+        value = self.get(_b(name))
+        if value is None:
+            raise KeyError(f"no header {name.lower()!r}; present: {[k for k, _ in self.items()]}")
+        return _s(value)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, (str, bytes)) and self.get(_b(name)) is not None
+
+    def value(self, name: str, default: str | None = None) -> str | None:
+        """First value of ``name`` as text, or ``default``."""
+        value = self.get(_b(name))
+        return default if value is None else _s(value)
+
+    def get_all(self, name: str) -> list[str]:
+        key = _b(name).lower()
+        return [_s(v) for k, v in self._pairs if k == key]
+
+    @classmethod
+    def from_pairs(cls, pairs: tuple[Pair, ...]) -> "HeaderMap":
+        """A map of ``pairs`` as :meth:`frozen_pairs` gave them (lower-cased names, bytes)."""
+        hmap = cls.__new__(cls)  # nothing for __init__ to convert: skip it
+        hmap._pairs = pairs
+        return hmap
+
+    def frozen_pairs(self) -> tuple[Pair, ...]:
+        """The entries as they are now, immutable (later changes to the map don't show)."""
+        return self._pairs
+
+    def copy(self) -> "HeaderMap":
+        clone = HeaderMap.__new__(HeaderMap)  # nothing for __init__ to convert: skip it
+        clone._pairs = self._pairs  # immutable: shared until either map changes
+        return clone
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, HeaderMap):
+            return self._pairs == other._pairs
+        if isinstance(other, (list, tuple)):
+            try:
+                return self.items() == [(str(k).lower(), str(v)) for k, v in other]
+            except (TypeError, ValueError):
+                return False
+        if isinstance(other, dict):
+            return self.items() == [(str(k).lower(), str(v)) for k, v in other.items()]
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"HeaderMap({self.items()!r})"
+
+
+def compare_header_lists(
+    actual: Sequence[tuple[str, str]], expected: Sequence[tuple[str, str]]
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]], list[tuple[str, list[str], list[str]]]]:
+    """How ``actual`` differs from ``expected``: entries whose name is missing, entries whose
+    name is unexpected, and (name, actual values, expected values) for names present in both
+    with different values.  All empty with unequal lists means: same headers, other order."""
+    a_names = {k for k, _ in actual}
+    e_names = {k for k, _ in expected}
+    missing = [(k, v) for k, v in expected if k not in a_names]
+    unexpected = [(k, v) for k, v in actual if k not in e_names]
+    changed = []
+    for name in dict.fromkeys(k for k, _ in expected if k in a_names):
+        av = [v for k, v in actual if k == name]
+        ev = [v for k, v in expected if k == name]
+        if av != ev:
+            changed.append((name, av, ev))
+    return missing, unexpected, changed
+
+
+def one_or_all(values: list[str]) -> str:
+    """``'x'`` for one value, ``['x', 'y']`` for several (for diff messages)."""
+    return repr(values if len(values) > 1 else values[0])

@@ -1,0 +1,220 @@
+"""ABI state of one VM instance (contexts, memory access, logs, tokens) that every group of hostcalls works on."""
+
+from __future__ import annotations
+
+import random
+from typing import Callable, Sequence
+
+from proxywasm_host.core import codec
+from proxywasm_host.core.callouts import GrpcCall, HttpCallout
+from proxywasm_host.core.context import Context, PluginConfig, RootContext
+from proxywasm_host.core.guest import Guest, GuestMemoryError
+from proxywasm_host.core.observer import HostcallObserver, LogEntry
+from proxywasm_host.core.spec import _U32, _U64, MASK32, MASK64
+from proxywasm_host.core.state import Clock, Metric, SharedState
+from proxywasm_host.core.types import OK as _OK
+from proxywasm_host.core.types import (
+    AbiVersion,
+    BufferType,
+    LogLevel,
+    MapType,
+    MetricType,
+)
+
+# Plain ints of what the hot hostcalls compare against: reading an IntEnum member
+# (``Status.OK``) goes through the enum class (~0.1 µs each), a module global does not
+# (the statuses themselves: types.OK etc.).
+_LAST_MAP_TYPE = int(MapType.HTTP_CALL_RESPONSE_TRAILERS)
+_LAST_BUFFER_TYPE = int(BufferType.FOREIGN_FUNCTION_ARGUMENTS)
+_LOG_LEVELS = tuple(LogLevel)  # _LOG_LEVELS[n] is LogLevel(n) without the enum call
+_CRITICAL = int(LogLevel.CRITICAL)
+_pack_u32 = _U32.pack_into
+
+
+class AbiHostBase:
+    """ABI state of one VM instance; the hostcalls themselves are its subclasses' methods."""
+
+
+    def __init__(
+        self,
+        abi_version: AbiVersion,
+        *,
+        vm_id: str = "",
+        vm_configuration: bytes = b"",
+        clock: Clock | None = None,
+        shared: SharedState | None = None,
+        environment: dict[str, str] | None = None,
+        log_level: LogLevel = LogLevel.TRACE,
+        random_seed: int | None = None,
+        foreign_functions: dict[str, Callable[[bytes], bytes | None]] | None = None,
+    ) -> None:
+        self.abi_version = abi_version
+        self.vm_id = vm_id
+        self.vm_configuration = vm_configuration
+        self.clock = clock or Clock()
+        self.shared = shared or SharedState()
+        self.environment = dict(environment or {})
+        self.log_level = log_level
+        self.foreign_functions = dict(foreign_functions or {})
+        self.guest: Guest | None = None
+        #: tracing / fault injection / strict mode; None keeps the hot path untouched
+        self.observer: HostcallObserver | None = None
+        self.logs: list[LogEntry] = []
+        self.host_errors: list[str] = []
+        self.metrics: dict[int, Metric] = {}
+        self._metric_ids = {MetricType.COUNTER: 4, MetricType.GAUGE: 5, MetricType.HISTOGRAM: 6}
+        self.metrics_by_name: dict[tuple[MetricType, str], int] = {}
+        self.vm_context = Context(self, 0)
+        self.contexts: dict[int, Context] = {0: self.vm_context}
+        self._next_context_id = 1
+        self.current: Context = self.vm_context
+        self.effective: Context | None = None
+        self.plugin_in_flight: RootContext | None = None
+        #: work Envoy defers until the running guest call returns
+        self.deferred: list[Callable[[], None]] = []
+        #: on_queue_ready notifications posted to this VM: (root id, token)
+        self.posted_queue_ready: list[tuple[int, int]] = []
+        self.random = random.Random(random_seed)
+        #: cluster name -> optional URL of a real upstream; None accepts every name
+        self.clusters: dict[str, str | None] | None = None
+        self.http_callouts: dict[int, HttpCallout] = {}
+        self._next_http_token = 4
+        self.grpc_calls: dict[int, GrpcCall] = {}
+        self._next_grpc_call = 5
+        self._next_grpc_stream = 6
+        self.on_http_callout: Callable[[HttpCallout], None] | None = None
+        #: name -> [(address, ttl seconds)] for envoy_resolve_dns; unknown names fail (size 0)
+        self.dns: dict[str, list[tuple[str, int]]] = {}
+        self._next_dns_token = 2
+        #: CallData (buffer type 8) exposed only during envoy_on_resolve_dns
+        self.call_data: bytes | None = None
+        #: every HTTP/gRPC callout ever dispatched in this VM, in order
+        self.callout_history: list[HttpCallout | GrpcCall] = []
+
+    # -- context bookkeeping -----------------------------------------------------------
+    def allocate_context_id(self) -> int:
+        cid = self._next_context_id
+        while cid in self.contexts or cid == 0:
+            cid = (cid + 1) & MASK32
+        self._next_context_id = (cid + 1) & MASK32
+        return cid
+
+    def new_root_context(self, plugin: PluginConfig) -> RootContext:
+        root = RootContext(self, self.allocate_context_id(), plugin)
+        self.contexts[root.id] = root
+        return root
+
+    def register(self, context: Context) -> None:
+        self.contexts[context.id] = context
+
+    def forget(self, context: Context) -> None:
+        self.contexts.pop(context.id, None)
+
+    @property
+    def active(self) -> Context:
+        """The context a hostcall acts on (current, unless the guest set an effective one)."""
+        return self.effective if self.effective is not None else self.current
+
+    # -- guest memory helpers -----------------------------------------------------------
+    def _mem(self) -> memoryview:
+        assert self.guest is not None, "AbiHost used before the runtime attached a guest"
+        return self.guest.memory()
+
+    def use_memory_access(
+        self,
+        read: Callable[[int, int], bytes],
+        give: Callable[[bytes | bytearray | memoryview], int],
+        write_u32_pair: Callable[[int, int, int, int], None],
+    ) -> None:
+        """Let the runtime layer's C copies in and out of linear memory stand in for
+        :meth:`read`, :meth:`give` and :meth:`write_u32_pair` on this host, once the guest's
+        memory is known (same contracts)."""
+        self.read = read  # type: ignore[method-assign,assignment]
+        self.give = give  # type: ignore[method-assign,assignment]
+        self.write_u32_pair = write_u32_pair  # type: ignore[method-assign,assignment]
+
+    def read(self, ptr: int, size: int) -> bytes:
+        if size == 0:
+            return b""
+        mem = self.guest.memory()  # type: ignore[union-attr]
+        end = ptr + size
+        if end > len(mem):
+            raise GuestMemoryError
+        return mem[ptr:end].tobytes()
+
+    def read_view(self, ptr: int, size: int) -> memoryview:
+        mem = self.guest.memory()  # type: ignore[union-attr]
+        if ptr + size > len(mem):
+            raise GuestMemoryError
+        return mem[ptr : ptr + size]
+
+    def write_u32(self, ptr: int, value: int) -> None:
+        mem = self.guest.memory()  # type: ignore[union-attr]
+        if ptr + 4 > len(mem):
+            raise GuestMemoryError
+        _pack_u32(mem, ptr, value & MASK32)
+
+    def write_u64(self, ptr: int, value: int) -> None:
+        mem = self.guest.memory()  # type: ignore[union-attr]
+        if ptr + 8 > len(mem):
+            raise GuestMemoryError
+        _U64.pack_into(mem, ptr, value & MASK64)
+
+    def write(self, ptr: int, data: bytes) -> None:
+        mem = self.guest.memory()  # type: ignore[union-attr]
+        if ptr + len(data) > len(mem):
+            raise GuestMemoryError
+        mem[ptr : ptr + len(data)] = data
+
+    def give(self, data: bytes | bytearray | memoryview) -> int:
+        """Copy non-empty ``data`` into a new guest allocation; its address.  A failed
+        allocation (0, or a range outside memory) is GuestMemoryError."""
+        guest = self.guest
+        assert guest is not None, "AbiHost used before the runtime attached a guest"
+        size = len(data)
+        ptr = guest.allocate(size)
+        mem = guest.memory()  # after the allocator ran: it may have grown memory
+        if ptr == 0 or ptr + size > len(mem):
+            raise GuestMemoryError
+        mem[ptr : ptr + size] = data
+        return ptr
+
+    def write_u32_pair(self, ptr1: int, value1: int, ptr2: int, value2: int) -> None:
+        """Two u32 out-params, in order: the first is written before the second is checked."""
+        mem = self.guest.memory()  # type: ignore[union-attr]
+        last = len(mem) - 4  # highest address a u32 fits at
+        if ptr1 > last:
+            raise GuestMemoryError
+        _pack_u32(mem, ptr1, value1 & MASK32)
+        if ptr2 > last:
+            raise GuestMemoryError
+        _pack_u32(mem, ptr2, value2 & MASK32)
+
+    def return_bytes(self, ret_ptr_ptr: int, ret_size_ptr: int, data: bytes | bytearray | memoryview) -> int:
+        """Hand ``data`` to the guest: allocate, copy, write (ptr, size) (ABI_FACTS §2.1).
+
+        A failed allocation (0 or out of bounds) and a bad result pointer are
+        INVALID_MEMORY_ACCESS; ``ret_ptr_ptr`` is written before ``ret_size_ptr`` is checked.
+        Empty data is (0, 0) without an allocation.
+        """
+        size = len(data)
+        self.write_u32_pair(ret_ptr_ptr, self.give(data) if size else 0, ret_size_ptr, size)
+        return _OK
+
+    def return_pairs(self, ret_ptr_ptr: int, ret_size_ptr: int, pairs: Sequence[tuple[bytes, bytes]]) -> int:
+        """Serialize a map into a guest allocation; no pairs is (0, 0), no allocation."""
+        return self.return_bytes(ret_ptr_ptr, ret_size_ptr, codec.encode_pairs(pairs) if pairs else b"")
+
+    def read_pairs(self, ptr: int, size: int) -> list[tuple[bytes, bytes]]:
+        """Parse a guest map in place; malformed or oversized input is an empty map (Envoy)."""
+        if size == 0:
+            return []
+        pairs = codec.decode_pairs(self.read_view(ptr, size))
+        return pairs if pairs is not None else []
+
+    # -- logging --------------------------------------------------------------------------
+    def emit_log(self, level: LogLevel, message: bytes, source: str = "proxy_log") -> None:
+        ctx = self.effective if self.effective is not None else self.current  # self.active
+        root = ctx.root
+        entry = LogEntry(level, message.decode("utf-8", "replace"), ctx.id, source, root.id if root else 0)
+        self.logs.append(entry)

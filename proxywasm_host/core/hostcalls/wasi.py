@@ -1,0 +1,273 @@
+"""WASI preview1 as Envoy provides it to proxy-wasm modules (ABI_FACTS §8)."""
+
+from __future__ import annotations
+
+import struct
+
+from proxywasm_host.core.guest import GuestMemoryError
+from proxywasm_host.core.hostcalls.base import AbiHostBase
+from proxywasm_host.core.observer import LogEntry
+from proxywasm_host.core.spec import (
+    EBADF,
+    EINVAL,
+    ENOENT,
+    ENOSYS,
+    ENOTDIR,
+    ENOTSUP,
+    ESUCCESS,
+    RANDOM_GET_LIMIT,
+    hostcall,
+)
+from proxywasm_host.core.types import (
+    LogLevel,
+)
+
+
+class WasiCalls(AbiHostBase):
+    """The WASI preview1 imports."""
+
+
+    # -- WASI preview1 (ABI_FACTS §8) -----------------------------------------------------
+    def _iovecs(self, iovs: int, iovs_len: int) -> bytes:
+        mem = self._mem()
+        if iovs + 8 * iovs_len > len(mem):
+            raise GuestMemoryError  # checked up front: a huge count must not loop for ages
+        chunks = []
+        for i in range(iovs_len):
+            ptr, size = struct.unpack_from("<II", mem, iovs + 8 * i)
+            chunks.append(self.read(ptr, size))
+        return b"".join(chunks)
+
+    def _write_fd(self, fd: int, data: bytes) -> None:
+        text = data[:-1] if data.endswith(b"\n") else data
+        if text:
+            level = LogLevel.INFO if fd == 1 else LogLevel.ERROR
+            self.emit_log(level, text, "stdout" if fd == 1 else "stderr")
+
+    @hostcall("fd_write", "uuuu", module="wasi")
+    def fd_write(self, fd: int, iovs: int, iovs_len: int, nwritten_ptr: int) -> int:
+        if fd not in (1, 2):
+            return EBADF
+        data = self._iovecs(iovs, iovs_len)
+        self._write_fd(fd, data)
+        self.write_u32(nwritten_ptr, len(data))
+        return ESUCCESS
+
+    @hostcall("fd_pwrite", "uuuQu", module="wasi")
+    def fd_pwrite(self, fd: int, iovs: int, iovs_len: int, offset: int, nwritten_ptr: int) -> int:
+        return self.fd_write(fd, iovs, iovs_len, nwritten_ptr)
+
+    @hostcall("fd_read", "uuuu", module="wasi")
+    def fd_read(self, fd: int, iovs: int, iovs_len: int, nread_ptr: int) -> int:
+        return ENOSYS
+
+    @hostcall("fd_seek", "uquu", module="wasi")
+    def fd_seek(self, fd: int, offset: int, whence: int, ret_ptr: int) -> int:
+        self.host_notes("wasi_unstable fd_seek")
+        return ESUCCESS
+
+    @hostcall("fd_close", "u", module="wasi")
+    def fd_close(self, fd: int) -> int:
+        self.host_notes("wasi_unstable fd_close")
+        return ESUCCESS
+
+    def host_notes(self, text: str) -> None:
+        """cpp-host logs these calls at error level on the host's own logger."""
+        root = self.active.root
+        self.logs.append(LogEntry(LogLevel.ERROR, text, self.active.id, "host", root.id if root else 0))
+
+    @hostcall("fd_fdstat_get", "uu", module="wasi")
+    def fd_fdstat_get(self, fd: int, buf: int) -> int:
+        if fd not in (1, 2):
+            return EBADF
+        self.write(buf, struct.pack("<QQQ", 0, 64, 0))
+        return ESUCCESS
+
+    @hostcall("fd_fdstat_set_flags", "uu", module="wasi")
+    def fd_fdstat_set_flags(self, fd: int, flags: int) -> int:
+        return ENOSYS
+
+    @hostcall("fd_fdstat_set_rights", "uQQ", module="wasi")
+    def fd_fdstat_set_rights(self, fd: int, base: int, inheriting: int) -> int:
+        return ESUCCESS if fd in (1, 2) else EBADF
+
+    @hostcall("fd_prestat_get", "uu", module="wasi")
+    def fd_prestat_get(self, fd: int, buf: int) -> int:
+        return EBADF
+
+    @hostcall("fd_prestat_dir_name", "uuu", module="wasi")
+    def fd_prestat_dir_name(self, fd: int, path: int, path_len: int) -> int:
+        return ENOSYS
+
+    @hostcall("fd_filestat_get", "uu", module="wasi")
+    def fd_filestat_get(self, fd: int, buf: int) -> int:
+        return EBADF
+
+    @hostcall("fd_advise", "uQQu", module="wasi")
+    def fd_advise(self, fd: int, offset: int, length: int, advice: int) -> int:
+        return ESUCCESS
+
+    @hostcall("fd_allocate", "uQQ", module="wasi")
+    def fd_allocate(self, fd: int, offset: int, length: int) -> int:
+        return ESUCCESS if fd in (1, 2) else EBADF
+
+    @hostcall("fd_datasync", "u", module="wasi")
+    def fd_datasync(self, fd: int) -> int:
+        return ESUCCESS if fd in (1, 2) else EBADF
+
+    @hostcall("fd_sync", "u", module="wasi")
+    def fd_sync(self, fd: int) -> int:
+        return ESUCCESS if fd in (1, 2) else EBADF
+
+    @hostcall("fd_filestat_set_size", "uQ", module="wasi")
+    def fd_filestat_set_size(self, fd: int, size: int) -> int:
+        return ESUCCESS if fd in (1, 2) else EBADF
+
+    @hostcall("fd_filestat_set_times", "uQQu", module="wasi")
+    def fd_filestat_set_times(self, fd: int, atim: int, mtim: int, flags: int) -> int:
+        return ESUCCESS if fd in (1, 2) else EBADF
+
+    @hostcall("fd_pread", "uuuQu", module="wasi")
+    def fd_pread(self, fd: int, iovs: int, iovs_len: int, offset: int, nread_ptr: int) -> int:
+        return ENOSYS
+
+    @hostcall("fd_readdir", "uuuQu", module="wasi")
+    def fd_readdir(self, fd: int, buf: int, buf_len: int, cookie: int, ret_ptr: int) -> int:
+        self.write_u32(ret_ptr, 0)
+        return ENOTDIR
+
+    @hostcall("fd_renumber", "uu", module="wasi")
+    def fd_renumber(self, fd: int, to: int) -> int:
+        return ENOTSUP if fd in (1, 2) and to in (1, 2) else EBADF
+
+    @hostcall("fd_tell", "uu", module="wasi")
+    def fd_tell(self, fd: int, ret_ptr: int) -> int:
+        if fd not in (1, 2):
+            return EBADF
+        self.write_u64(ret_ptr, 0)
+        return ESUCCESS
+
+    @hostcall("path_open", "uuuuuQQuu", module="wasi")
+    def path_open(self, fd: int, dirflags: int, path: int, path_len: int, oflags: int, base: int, inheriting: int, fdflags: int, ret_fd: int) -> int:
+        return ENOENT
+
+    @hostcall("path_filestat_get", "uuuuu", module="wasi")
+    def path_filestat_get(self, fd: int, flags: int, path: int, path_len: int, buf: int) -> int:
+        return ENOTSUP
+
+    @hostcall("path_create_directory", "uuu", module="wasi")
+    def path_create_directory(self, fd: int, path: int, path_len: int) -> int:
+        return ENOTSUP
+
+    @hostcall("path_remove_directory", "uuu", module="wasi")
+    def path_remove_directory(self, fd: int, path: int, path_len: int) -> int:
+        return ENOTSUP
+
+    @hostcall("path_unlink_file", "uuu", module="wasi")
+    def path_unlink_file(self, fd: int, path: int, path_len: int) -> int:
+        return ENOTSUP
+
+    @hostcall("path_filestat_set_times", "uuuuQQu", module="wasi")
+    def path_filestat_set_times(self, fd: int, flags: int, path: int, path_len: int, atim: int, mtim: int, fst: int) -> int:
+        return ENOTSUP
+
+    @hostcall("path_link", "uuuuuu", module="wasi")
+    def path_link(self, a: int, b: int, c: int, d: int, e: int, f: int) -> int:
+        return ENOTSUP
+
+    @hostcall("path_readlink", "uuuuuu", module="wasi")
+    def path_readlink(self, fd: int, path: int, path_len: int, buf: int, buf_len: int, ret_ptr: int) -> int:
+        self.write_u32(ret_ptr, 0)
+        return ENOTSUP
+
+    @hostcall("path_rename", "uuuuuu", module="wasi")
+    def path_rename(self, a: int, b: int, c: int, d: int, e: int, f: int) -> int:
+        return ENOTSUP
+
+    @hostcall("path_symlink", "uuuu", module="wasi")
+    def path_symlink(self, a: int, b: int, c: int, d: int) -> int:
+        return ENOTSUP
+
+    @hostcall("sock_accept", "uuu", module="wasi")
+    def sock_accept(self, fd: int, flags: int, ret_ptr: int) -> int:
+        self.write_u64(ret_ptr, 0)
+        return ENOTSUP
+
+    @hostcall("sock_recv", "uuuuuu", module="wasi")
+    def sock_recv(self, fd: int, iovs: int, iovs_len: int, flags: int, ret_size: int, ret_flags: int) -> int:
+        self.write_u32(ret_size, 0)
+        self.write(ret_flags, b"\0\0")
+        return ENOTSUP
+
+    @hostcall("sock_send", "uuuuu", module="wasi")
+    def sock_send(self, fd: int, iovs: int, iovs_len: int, flags: int, ret_size: int) -> int:
+        self.write_u32(ret_size, 0)
+        return ENOTSUP
+
+    @hostcall("sock_shutdown", "uu", module="wasi")
+    def sock_shutdown(self, fd: int, how: int) -> int:
+        return ENOTSUP
+
+    def _environ(self) -> list[bytes]:
+        return [f"{k}={v}".encode() + b"\0" for k, v in self.environment.items()]
+
+    @hostcall("environ_sizes_get", "uu", module="wasi")
+    def environ_sizes_get(self, count_ptr: int, size_ptr: int) -> int:
+        env = self._environ()
+        self.write_u32_pair(count_ptr, len(env), size_ptr, sum(len(e) for e in env))
+        return ESUCCESS
+
+    @hostcall("environ_get", "uu", module="wasi")
+    def environ_get(self, ptrs: int, buf: int) -> int:
+        for i, entry in enumerate(self._environ()):
+            self.write_u32(ptrs + 4 * i, buf)
+            self.write(buf, entry)
+            buf += len(entry)
+        return ESUCCESS
+
+    @hostcall("args_sizes_get", "uu", module="wasi")
+    def args_sizes_get(self, argc_ptr: int, size_ptr: int) -> int:
+        self.write_u32_pair(argc_ptr, 0, size_ptr, 0)
+        return ESUCCESS
+
+    @hostcall("args_get", "uu", module="wasi")
+    def args_get(self, argv: int, buf: int) -> int:
+        return ESUCCESS
+
+    @hostcall("clock_time_get", "uQu", module="wasi")
+    def clock_time_get(self, clock_id: int, precision: int, ret_ptr: int) -> int:
+        if clock_id == 0:
+            self.write_u64(ret_ptr, self.clock.wall_ns)
+        elif clock_id == 1:
+            self.write_u64(ret_ptr, self.clock.monotonic_ns)
+        else:
+            return ENOTSUP
+        return ESUCCESS
+
+    @hostcall("clock_res_get", "uu", module="wasi")
+    def clock_res_get(self, clock_id: int, ret_ptr: int) -> int:
+        if clock_id not in (0, 1):
+            return ENOTSUP
+        self.write_u64(ret_ptr, 1)
+        return ESUCCESS
+
+    @hostcall("random_get", "uu", module="wasi")
+    def random_get(self, buf: int, size: int) -> int:
+        if size > RANDOM_GET_LIMIT:
+            return EINVAL
+        if size:
+            self.write(buf, self.random.randbytes(size))
+        return ESUCCESS
+
+    @hostcall("proc_exit", "u", "", module="wasi")
+    def proc_exit(self, code: int) -> None:
+        self.host_notes("wasi_unstable proc_exit")
+
+    @hostcall("sched_yield", "", module="wasi")
+    def sched_yield(self) -> int:
+        return ESUCCESS
+
+    @hostcall("poll_oneoff", "uuuu", module="wasi")
+    def poll_oneoff(self, in_ptr: int, out_ptr: int, nsubs: int, nevents_ptr: int) -> int:
+        self.write_u32(nevents_ptr, 0)
+        return ESUCCESS

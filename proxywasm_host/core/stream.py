@@ -1,0 +1,788 @@
+"""One HTTP stream through one wasm filter, the way Envoy's filter manager runs it.
+
+The stream context receives request and response events (headers, body
+chunks, trailers), calls the matching ``proxy_on_*`` callback, and decides
+from the result and from what the filter did meanwhile (continue_stream,
+send_local_response, close_stream) what is forwarded upstream or downstream.
+Sans-IO: guest calls go through :class:`~proxywasm_host.core.vm.Vm`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+from proxywasm_host.core.context import Context, RootContext
+from proxywasm_host.core.headers import HeaderMap, _s
+from proxywasm_host.core.properties import Int, Timestamp, UInt, _navigate
+from proxywasm_host.core.types import BAD_ARGUMENT as _BAD_ARGUMENT
+from proxywasm_host.core.types import NOT_FOUND as _NOT_FOUND
+from proxywasm_host.core.types import OK as _OK
+from proxywasm_host.core.types import (
+    AbiVersion,
+    BufferType,
+    MapType,
+    Status,
+    StreamType,
+)
+from proxywasm_host.errors import FilterTrap, HarnessUsageError
+
+if TYPE_CHECKING:
+    from proxywasm_host.core.vm import Vm
+REQUEST, RESPONSE = "request", "response"
+
+# Built once: ``x in (MapType.A, MapType.B)`` inside a function looks up both members and
+# builds the tuple on every call, and get_map runs for every header hostcall.
+_REQUEST_MAPS = frozenset((MapType.HTTP_REQUEST_HEADERS, MapType.HTTP_REQUEST_TRAILERS))
+_TRAILER_MAPS = frozenset((MapType.HTTP_REQUEST_TRAILERS, MapType.HTTP_RESPONSE_TRAILERS))
+_FIRST_CALLOUT_MAP = int(MapType.GRPC_CALL_INITIAL_METADATA)
+_HTTP_BODIES = frozenset((BufferType.HTTP_REQUEST_BODY, BufferType.HTTP_RESPONSE_BODY))
+# (enum members as globals, see types.OK)
+_REQUEST_TRAILERS = MapType.HTTP_REQUEST_TRAILERS
+_ABI_0_1_0 = AbiVersion.V0_1_0
+
+
+@dataclass
+class LocalResponse:
+    """What the filter passed to ``proxy_send_local_response``."""
+
+    status_code: int
+    body: bytes
+    headers: list[tuple[str, str]]
+    details: str
+    grpc_status: int | None
+
+
+@dataclass
+class CallbackRecord:
+    """One stream callback the host delivered and what it returned."""
+
+    callback: str
+    args: tuple[int, ...]
+    result: int
+
+
+class Direction:
+    """State of one direction (request: decoder path, response: encoder path)."""
+
+    # __slots__ and a plain __init__: two per stream, and a dataclass's generated __init__
+    # with 17 defaulted parameters took longer than the rest of stream creation
+    __slots__ = (
+        "name", "headers", "trailers", "buffer", "_forwarded_headers", "forwarded_body", "forwarded_bytes",
+        "forwarded_trailers", "end_received", "end_forwarded", "stopped", "queued_trailers",
+        "continue_requested", "maps_released", "body_writable", "trailers_creatable", "headers_received",
+    )
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.headers: HeaderMap | None = None
+        self.trailers: HeaderMap | None = None
+        self.buffer = bytearray()  # body held at this filter (HTTP_*_BODY)
+        self._forwarded_headers: tuple[tuple[bytes, bytes], ...] | None = None  # see forwarded_headers
+        self.forwarded_body = bytearray()  # forwarded, not yet taken
+        self.forwarded_bytes = 0  # every body byte forwarded so far (taken or not)
+        self.forwarded_trailers: HeaderMap | None = None
+        self.end_received = False  # the peer finished sending
+        self.end_forwarded = False
+        self.stopped: str | None = None  # "headers" | "body" | "trailers"
+        self.queued_trailers: HeaderMap | None = None  # trailers held while stopped at headers
+        self.continue_requested = False
+        self.maps_released = False  # Envoy drops request/response pointers after continue_stream
+        self.body_writable = False
+        self.trailers_creatable = False
+        self.headers_received = False
+
+    # What went past the filter is kept as the header map's immutable pairs, not as a second
+    # HeaderMap: two fewer objects per stream for Python's GC to count and collect, and
+    # every stream forwards its headers.  A read gives a fresh map (a snapshot: changing
+    # it changes nothing here).
+    @property
+    def forwarded_headers(self) -> HeaderMap | None:
+        pairs = self._forwarded_headers
+        return None if pairs is None else HeaderMap.from_pairs(pairs)
+
+    @forwarded_headers.setter
+    def forwarded_headers(self, hmap: HeaderMap | None) -> None:
+        self._forwarded_headers = None if hmap is None else hmap.frozen_pairs()
+
+    def __repr__(self) -> str:
+        fields = [k.lstrip("_") for k in self.__slots__]
+        return "Direction(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in fields) + ")"
+
+
+class HttpContext(Context):
+    """A stream context: one HTTP request/response through the filter."""
+
+    kind = "http"
+
+    def __init__(self, vm: "Vm", root: RootContext, *, attributes: dict[tuple[str, ...], Any] | None = None) -> None:
+        host = vm.host
+        # Context.__init__, inline (one stream per request)
+        self.host = host
+        self.id = host.allocate_context_id()
+        self.created = False
+        self.deleted = False
+        self.vm = vm
+        self._root = root
+        self.request = Direction(REQUEST)
+        self.response = Direction(RESPONSE)
+        # callback, args, result, callback, args, result, ... for every delivered callback:
+        # one flat tuple (re-made per callback, a stream gets a handful), because a stream is
+        # kept for a while (Plugin.streams) and Python's cyclic GC visits every container it
+        # holds at each collection, except tuples of atomic values, which it stops tracking;
+        # the CallbackRecords are built only when a test reads them (see ``callbacks``)
+        self._callback_log: tuple[Any, ...] = ()
+        self.local_response: LocalResponse | None = None
+        self._pending_local: LocalResponse | None = None
+        self._local_in_flight = False
+        self._reset_requested = False
+        self.reset = False
+        self.completed = False
+        self.in_log = False
+        # made when first needed (see the properties below): most streams have neither, and
+        # two fewer allocations per stream let Python's GC collect less often
+        self._filter_state: dict[bytes, bytes] | None = None
+        self._attributes: dict[tuple[str, ...], Any] | None = dict(attributes) if attributes else None
+        self.request_time_ns = host.clock.wall_ns
+        host.register(self)
+
+    @property
+    def root(self) -> RootContext:
+        return self._root
+
+    @property
+    def filter_state_data(self) -> dict[bytes, bytes]:
+        """What the filter stored with proxy_set_property (Envoy filter state), by key."""
+        if self._filter_state is None:
+            self._filter_state = {}
+        return self._filter_state
+
+    @property
+    def attributes(self) -> dict[tuple[str, ...], Any]:
+        """User-supplied attributes (``http_stream(attributes=...)``), by path."""
+        if self._attributes is None:
+            self._attributes = {}
+        return self._attributes
+
+    @property
+    def callbacks(self) -> list[CallbackRecord]:
+        """Every stream callback delivered so far, in order, with its arguments and result."""
+        log = self._callback_log
+        return [CallbackRecord(*log[i : i + 3]) for i in range(0, len(log), 3)]
+
+    def _direction(self, stream_type: int) -> Direction:
+        return self.request if stream_type == StreamType.HTTP_REQUEST else self.response
+
+    # ------------------------------------------------------------------------------------
+    # hostcall-facing state
+    # ------------------------------------------------------------------------------------
+    def get_map(self, map_type: int, *, for_write: bool) -> tuple[Status, HeaderMap | None]:
+        if map_type >= _FIRST_CALLOUT_MAP:
+            return super().get_map(map_type, for_write=for_write)
+        d = self.request if map_type in _REQUEST_MAPS else self.response
+        is_trailers = map_type in _TRAILER_MAPS
+        if self.in_log or self.completed:
+            # on_log sees read-only copies; request trailers are gone (ABI_FACTS §3.3)
+            if for_write or map_type == _REQUEST_TRAILERS:
+                return (_BAD_ARGUMENT if for_write else _NOT_FOUND), None
+            hmap = d.forwarded_trailers if is_trailers else (d.forwarded_headers or d.headers)
+            return (_OK, hmap) if hmap is not None else (_NOT_FOUND, None)
+        if d.maps_released:
+            return _BAD_ARGUMENT, None
+        if is_trailers:
+            if d.trailers is None and d.trailers_creatable and for_write:
+                d.trailers = HeaderMap()
+            return (_OK, d.trailers) if d.trailers is not None else (_BAD_ARGUMENT, None)
+        return (_OK, d.headers) if d.headers is not None else (_BAD_ARGUMENT, None)
+
+    def get_buffer(self, buffer_type: int) -> tuple[Status, bytes | bytearray | None]:
+        if buffer_type == BufferType.HTTP_REQUEST_BODY:
+            return _OK, self.request.buffer
+        if buffer_type == BufferType.HTTP_RESPONSE_BODY:
+            return _OK, self.response.buffer
+        return super().get_buffer(buffer_type)
+
+    def set_buffer(self, buffer_type: int, start: int, size: int, data: bytes) -> Status:
+        if buffer_type not in _HTTP_BODIES:
+            return super().set_buffer(buffer_type, start, size, data)
+        d = self.request if buffer_type == BufferType.HTTP_REQUEST_BODY else self.response
+        if not d.body_writable:
+            return _NOT_FOUND
+        buf = d.buffer
+        # Envoy today: start == 0 drains `size` bytes then prepends; start >= len appends;
+        # anything else is BAD_ARGUMENT (ABI_FACTS §4.4).
+        if start == 0:
+            del buf[: min(size, len(buf))]
+            buf[0:0] = data
+        elif start >= len(buf):
+            buf.extend(data)
+        else:
+            return _BAD_ARGUMENT
+        return _OK
+
+    def continue_stream(self, stream_type: int) -> Status:
+        if stream_type == StreamType.UPSTREAM:
+            return Status.UNIMPLEMENTED
+        if stream_type == StreamType.DOWNSTREAM:
+            return _OK
+        d = self._direction(stream_type)
+        d.continue_requested = True
+        # After an HTTP continue Envoy forgets its request-side pointers (even for HTTP_RESPONSE).
+        self.request.maps_released = True
+        self.host.deferred.append(self._after_guest_call)
+        return _OK
+
+    def close_stream(self, stream_type: int) -> Status:
+        self._reset_requested = True
+        self.host.deferred.append(self._after_guest_call)
+        return _OK
+
+    def send_local_response(
+        self, status: int, details: bytes, body: bytes, headers: list[tuple[bytes, bytes]], grpc_status: int
+    ) -> Status:
+        if self._local_in_flight or self.completed:
+            return Status.OK  # Envoy ignores a local reply sent while one is being encoded
+        self._pending_local = LocalResponse(
+            status_code=status,
+            body=bytes(body),
+            headers=[(k.decode("utf-8", "surrogateescape").lower(), v.decode("utf-8", "surrogateescape")) for k, v in headers],
+            details="_".join(details.decode("utf-8", "surrogateescape").split()),
+            grpc_status=grpc_status if 0 <= grpc_status <= 16 else None,
+        )
+        self.host.deferred.append(self._after_guest_call)
+        return Status.OK
+
+    def set_filter_state(self, key: bytes, value: bytes) -> Status:
+        self.filter_state_data[key] = value
+        return Status.OK
+
+    def filter_state(self, key: bytes) -> bytes | None:
+        return None if self._filter_state is None else self._filter_state.get(key)
+
+    def stream_property(self, segments: list[str]) -> tuple[bool, Any]:
+        """The longest attribute path (at most 3 segments) that prefixes ``segments``, navigated
+        into for the rest.  Only the attribute asked for is computed (see _ATTRIBUTES): a
+        filter may read properties on every request, and rebuilding every attribute (both
+        header dicts included) for each lookup cost ~13 µs."""
+        user = self._attributes
+        for length in range(min(len(segments), 3), 0, -1):
+            key = tuple(segments[:length])
+            if user is not None and key in user:  # user-supplied attributes win over the stream's own
+                return _navigate(user[key], segments[length:])
+            if length == 2 and len(segments) == 3 and key in _HEADER_MAPS:
+                # request.headers.<name>: that header alone, not the dict of all of them
+                hmap = _HEADER_MAPS[key](self)
+                if hmap is None:
+                    continue
+                value = _joined_value(hmap, segments[2])
+                return (False, None) if value is None else (True, value)
+            compute = _ATTRIBUTES.get(key)
+            if compute is not None:
+                value = compute(self)
+                if value is not _ABSENT:
+                    return (True, value) if length == len(segments) else _navigate(value, segments[length:])
+        return False, None
+
+    def current_attributes(self) -> dict[tuple[str, ...], Any]:
+        """Envoy attributes this stream has right now (ABI_FACTS §9), user-supplied ones included."""
+        attrs: dict[tuple[str, ...], Any] = {}
+        for key, compute in _ATTRIBUTES.items():
+            value = compute(self)
+            if value is not _ABSENT:
+                attrs[key] = value
+        if self._attributes is not None:
+            attrs.update(self._attributes)
+        return attrs
+
+    # ------------------------------------------------------------------------------------
+    # events from the peers
+    # ------------------------------------------------------------------------------------
+    # _call and _invoke take the callback's arguments as one tuple (this context's id
+    # first), built once per callback rather than re-packed at every level.
+    def _call(self, name: str, args: tuple[int, ...]) -> int:
+        vm = self.vm
+        result = vm.call_with(self, name, args)
+        if vm.runtime.has_export(name):
+            self._callback_log += (name, args, result)
+        return result
+
+    @property
+    def _fail_open(self) -> bool:
+        return self.root.plugin.failure_policy == "fail_open"
+
+    def _invoke(self, name: str, args: tuple[int, ...]) -> int | None:
+        """A stream callback with Envoy's failure handling: after a trap (now or earlier) the
+        stream is failed closed (503) or, with ``fail_open``, the filter is skipped (Continue)."""
+        if self.vm.failed is not None:
+            if self._fail_open:
+                return 0
+            self._fail_closed()
+            return None
+        vm = self.vm
+        try:  # self._call(name, args), inline: two of these per request
+            result = vm.call_with(self, name, args)
+            if vm.runtime.has_export(name):
+                self._callback_log += (name, args, result)
+            return result
+        except FilterTrap:
+            self.host.deferred.clear()
+            self._pending_local = None
+            if not self._fail_open:
+                self._fail_closed()
+            if self.vm.raise_on_trap:
+                raise
+            return 0 if self._fail_open else None
+
+    def _ensure_created(self) -> None:
+        if not self.created:
+            self.created = True
+            try:
+                self.vm.call_with(self, "proxy_on_context_create", (self.id, self._root.id))
+            except FilterTrap:
+                # the same failure handling as any stream callback (see _invoke)
+                self.host.deferred.clear()
+                if not self._fail_open:
+                    self._fail_closed()
+                if self.vm.raise_on_trap:
+                    raise
+
+    def _check_open(self, d: Direction, part: str) -> None:
+        """Raise unless ``d`` may still receive its ``part`` ("headers", "body", "trailers")."""
+        if self.completed:
+            raise HarnessUsageError(
+                f"cannot send {d.name} {part}: the stream is complete (on_log/on_done/on_delete ran). "
+                "Open a new stream with plugin.http_stream() for another request."
+            )
+        if d.end_received:
+            raise HarnessUsageError(
+                f"cannot send {d.name} {part}: the {d.name} already ended (end_of_stream was sent or trailers "
+                f"arrived). Pass end_of_stream=False on the last {d.name} event if more is to follow."
+            )
+
+    def receive_headers(self, d: Direction, pairs: Iterable[Sequence[str | bytes]], end_of_stream: bool) -> int | None:
+        if d.headers_received:
+            raise HarnessUsageError(
+                f"{d.name} headers were already sent on this stream; send body chunks or trailers next, "
+                "or open a new stream for another request."
+            )
+        if self.completed or d.end_received:
+            self._check_open(d, "headers")  # raises
+        if d is self.response:
+            self._check_response_allowed("response headers")
+        headers = HeaderMap(pairs)  # first: malformed headers raise with the stream untouched
+        d.headers_received = True
+        d.headers = headers
+        d.end_received = end_of_stream
+        vm = self.vm
+        if not self.created and vm.failed is None:
+            self._ensure_created()
+        name = "proxy_on_request_headers" if d is self.request else "proxy_on_response_headers"
+        count = len(headers._pairs)  # (not len(headers): a Python-level __len__ call)
+        if self.host.abi_version == _ABI_0_1_0:
+            result = self._invoke(name, (self.id, count))
+        else:
+            result = self._invoke(name, (self.id, count, 1 if end_of_stream else 0))
+        if result is None:
+            return None
+        if self._pending_local is None and not self._reset_requested:
+            if result in (0, 2):  # Continue, ContinueAndEndStream (Envoy treats 2 as Continue)
+                self._forward_headers(d)
+            else:
+                d.stopped = "headers"
+        host = self.host
+        if host.deferred or host.posted_queue_ready:  # (the call costs more than the test)
+            vm.flush()
+        return result
+
+    def receive_data(self, d: Direction, chunk: bytes, end_of_stream: bool) -> int | None:
+        self._check_open(d, "body")
+        if not d.headers_received:
+            raise HarnessUsageError(f"send the {d.name} headers before its body (Envoy never delivers a body first).")
+        if d is self.response:
+            self._check_response_allowed("response body")
+        if self._aborted(d):
+            d.end_received = end_of_stream
+            return None
+        d.buffer += chunk
+        d.end_received = end_of_stream
+        if d.stopped == "headers":
+            return None  # held by the filter manager until the filter continues
+        return self._deliver_body(d)
+
+    def _deliver_body(self, d: Direction) -> int | None:
+        end = d.end_received and d.queued_trailers is None and d.trailers is None
+        name = "proxy_on_request_body" if d is self.request else "proxy_on_response_body"
+        d.body_writable = True
+        d.trailers_creatable = end
+        try:
+            result = self._invoke(name, (self.id, len(d.buffer), int(end)))
+        finally:
+            d.trailers_creatable = False
+        if result is None:
+            return None
+        if self._pending_local is None and not self._reset_requested:
+            if result == 0:
+                self._forward_body(d)
+            elif result in (1, 2):  # StopIterationAndBuffer / AndWatermark: keep buffering
+                d.stopped = "body"
+            else:  # StopIterationNoBuffer: the filter owns the data
+                d.buffer.clear()
+                d.stopped = "body"
+        if d.stopped != "body":
+            d.body_writable = False
+        self.vm.flush()
+        return result
+
+    def receive_trailers(self, d: Direction, pairs: Iterable[Sequence[str | bytes]]) -> int | None:
+        self._check_open(d, "trailers")
+        if not d.headers_received:
+            raise HarnessUsageError(f"send the {d.name} headers before its trailers.")
+        if d is self.response:
+            self._check_response_allowed("response trailers")
+        d.end_received = True
+        if self._aborted(d):
+            return None
+        trailers = HeaderMap(pairs)
+        if d.stopped == "headers":
+            d.queued_trailers = trailers
+            return None
+        d.trailers = trailers
+        return self._deliver_trailers(d)
+
+    def _deliver_trailers(self, d: Direction) -> int | None:
+        assert d.trailers is not None
+        name = "proxy_on_request_trailers" if d is self.request else "proxy_on_response_trailers"
+        result = self._invoke(name, (self.id, len(d.trailers)))
+        if result is None:
+            return None
+        if self._pending_local is None and not self._reset_requested:
+            if result == 0:
+                self._forward_body(d)
+                self._forward_trailers(d)
+            else:
+                d.stopped = "trailers"
+        self.vm.flush()
+        return result
+
+    # ------------------------------------------------------------------------------------
+    # forwarding
+    # ------------------------------------------------------------------------------------
+    def _aborted(self, d: Direction) -> bool:
+        return self.reset or (d is self.request and self.local_response is not None)
+
+    def _check_response_allowed(self, what: str) -> None:
+        if self._local_in_flight:
+            return
+        if self.local_response is not None:
+            raise HarnessUsageError(
+                f"cannot send {what}: the filter answered locally with {self.local_response.status_code}, "
+                "so no upstream response reaches the client. Inspect stream.local_response instead."
+            )
+        if self.reset:
+            raise HarnessUsageError(f"cannot send {what}: the filter reset the stream (proxy_close_stream).")
+        if not self.request.end_forwarded and self.request._forwarded_headers is None:
+            raise HarnessUsageError(
+                f"cannot send {what}: the request headers have not reached the upstream yet "
+                f"(the filter paused them in {self._last_request_callback()}). Let the filter resume the "
+                "request first (e.g. advance the clock to fire its tick, or answer its callout)."
+            )
+
+    def _last_request_callback(self) -> str:
+        for name in reversed(self._callback_log[::3]):
+            if "request" in name:
+                return name
+        return "proxy_on_request_headers"
+
+    def _forward_headers(self, d: Direction) -> None:
+        assert d.headers is not None
+        d._forwarded_headers = d.headers.frozen_pairs()
+        d.stopped = None
+        if d.end_received and not d.buffer and d.trailers is None and d.queued_trailers is None:
+            self._end(d)
+
+    def _forward_body(self, d: Direction) -> None:
+        d.forwarded_body += d.buffer
+        d.forwarded_bytes += len(d.buffer)
+        d.buffer.clear()
+        d.stopped = None
+        d.body_writable = False
+        if d.end_received and d.trailers is None and d.queued_trailers is None:
+            self._end(d)
+
+    def _forward_trailers(self, d: Direction) -> None:
+        d.forwarded_trailers = d.trailers.copy() if d.trailers is not None else None
+        d.stopped = None
+        self._end(d)
+
+    def _end(self, d: Direction) -> None:
+        if d.end_forwarded:
+            return
+        d.end_forwarded = True
+        if d is self.response:
+            self.complete()
+
+    def _resume(self, d: Direction) -> None:
+        stopped, d.stopped = d.stopped, None
+        if stopped == "headers":
+            self._forward_headers(d)
+            if d.buffer or (d.end_received and not d.end_forwarded and d.queued_trailers is None):
+                self._deliver_body(d)
+            if d.queued_trailers is not None and d.stopped is None and not self._aborted(d) and not self.completed:
+                d.trailers, d.queued_trailers = d.queued_trailers, None
+                self._deliver_trailers(d)
+        elif stopped == "body":
+            self._forward_body(d)
+        elif stopped == "trailers":
+            self._forward_body(d)
+            self._forward_trailers(d)
+
+    def _after_guest_call(self) -> None:
+        """Deferred work after a guest call returns: local reply, reset, continue."""
+        if self.completed:
+            return
+        if self._pending_local is not None:
+            reply, self._pending_local = self._pending_local, None
+            self.request.continue_requested = self.response.continue_requested = False
+            self._apply_local_reply(reply)
+            return
+        if self._reset_requested:
+            self._reset_requested = False
+            self.reset = True
+            self.complete()
+            return
+        for d in (self.request, self.response):
+            if d.continue_requested:
+                d.continue_requested = False
+                if d.stopped is not None:
+                    self._resume(d)
+
+    def _apply_local_reply(self, reply: LocalResponse) -> None:
+        self.local_response = reply
+        self.request.stopped = None
+        headers: list[tuple[str, str]] = [(":status", str(reply.status_code))]
+        headers += reply.headers
+        if reply.body:
+            headers.append(("content-length", str(len(reply.body))))
+            if not any(k == "content-type" for k, _ in reply.headers):
+                headers.append(("content-type", "text/plain"))
+        if reply.grpc_status is not None:
+            headers.append(("grpc-status", str(reply.grpc_status)))
+        resp = self.response
+        if resp._forwarded_headers is not None:
+            # Response already started downstream: Envoy can only reset the stream.
+            self.reset = True
+            self.complete()
+            return
+        if resp.headers_received:
+            # Upstream response is being encoded: Envoy replies directly, bypassing the filter.
+            resp.headers = HeaderMap(headers)
+            resp.trailers = None
+            resp.buffer = bytearray()
+            resp.forwarded_headers = resp.headers.copy()
+            resp.forwarded_body = bytearray(reply.body)
+            resp.forwarded_bytes = len(reply.body)
+            resp.forwarded_trailers = None
+            resp.stopped = None
+            self._end(resp)
+            return
+        # Local reply during decoding: it runs through this filter's encoder callbacks.
+        self._local_in_flight = True
+        try:
+            resp.headers_received = False
+            self.receive_headers(resp, headers, end_of_stream=not reply.body)
+            if reply.body and not self.completed:
+                resp.buffer += reply.body
+                resp.end_received = True
+                if resp.stopped != "headers":
+                    self._deliver_body(resp)
+        finally:
+            self._local_in_flight = False
+
+    def _fail_closed(self) -> None:
+        """Envoy with a failed VM and fail-closed policy: 503 local reply, empty body,
+        gRPC status UNAVAILABLE, details wasm_fail_stream; no more callbacks."""
+        if self.completed:
+            return
+        self.local_response = LocalResponse(503, b"", [], "wasm_fail_stream", 14)
+        resp = self.response
+        resp.forwarded_headers = HeaderMap([(":status", "503")])
+        resp.forwarded_body = bytearray()
+        self.request.stopped = self.response.stopped = None
+        self.completed = True
+        self.host.forget(self)
+
+    # ------------------------------------------------------------------------------------
+    # end of stream
+    # ------------------------------------------------------------------------------------
+    def complete(self) -> None:
+        """Access-log phase and destruction: on_log → on_done → on_delete (Envoy HTTP order)."""
+        if self.completed:
+            return
+        self.completed = True
+        if self.vm.failed is not None:
+            self.host.forget(self)
+            return
+        if not self.created:
+            self._ensure_created()
+        args = (self.id,)
+        self.in_log = True
+        try:
+            self._call("proxy_on_log", args)
+        finally:
+            self.in_log = False
+        self._call("proxy_on_done", args)
+        self._call("proxy_on_delete", args)
+        self.deleted = True
+        self.host.forget(self)
+
+
+# ----------------------------------------------------------------------------------------
+# Stream attributes (ABI_FACTS §9): attribute path -> function of the stream giving its
+# current value, or _ABSENT when the stream does not have it (yet).  Computed on demand,
+# one attribute per lookup, from the stream's state at that moment.
+# ----------------------------------------------------------------------------------------
+_ABSENT: Any = object()
+
+
+def _request_map(ctx: HttpContext) -> HeaderMap | None:
+    # ``or``: an empty map counts as absent, the forwarded copy answers instead
+    return ctx.request.headers or ctx.request.forwarded_headers
+
+
+def _response_map(ctx: HttpContext) -> HeaderMap | None:
+    return ctx.response.headers or ctx.response.forwarded_headers
+
+
+def _joined(hmap: HeaderMap) -> dict[str, str]:
+    """Header name -> value, repeated names joined with "," (Envoy's header map attributes)."""
+    out: dict[str, str] = {}
+    for k, v in hmap.items():
+        out[k] = f"{out[k]},{v}" if k in out else v
+    return out
+
+
+def _joined_value(hmap: HeaderMap, name: str) -> str | None:
+    """``_joined(hmap).get(name)`` without building the dict: ``name`` as text, exact case."""
+    try:
+        key = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return None  # no header name decodes to this text
+    values = [v for k, v in hmap.frozen_pairs() if k == key]
+    if not values:
+        return None
+    return ",".join([_s(v) for v in values])
+
+
+def _request_header(name: str, default: str | None) -> Any:
+    """request.<attr> read from one request header (``default`` None: absent without it)."""
+
+    def compute(ctx: HttpContext) -> Any:
+        req = _request_map(ctx)
+        if req is None:
+            return _ABSENT
+        value = req.value(name, default)
+        if value is None:
+            return _ABSENT
+        return value or (default or "")
+
+    return compute
+
+
+def _request_path(ctx: HttpContext) -> str:
+    req = _request_map(ctx)
+    return _ABSENT if req is None else (req.value(":path", "") or "")
+
+
+def _url_path(ctx: HttpContext) -> Any:
+    path = _request_path(ctx)
+    return path if path is _ABSENT else path.split("?", 1)[0]
+
+
+def _query(ctx: HttpContext) -> Any:
+    path = _request_path(ctx)
+    return path if path is _ABSENT else (path.split("?", 1)[1] if "?" in path else "")
+
+
+def _on_request(value: Any) -> Any:
+    """request.<attr> that exists once the request headers do."""
+
+    def compute(ctx: HttpContext) -> Any:
+        return _ABSENT if _request_map(ctx) is None else value(ctx)
+
+    return compute
+
+
+def _request_headers(ctx: HttpContext) -> Any:
+    req = _request_map(ctx)
+    return _ABSENT if req is None else _joined(req)
+
+
+def _response_code(ctx: HttpContext) -> Any:
+    resp = _response_map(ctx)
+    if resp is None:
+        return _ABSENT
+    try:
+        return Int(int(resp.value(":status", "0") or 0))
+    except ValueError:
+        return _ABSENT
+
+
+def _response_headers(ctx: HttpContext) -> Any:
+    resp = _response_map(ctx)
+    return _ABSENT if resp is None else _joined(resp)
+
+
+def _response_trailers(ctx: HttpContext) -> Any:
+    trailers = ctx.response.trailers or ctx.response.forwarded_trailers
+    return _ABSENT if trailers is None else dict(trailers.items())
+
+
+def _after_stream(value: Any) -> Any:
+    """An attribute Envoy has from the access-log phase on (on_log and later)."""
+
+    def compute(ctx: HttpContext) -> Any:
+        return value(ctx) if ctx.completed or ctx.in_log else _ABSENT
+
+    return compute
+
+
+def _code_details(ctx: HttpContext) -> Any:
+    if (ctx.completed or ctx.in_log) and ctx.local_response is not None:
+        return ctx.local_response.details
+    return _ABSENT
+
+
+def _constant(value: Any) -> Any:
+    return lambda ctx: value
+
+
+_HEADER_MAPS: dict[tuple[str, ...], Any] = {("request", "headers"): _request_map, ("response", "headers"): _response_map}
+
+_ATTRIBUTES: dict[tuple[str, ...], Any] = {
+    ("request", "path"): _request_path,
+    ("request", "url_path"): _url_path,
+    ("request", "query"): _query,
+    ("request", "host"): _request_header(":authority", ""),
+    ("request", "scheme"): _request_header(":scheme", "http"),
+    ("request", "method"): _request_header(":method", ""),
+    ("request", "headers"): _request_headers,
+    ("request", "referer"): _request_header("referer", None),
+    ("request", "useragent"): _request_header("user-agent", None),
+    ("request", "id"): _request_header("x-request-id", None),
+    ("request", "time"): _on_request(lambda ctx: Timestamp(ctx.request_time_ns)),
+    ("request", "protocol"): _on_request(lambda ctx: "HTTP/1.1"),
+    ("response", "code"): _response_code,
+    ("response", "headers"): _response_headers,
+    ("response", "trailers"): _response_trailers,
+    ("request", "size"): _after_stream(lambda ctx: Int(ctx.request.forwarded_bytes)),
+    ("response", "size"): _after_stream(lambda ctx: Int(ctx.response.forwarded_bytes)),
+    ("request", "duration"): _after_stream(lambda ctx: Int(ctx.host.clock.wall_ns - ctx.request_time_ns)),
+    ("response", "code_details"): _code_details,
+    ("source", "address"): _constant("127.0.0.1:52400"),
+    ("source", "port"): _constant(Int(52400)),
+    ("destination", "address"): _constant("127.0.0.1:8080"),
+    ("destination", "port"): _constant(Int(8080)),
+    ("connection", "id"): lambda ctx: UInt(ctx.id),
+    ("connection_id",): lambda ctx: UInt(ctx.id),
+    ("connection", "mtls"): _constant(False),
+}

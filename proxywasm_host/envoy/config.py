@@ -1,0 +1,183 @@
+"""Envoy bootstrap configuration for one plugin: listener, wasm filter, clusters, access log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from proxywasm_host.envoy.process import WASM_FILTER
+from proxywasm_host.http.scenario import (
+    PluginSpec,
+    Scenario,
+)
+
+
+def _string_value(data: bytes) -> dict[str, str]:
+    # A StringValue holds UTF-8 text; Envoy hands the module these bytes.
+    return {
+        "@type": "type.googleapis.com/google.protobuf.StringValue",
+        "value": data.decode("utf-8"),
+    }
+
+
+def _socket_address(port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": "127.0.0.1", "port_value": int(port)}}
+
+
+def wasm_filter_config(plugin: PluginSpec) -> dict[str, Any]:
+    """The ``envoy.filters.http.wasm`` entry of ``http_filters`` for a plugin."""
+    vm_config: dict[str, Any] = {
+        "runtime": "envoy.wasm.runtime.v8",
+        "vm_id": plugin.vm_id,
+        "code": {"local": {"filename": str(Path(plugin.wasm).resolve())}},
+    }
+    if plugin.vm_configuration:
+        vm_config["configuration"] = _string_value(plugin.vm_configuration)
+    config: dict[str, Any] = {
+        "name": plugin.name,
+        "root_id": plugin.root_id,
+        "vm_config": vm_config,
+    }
+    if plugin.configuration:
+        config["configuration"] = _string_value(plugin.configuration)
+    return {
+        "name": WASM_FILTER,
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": config,
+        },
+    }
+
+
+# One JSON object per finished stream, on Envoy's stderr (written at once, unlike
+# file access logs, which are flushed every --file-flush-interval-msec).
+ACCESS_LOG_FORMAT = {
+    "pwh_access": 1,
+    "response_code": "%RESPONSE_CODE%",
+    "response_code_details": "%RESPONSE_CODE_DETAILS%",
+    "response_flags": "%RESPONSE_FLAGS%",
+    "protocol": "%PROTOCOL%",
+    "upstream_host": "%UPSTREAM_HOST%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+    "bytes_received": "%BYTES_RECEIVED%",
+    "bytes_sent": "%BYTES_SENT%",
+    "duration_ms": "%DURATION%",
+}
+
+
+def render_envoy_config(
+    scenario: Scenario | PluginSpec,
+    *,
+    listener_port: int,
+    admin_port: int,
+    upstream_port: int,
+    http2: bool,
+    access_log: bool = True,
+    clusters: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
+    """A static bootstrap running the scenario's plugin in front of one upstream.
+
+    ``http2`` selects the protocol Envoy speaks to the upstream (h2c prior
+    knowledge when true -- needed for request/response trailers -- HTTP/1.1
+    otherwise).  The listener accepts both (``codec_type: AUTO``).  Port 0
+    for the listener or the admin lets the kernel choose;
+    :class:`EnvoyProcess` finds out which.  Returns a dict: dump it as JSON
+    (valid YAML too).
+
+    ``access_log`` (an addition; default on) writes one JSON line per stream
+    to Envoy's stderr (:data:`ACCESS_LOG_FORMAT`): the runner uses it to know
+    when a stream is over and to read ``%RESPONSE_CODE_DETAILS%``.
+
+    ``clusters`` (an addition) maps more cluster names to 127.0.0.1 ports:
+    targets for the module's ``proxy_http_call`` (e.g. ``{"auth_cluster":
+    8081}``).  They speak HTTP/1.1, Envoy's default for a cluster.
+    """
+    plugin = scenario.plugin if isinstance(scenario, Scenario) else scenario
+    cluster: dict[str, Any] = {
+        "name": "upstream",
+        "type": "STATIC",
+        "connect_timeout": "2s",
+        "load_assignment": {
+            "cluster_name": "upstream",
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket_address(upstream_port)}}]}],
+        },
+    }
+    if http2:
+        cluster["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        }
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "ingress_http",
+        "codec_type": "AUTO",
+        "route_config": {
+            "name": "local_route",
+            "virtual_hosts": [
+                {
+                    "name": "all",
+                    "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}],
+                }
+            ],
+        },
+        "access_log": [
+            {
+                "name": "envoy.access_loggers.stderr",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StderrAccessLog",
+                    "log_format": {"json_format": ACCESS_LOG_FORMAT},
+                },
+            }
+        ]
+        if access_log
+        else [],
+        "http_filters": [
+            wasm_filter_config(plugin),
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+            },
+        ],
+    }
+    return {
+        "admin": {"address": _socket_address(admin_port)},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "main",
+                    "address": _socket_address(listener_port),
+                    "filter_chains": [
+                        {
+                            "filters": [
+                                {"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}
+                            ]
+                        }
+                    ],
+                }
+            ],
+            "clusters": [cluster] + [_static_cluster(name, port) for name, port in (clusters or {}).items()],
+        },
+    }
+
+
+def _static_cluster(name: str, port: int) -> dict[str, Any]:
+    if name == "upstream":
+        raise ValueError("the cluster name 'upstream' is the route's own upstream; pick another name")
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "2s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket_address(port)}}]}],
+        },
+    }
+
+
+# --------------------------------------------------------------------------
+# log parsing
+
+# Envoy's default --log-format is "[%Y-%m-%d %T.%e][%t][%l][%n] [%g:%#] %v".

@@ -1,0 +1,86 @@
+"""Envoy's log lines: parsing, the filter's own log records and the wasm trace lines."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable
+
+from proxywasm_host.http.scenario import (
+    LogRecord,
+    PluginSpec,
+)
+
+_LOG_LINE = re.compile(
+    r"^\[(?P<time>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3})\]\[(?P<thread>\d+)\]"
+    r"\[(?P<level>[a-z]+)\]\[(?P<logger>[^\]]*)\] (?:\[(?P<source>[^\]]*)\] )?(?P<message>.*)$"
+)
+_LEVELS = {
+    "trace": "trace",
+    "debug": "debug",
+    "info": "info",
+    "warning": "warn",
+    "warn": "warn",
+    "error": "error",
+    "critical": "critical",
+}
+
+
+@dataclass
+class EnvoyLogLine:
+    time: str
+    thread: int
+    level: str  # spdlog's name: trace, debug, info, warning, error, critical
+    logger: str  # component: wasm, main, http, ...; "access" for our access-log lines
+    source: str  # "path/file.cc:123" or ""
+    message: str  # continuation lines of a multi-line message joined by "\n"
+
+
+def parse_envoy_log(text: str) -> list[EnvoyLogLine]:
+    """Split Envoy's log into records; lines that do not start a record continue the last one."""
+    out: list[EnvoyLogLine] = []
+    for raw in text.splitlines():
+        if raw.startswith('{"') and '"pwh_access":' in raw:
+            # a line of our stderr access log (see ACCESS_LOG_FORMAT)
+            out.append(EnvoyLogLine(time="", thread=0, level="info", logger="access", source="", message=raw))
+            continue
+        m = _LOG_LINE.match(raw)
+        if m:
+            out.append(
+                EnvoyLogLine(
+                    time=m["time"],
+                    thread=int(m["thread"]),
+                    level=m["level"],
+                    logger=m["logger"],
+                    source=m["source"] or "",
+                    message=m["message"],
+                )
+            )
+        elif out:
+            out[-1].message += "\n" + raw
+    return out
+
+
+def log_prefix(plugin: PluginSpec) -> str:
+    """What Envoy puts between ``wasm log`` and ``: `` (PluginBase::makeLogPrefix)."""
+    return "".join(" " + part for part in (plugin.name, plugin.root_id, plugin.vm_id) if part)
+
+
+def filter_logs(lines: Iterable[EnvoyLogLine], plugin: PluginSpec) -> list[LogRecord]:
+    """The module's own ``proxy_log`` records, in order."""
+    head = "wasm log" + log_prefix(plugin) + ": "
+    records = []
+    for line in lines:
+        if line.logger == "wasm" and line.message.startswith(head):
+            records.append(LogRecord(level=_LEVELS.get(line.level, line.level), message=line.message[len(head) :]))
+    return records
+
+
+def trace_lines(lines: Iterable[EnvoyLogLine], plugin: PluginSpec) -> list[str]:
+    """The ``wasm`` component's other records: with wasm:trace, every call between Envoy and the module."""
+    head = "wasm log" + log_prefix(plugin) + ": "
+    return [line.message for line in lines if line.logger == "wasm" and not line.message.startswith(head)]
+
+
+# --------------------------------------------------------------------------
+# the Envoy process

