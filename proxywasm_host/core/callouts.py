@@ -8,11 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from proxywasm_host.core.text import body_bytes as _bytes
+from proxywasm_host.core.text import header_pairs as _pairs
 from proxywasm_host.errors import HarnessUsageError
-
-
-def _text(data: bytes) -> str:
-    return data.decode("utf-8", "surrogateescape")
 
 
 @dataclass
@@ -67,7 +65,6 @@ class HttpCallout:
         trailers: Any = None,
     ) -> None:
         """Answer the callout: the filter's ``proxy_on_http_call_response`` runs now."""
-        from proxywasm_host.harness.host import _bytes, _pairs
 
         pairs = [(":status", str(status)), *[(str(k), str(v)) for k, v in _pairs(headers)]]
         self._finish("answered")(self, pairs, _bytes(body), list(_pairs(trailers)), None)
@@ -122,7 +119,6 @@ class GrpcCall:
         deliver(self, "receive", message)
 
     def send_initial_metadata(self, metadata: Any) -> None:
-        from proxywasm_host.harness.host import _pairs
 
         self._check_open("send initial metadata")(self, "initial_metadata", _pairs(metadata))
 
@@ -130,7 +126,6 @@ class GrpcCall:
         self._check_open("send a message")(self, "receive", message)
 
     def send_trailing_metadata(self, metadata: Any) -> None:
-        from proxywasm_host.harness.host import _pairs
 
         self._check_open("send trailing metadata")(self, "trailing_metadata", _pairs(metadata))
 
@@ -139,8 +134,3 @@ class GrpcCall:
         deliver = self._check_open("close")
         self.state = "closed"
         deliver(self, "close", (status, message.encode()))
-
-
-def decode_pairs_text(pairs: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
-    return [(_text(k), _text(v)) for k, v in pairs]
-

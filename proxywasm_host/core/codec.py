@@ -123,7 +123,7 @@ decode_pairs = py_decode_pairs
 text_pairs = py_text_pairs
 if not os.environ.get("PROXYWASM_HOST_NO_SPEEDUPS"):
     try:
-        from proxywasm_host.core._codec import decode_pairs, encode_pairs, text_pairs  # type: ignore[no-redef]  # noqa: F811
+        from proxywasm_host.core._codec import decode_pairs, encode_pairs, text_pairs  # type: ignore[no-redef]  # noqa: F401, F811
     except ImportError:  # not built (no C compiler at install time)
         pass
 #: True when encode_pairs/decode_pairs/text_pairs are the C ones

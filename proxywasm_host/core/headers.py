@@ -11,30 +11,11 @@ from __future__ import annotations
 from typing import Iterable, Iterator, Sequence
 
 from proxywasm_host.core.codec import text_pairs
+from proxywasm_host.core.text import to_bytes as _b
+from proxywasm_host.core.text import to_text as _s
 from proxywasm_host.errors import HarnessUsageError
 
 Pair = tuple[bytes, bytes]
-
-
-# Text <-> bytes is UTF-8 with surrogateescape (any bytes survive a round trip).  Without an
-# error handler str.encode()/bytes.decode() take a faster path and give the same result
-# whenever they succeed, so the handler is only named for the rare text that needs it.
-
-
-def _b(value: str | bytes) -> bytes:
-    if isinstance(value, str):
-        try:
-            return value.encode()
-        except UnicodeEncodeError:
-            return value.encode("utf-8", "surrogateescape")
-    return bytes(value)
-
-
-def _s(value: bytes) -> str:
-    try:
-        return value.decode()
-    except UnicodeDecodeError:
-        return value.decode("utf-8", "surrogateescape")
 
 
 #: header name text -> its lower-cased UTF-8, for the names tests send again and again (the

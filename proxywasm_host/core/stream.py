@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from proxywasm_host.core.context import Context, RootContext
-from proxywasm_host.core.headers import HeaderMap, _s
+from proxywasm_host.core.headers import HeaderMap
 from proxywasm_host.core.properties import Int, Timestamp, UInt, _navigate
+from proxywasm_host.core.text import to_text as _s
 from proxywasm_host.core.types import BAD_ARGUMENT as _BAD_ARGUMENT
 from proxywasm_host.core.types import NOT_FOUND as _NOT_FOUND
 from proxywasm_host.core.types import OK as _OK

@@ -12,7 +12,6 @@ when the test calls :meth:`Host.advance_time`.
 
 from __future__ import annotations
 
-import collections.abc as _abc
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence, Union
 
@@ -29,6 +28,10 @@ from proxywasm_host.core.observer import (
 from proxywasm_host.core.spec import HOSTCALLS
 from proxywasm_host.core.state import Clock, SharedState
 from proxywasm_host.core.stream import CallbackRecord, HttpContext, LocalResponse
+from proxywasm_host.core.text import Headers
+from proxywasm_host.core.text import body_bytes as _bytes
+from proxywasm_host.core.text import header_pairs as _pairs
+from proxywasm_host.core.text import header_pairs_for_map as _pairs_for_map
 from proxywasm_host.core.types import Action, LogLevel, MetricType
 from proxywasm_host.core.vm import Vm
 from proxywasm_host.errors import FilterTrap, HarnessUsageError
@@ -46,38 +49,11 @@ from proxywasm_host.runtime.module import CompiledModule, WasmInstance
 if TYPE_CHECKING:
     from proxywasm_host.http.profiles import StreamProfile
 
-Headers = Union[Mapping[str, str], Iterable[Sequence[str]]]
 WasmSource = Union[str, Path, bytes, CompiledModule]
 
 
 #: Plugin.streams keeps every open stream and at least this many of the most recent ones
 STREAM_HISTORY = 200
-
-
-def _pairs(headers: Headers | None) -> list[tuple[str, str]]:
-    if headers is None:
-        return []
-    # a list (the usual case) skips the slower ABC isinstance check
-    items = headers if type(headers) is list else headers.items() if isinstance(headers, _abc.Mapping) else headers
-    out = []
-    for item in items:
-        if type(item) is not tuple or len(item) != 2:  # the common case costs one check
-            if isinstance(item, (str, bytes)) or len(item) != 2:
-                raise HarnessUsageError(
-                    f"headers must be a dict or a list of (name, value) pairs; got item {item!r}"
-                )
-            item = (item[0], item[1])
-        out.append(item)
-    return out
-
-
-def _pairs_for_map(headers: Headers | None) -> list[tuple[str, str]]:
-    """``_pairs(headers)`` for headers that only go into a new HeaderMap: a list, the usual
-    case, is passed on as it is (not copied, not checked here: the HeaderMap checks each item
-    and says what is wrong with a bad one)."""
-    if type(headers) is list:
-        return headers
-    return _pairs(headers)
 
 
 def _has_status(pairs: list[tuple[str, str]]) -> bool:
@@ -88,14 +64,6 @@ def _has_status(pairs: list[tuple[str, str]]) -> bool:
         if (k if type(k) is str else str(k)) == ":status":
             return True
     return False
-
-
-def _bytes(data: str | bytes | bytearray) -> bytes:
-    if isinstance(data, str):
-        return data.encode()
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        return bytes(data)
-    raise HarnessUsageError(f"a body must be str or bytes, got {type(data).__name__}")
 
 
 def _property_key(key: str | Sequence[str]) -> tuple[str, ...]:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import zlib
 from typing import Callable
 
-from proxywasm_host.core.callouts import GrpcCall, HttpCallout, decode_pairs_text
+from proxywasm_host.core.callouts import GrpcCall, HttpCallout
 from proxywasm_host.core.context import RootContext
 from proxywasm_host.core.hostcalls.base import AbiHostBase
 from proxywasm_host.core.spec import MASK32, hostcall
+from proxywasm_host.core.text import decode_pairs_text
 from proxywasm_host.core.types import BAD_ARGUMENT as _BAD_ARGUMENT
 from proxywasm_host.core.types import NOT_FOUND as _NOT_FOUND
 from proxywasm_host.core.types import OK as _OK

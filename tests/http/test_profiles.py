@@ -1,7 +1,7 @@
 """Envoy stream profiles (proxywasm_host.http.profiles): pure rules, and the filter's view in-process.
 
 Every expectation here was measured on Envoy 1.40 (see docs/conformance.md);
-tests/test_conformance.py checks the same rules against a real Envoy.
+tests/envoy/test_conformance.py checks the same rules against a real Envoy.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from proxywasm_host.envoy import (
 from proxywasm_host.http.scenario import HttpRequest, HttpResponse, PluginSpec, Scenario
 from proxywasm_host.net.upstream import UpstreamServer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HELLO_WORLD = REPO / "fixtures" / "wasm" / "hello_world-wasm32-unknown-unknown.wasm"
 
 ENVOY = find_envoy()

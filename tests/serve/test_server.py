@@ -28,7 +28,7 @@ from proxywasm_host.http.scenario import HttpRequest, HttpResponse  # noqa: E402
 from proxywasm_host.serve.server import ServeConfig, canonical_header_name, serve  # noqa: E402
 from proxywasm_host.net.upstream import UpstreamServer  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 WASM = REPO / "fixtures" / "wasm"
 HELLO = WASM / "hello_world-wasm32-unknown-unknown.wasm"
 

@@ -23,7 +23,7 @@ import pytest
 from proxywasm_host import Host
 from proxywasm_host.deploy import oci
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HELLO = REPO / "fixtures" / "wasm" / "hello_world-wasm32-unknown-unknown.wasm"
 REGISTRY_BIN = shutil.which("docker-registry") or shutil.which("registry")
 

@@ -1,10 +1,10 @@
 """Fuzz every host function with random pointers, sizes and enum values through a real
 wasm guest (fixtures/wat/hostcall_probe.wat re-exports each import).
 
-    python tests/fuzz_hostcalls.py --calls 1000000 [--seed N]
+    python tests/core/fuzz_hostcalls.py --calls 1000000 [--seed N]
 
 The host must answer every call with a status (never raise into wasmtime), record no
-internal error, and still work normally afterwards.  ``tests/test_fuzz_hostcalls.py``
+internal error, and still work normally afterwards.  ``tests/core/test_fuzz_hostcalls.py``
 runs 100,000 calls in CI.
 """
 
@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from proxywasm_host import Host, Status  # noqa: E402

@@ -7,7 +7,7 @@ alike.  A scenario agrees when ``DiffReport.agrees``; the only tolerated
 divergences are the rows of ``KNOWN_DIVERGENCES`` (also the divergence
 table of docs/conformance.md), each with its reason.
 
-``python tests/test_conformance.py [FILTER-SUBSTRING ...]`` runs the groups
+``python tests/envoy/test_conformance.py [FILTER-SUBSTRING ...]`` runs the groups
 without pytest and prints the fixture x scenario matrix as Markdown.
 """
 
@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # when run as a script
     sys.path.insert(0, str(REPO))
 
@@ -268,7 +268,7 @@ def test_every_fixture_is_covered() -> None:
     """A fixture added to fixtures/wasm without a conformance group fails here."""
     covered = {g.fixture for g in GROUPS}
     missing = sorted(p.stem for p in WASM.glob("*.wasm") if p.stem not in covered)
-    assert not missing, f"fixtures without a conformance group in tests/test_conformance.py: {missing}"
+    assert not missing, f"fixtures without a conformance group in tests/envoy/test_conformance.py: {missing}"
 
 
 # --------------------------------------------------------------------------

@@ -381,12 +381,12 @@ def test_the_ctypes_crossings_behave_the_same(tmp_path: Any) -> None:
 
     if os.environ.get("PROXYWASM_HOST_NO_SPEEDUPS"):
         pytest.skip("already running on the ctypes crossings")
-    tests = Path(__file__).parent
+    tests = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PROXYWASM_HOST_NO_SPEEDUPS="1")
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
-         str(tests / "test_runtime_fastpath.py"), str(tests / "test_hostile_guests.py"),
-         str(tests / "test_hostcalls_wat.py")],
+         str(tests / "runtime" / "test_runtime_fastpath.py"), str(tests / "harness" / "test_hostile_guests.py"),
+         str(tests / "core" / "test_hostcalls_wat.py")],
         env=env, cwd=tests.parent, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]

@@ -19,7 +19,7 @@ from proxywasm_host.deploy import istio
 
 from proxywasm_host.deploy import oci  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HELLO = REPO / "fixtures" / "wasm" / "hello_world-wasm32-unknown-unknown.wasm"
 
 
