@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Protocol
 
 
@@ -39,3 +40,30 @@ class GuestRuntime(Protocol):
     def export(self, name: str) -> Callable[..., int | None] | None:
         """The exported function ``name`` ready to call with its arguments (it raises
         :class:`WasmTrap` when the guest traps), or None when the module has no such export."""
+
+
+class _NoGuest:
+    """The guest of an AbiHost no runtime has attached a module to yet."""
+
+    def memory(self) -> memoryview:
+        raise RuntimeError("AbiHost used before a runtime attached a guest (AbiHost.attach_guest)")
+
+    def allocate(self, size: int) -> int:
+        raise RuntimeError("AbiHost used before a runtime attached a guest (AbiHost.attach_guest)")
+
+
+#: stands in until :meth:`~proxywasm_host.core.hostcalls.base.AbiHostBase.attach_guest`
+NO_GUEST: Guest = _NoGuest()
+
+
+@dataclass(frozen=True)
+class MemoryAccess:
+    """A runtime's own copies in and out of linear memory, used by the ABI host in place of
+    its Python ones (same contracts: out-of-range is :class:`GuestMemoryError`)."""
+
+    #: (ptr, size) -> the bytes; size 0 is b""
+    read: Callable[[int, int], bytes]
+    #: data -> address of a new guest allocation holding it
+    give: Callable[[bytes | bytearray | memoryview], int]
+    #: (ptr1, value1, ptr2, value2): two u32 out-params, the first written before the second is checked
+    write_u32_pair: Callable[[int, int, int, int], None]

@@ -8,7 +8,7 @@ runtime layer implements; nothing here imports wasmtime.
 from __future__ import annotations
 
 import struct
-from typing import Callable
+from typing import Callable, Protocol
 
 from proxywasm_host.core.callouts import GrpcCall, HttpCallout
 from proxywasm_host.core.context import Context, PluginConfig, RootContext
@@ -45,18 +45,27 @@ def _panic_message(logs: list[LogEntry], since: int) -> str | None:
     return None
 
 
+class CallObserver(Protocol):
+    """Told of every export a :class:`Vm` calls (callbacks, start functions), in order."""
+
+    def enter(self, vm: Vm, context: Context, name: str, args: tuple[int, ...]) -> None:
+        """Right before the guest runs ``name``."""
+
+    def exit(self, vm: Vm, context: Context, name: str) -> None:
+        """Right after it returned or trapped."""
+
+
 class Vm:
     """One instance of a module: its ABI state plus the way to call it."""
 
-    def __init__(self, host: AbiHost, runtime: GuestRuntime) -> None:
+    def __init__(self, host: AbiHost, runtime: GuestRuntime, *, call_observer: CallObserver | None = None) -> None:
         self.host = host
         self.runtime = runtime
         self.failed: FilterTrap | None = None
         self.roots: list[RootContext] = []
-        host.on_root_done = self._deliver_root_delete  # type: ignore[method-assign]
-        host.deliver_http = self._deliver_http  # type: ignore[method-assign]
-        host.deliver_grpc = self._deliver_grpc  # type: ignore[method-assign]
-        host.deliver_dns = self._deliver_dns  # type: ignore[method-assign]
+        host.delivery = self
+        #: told of every callback this VM runs (the differential runner records them)
+        self.call_observer: CallObserver | None = call_observer
         self._depth = 0
         #: export name -> runtime.export(name), asked once per name
         self._exports: dict[str, Callable[..., int | None] | None] = {}
@@ -93,6 +102,9 @@ class Vm:
         host.effective = None
         log_mark = len(host.logs)
         self._depth += 1
+        call_observer = self.call_observer
+        if call_observer is not None:
+            call_observer.enter(self, context, name, args)
         try:
             result = fn(*args)
         except WasmTrap as trap:
@@ -103,6 +115,8 @@ class Vm:
             self._depth -= 1
             host.current = saved_current
             host.effective = saved_effective
+            if call_observer is not None:
+                call_observer.exit(self, context, name)
         observer = host.observer
         if observer is not None and observer.violations and self._depth == 0:
             found, observer.violations = observer.violations, []
@@ -164,14 +178,14 @@ class Vm:
         if self.failed is not None or root.deleted:
             return True
         if self.call(root, "proxy_on_done", root.id, default=1):
-            self._deliver_root_delete(root)
+            self.root_done(root)
             self.flush()
             return True
         root.pending_done = True
         self.flush()
         return False
 
-    def _deliver_root_delete(self, root: RootContext) -> None:
+    def root_done(self, root: RootContext) -> None:
         if root.deleted:
             return
         root.deleted = True
@@ -190,7 +204,7 @@ class Vm:
                 call.state = "cancelled"
                 del self.host.grpc_calls[token]
 
-    def _deliver_dns(self, root: RootContext, token: int, answers: list[tuple[str, int]]) -> None:
+    def dns_answers(self, root: RootContext, token: int, answers: list[tuple[str, int]]) -> None:
         if root.deleted or self.failed is not None:
             return
         data = b""
@@ -210,7 +224,7 @@ class Vm:
             raise HarnessUsageError(f"the root context {root_id} that owns this callout is gone")
         return root
 
-    def _deliver_http(
+    def http_response(
         self,
         callout: HttpCallout,
         headers: list[tuple[str, str]] | None,
@@ -235,7 +249,7 @@ class Vm:
             root.status_code, root.status_message = 0, b""
         self.flush()
 
-    def _deliver_grpc(self, call: GrpcCall, kind: str, payload: object) -> None:
+    def grpc_event(self, call: GrpcCall, kind: str, payload: object) -> None:
         root = self._root(call.root_context_id)
         try:
             if kind == "initial_metadata" or kind == "trailing_metadata":

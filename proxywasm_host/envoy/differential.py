@@ -224,28 +224,23 @@ def envoy_callback_trace(lines: Iterable[str]) -> list[CallbackTrace]:
 
 
 class _CallRecorder:
-    """Records callback entries/exits of an in-process VM around the hostcall trace."""
+    """Records callback entries/exits of in-process VMs against the host's hostcall trace
+    (a :class:`~proxywasm_host.core.vm.CallObserver` given to the Host)."""
 
-    def __init__(self, plugin: Any) -> None:
-        self.vm = plugin.vm
-        self.host = plugin.host
+    def __init__(self) -> None:
+        self.host: Any = None  # set once the Host it observes exists
         self.events: list[tuple[str, str, tuple[int, ...], int]] = []
-        original = self.vm.call_with  # (Vm.call goes through it too)
 
-        def call_with(context: Any, name: str, args: tuple[int, ...], default: int = 0) -> Any:
-            if not self.vm.runtime.has_export(name) or not _is_callback(name):
-                return original(context, name, args, default)
+    def enter(self, vm: Any, context: Any, name: str, args: tuple[int, ...]) -> None:
+        if _is_callback(name) and vm.runtime.has_export(name):
             self.events.append(("enter", name, tuple(args), self._mark()))
-            try:
-                return original(context, name, args, default)
-            finally:
-                self.events.append(("exit", name, (), self._mark()))
 
-        self.vm.call_with = call_with  # instance attribute: shadows Vm.call_with for this VM only
+    def exit(self, vm: Any, context: Any, name: str) -> None:
+        if _is_callback(name) and vm.runtime.has_export(name):
+            self.events.append(("exit", name, (), self._mark()))
 
     def _mark(self) -> int:
-        observer = self.host._observer
-        return len(observer.trace) if observer is not None and observer.trace is not None else 0
+        return self.host.hostcall_count if self.host is not None else 0
 
     def mark(self) -> tuple[int, int]:
         return len(self.events), self._mark()
@@ -502,13 +497,16 @@ class DifferentialRunner:
         # in-process
         clusters: dict[str, str | None] = {"upstream": None}
         clusters.update({name: s.url for name, s in self.servers.items()})
-        self.host = Host(trace=True, clusters=clusters)
+        self.recorder = _CallRecorder()
+        self.host = Host(trace=True, clusters=clusters, call_observer=self.recorder)
+        self.recorder.host = self.host
         start_logs: list[tuple[str, str]] = []
         ours_trace: list[CallbackTrace] = []
         try:
-            self.inproc_plugin, ours_trace = self._traced_load(self.host)
+            mark = self.recorder.mark()
+            self.inproc_plugin = self._load(self.host)
+            ours_trace = self.recorder.since(mark)
             self.inproc_plugin.vm.raise_on_trap = False  # fail closed like Envoy: 503, no exception
-            self.recorder = _CallRecorder(self.inproc_plugin)
             start_logs = [(e.level.label, e.message) for e in self.host.logs]
         except Exception as exc:  # noqa: BLE001 - a load failure is a result to compare
             self.inprocess_start_error = f"{type(exc).__name__}: {exc}"
@@ -572,32 +570,6 @@ class DifferentialRunner:
             vm_id=p.vm_id,
             name=p.name,
         )
-
-    def _traced_load(self, host: Any) -> tuple[Any, list[CallbackTrace]]:
-        """Load the plugin into ``host`` (created with trace=True), recording its start-up calls.
-
-        The VM does not exist before the load, so for its duration Vm.call_with (which
-        Vm.call goes through) is wrapped at class level (acting only for this host's VMs)."""
-        from proxywasm_host.core.vm import Vm
-        events: list[tuple[str, str, tuple[int, ...], int]] = []
-        observer = host._observer
-        original = Vm.call_with
-
-        def call_with(vm: Any, context: Any, name: str, args: tuple[int, ...], default: int = 0) -> Any:
-            if vm.host.observer is not observer or not vm.runtime.has_export(name) or not _is_callback(name):
-                return original(vm, context, name, args, default)
-            events.append(("enter", name, tuple(args), len(observer.trace)))
-            try:
-                return original(vm, context, name, args, default)
-            finally:
-                events.append(("exit", name, (), len(observer.trace)))
-
-        Vm.call_with = call_with  # type: ignore[method-assign,assignment]
-        try:
-            plugin = self._load(host)
-        finally:
-            Vm.call_with = original  # type: ignore[method-assign]
-        return plugin, inprocess_callback_trace(events, host.hostcall_trace)
 
     def stop(self) -> None:
         if self.runner is not None:

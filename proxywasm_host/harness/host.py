@@ -33,7 +33,7 @@ from proxywasm_host.core.text import body_bytes as _bytes
 from proxywasm_host.core.text import header_pairs as _pairs
 from proxywasm_host.core.text import header_pairs_for_map as _pairs_for_map
 from proxywasm_host.core.types import Action, LogLevel, MetricType
-from proxywasm_host.core.vm import Vm
+from proxywasm_host.core.vm import CallObserver, Vm
 from proxywasm_host.errors import FilterTrap, HarnessUsageError
 from proxywasm_host.http.scenario import (
     DownstreamResponse,
@@ -99,6 +99,7 @@ class Host:
         callback_deadline_s: float = 10.0,
         memory_limit_bytes: int = 1 << 30,
         raise_on_trap: bool = True,
+        call_observer: CallObserver | None = None,
     ) -> None:
         """``clusters``: upstream names ``proxy_http_call``/``proxy_grpc_*`` may target. ``None``
         (default) accepts any name; otherwise unknown names get Envoy's status. A mapping may
@@ -116,7 +117,9 @@ class Host:
         ``FilterTrap``); ``memory_limit_bytes`` caps each VM's linear memory (Envoy: 1 GiB).
         With ``raise_on_trap=False`` a trap is not raised to the test; the plugin's failure
         policy (fail_closed / fail_open / fail_reload) decides what its streams get, and the
-        traps are listed in :attr:`Plugin.traps`."""
+        traps are listed in :attr:`Plugin.traps`.  ``call_observer`` is told of every
+        callback every VM of this host runs (:class:`~proxywasm_host.core.vm.CallObserver`)."""
+        self.call_observer = call_observer
         self.dns = {
             name: [(a, 60) if isinstance(a, str) else (a[0], int(a[1])) for a in answers]
             for name, answers in (dns or {}).items()
@@ -163,6 +166,13 @@ class Host:
         if times is not None and times < 1:
             raise HarnessUsageError("times must be at least 1 (or None for every call)")
         self._ensure_observer().faults[hostcall] = Fault(int(status), times)
+
+    @property
+    def hostcall_count(self) -> int:
+        """How many hostcalls :attr:`hostcall_trace` holds (0 when tracing is off); cheap."""
+        if self._observer is None or self._observer.trace is None:
+            return 0
+        return len(self._observer.trace)
 
     @property
     def hostcall_trace(self) -> list[HostcallRecord]:
@@ -219,7 +229,8 @@ class Host:
             abi.observer = self._observer
             abi.on_http_callout = self._route_callout
             vm = Vm(abi, WasmInstance(compiled, abi, deadline_s=self.callback_deadline_s,
-                                      memory_limit=self.memory_limit_bytes))
+                                      memory_limit=self.memory_limit_bytes),
+                    call_observer=self.call_observer)
             vm.raise_on_trap = self.raise_on_trap
             vm.start_vm()
             self._vms[key] = vm

@@ -27,7 +27,12 @@ from typing import Any, Callable, NoReturn
 
 import wasmtime
 
-from proxywasm_host.core.guest import GuestMemoryError, GuestTrapped, WasmTrap
+from proxywasm_host.core.guest import (
+    GuestMemoryError,
+    GuestTrapped,
+    MemoryAccess,
+    WasmTrap,
+)
 from proxywasm_host.core.hostcalls import AbiHost
 from proxywasm_host.core.spec import HOSTCALLS, imports_for
 from proxywasm_host.core.types import AbiVersion
@@ -373,7 +378,7 @@ class WasmInstance:
         #: the memory view handed to hostcalls; reset (by _capi) whenever guest code ran
         self._view: memoryview | None = None
         self._mem_addr = 0
-        host.guest = self
+        host.attach_guest(self)  # Python copies until the memory export is known
         _capi.set_epoch_deadline(self._ctx, self._deadline_ticks)
         prev = _capi.set_active(self)
         try:
@@ -396,8 +401,7 @@ class WasmInstance:
         self._allocate = partial(_call, self._allocator_trapped, compiled.allocator, self, self._ctx, addr, slots,
                                  1, True, self._deadline_ticks)
         fast = _capi.memory_access(self._allocate, self._ctx, self._mem_addr, GuestMemoryError)
-        if fast is not None:
-            host.use_memory_access(*fast)
+        host.attach_guest(self, MemoryAccess(*fast) if fast is not None else None)
 
     def _resolve(self, name: str) -> tuple[int, int, int, bool]:
         """(func address, raw slots, param count, has result) of an export (looked up once per

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import random
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 from proxywasm_host.core import codec
 from proxywasm_host.core.callouts import GrpcCall, HttpCallout
 from proxywasm_host.core.context import Context, PluginConfig, RootContext
-from proxywasm_host.core.guest import Guest, GuestMemoryError
+from proxywasm_host.core.guest import NO_GUEST, Guest, GuestMemoryError, MemoryAccess
 from proxywasm_host.core.observer import HostcallObserver, LogEntry
 from proxywasm_host.core.spec import _U32, _U64, MASK32, MASK64
 from proxywasm_host.core.state import Clock, Metric, SharedState
@@ -29,6 +29,39 @@ _LAST_BUFFER_TYPE = int(BufferType.FOREIGN_FUNCTION_ARGUMENTS)
 _LOG_LEVELS = tuple(LogLevel)  # _LOG_LEVELS[n] is LogLevel(n) without the enum call
 _CRITICAL = int(LogLevel.CRITICAL)
 _pack_u32 = _U32.pack_into
+
+
+class Delivery(Protocol):
+    """Runs the callbacks an AbiHost defers or is answered for: implemented by the Vm."""
+
+    def root_done(self, root: RootContext) -> None:
+        """proxy_on_delete after the root called proxy_done."""
+
+    def http_response(
+        self,
+        callout: HttpCallout,
+        headers: list[tuple[str, str]] | None,
+        body: bytes,
+        trailers: list[tuple[str, str]],
+        status: tuple[int, bytes] | None,
+    ) -> None:
+        """proxy_on_http_call_response for an answered, failed or timed-out callout."""
+
+    def grpc_event(self, call: GrpcCall, kind: str, payload: object) -> None:
+        """The proxy_on_grpc_* callback for one event of a call or stream."""
+
+    def dns_answers(self, root: RootContext, token: int, answers: list[tuple[str, int]]) -> None:
+        """envoy_on_resolve_dns."""
+
+
+class _NoDelivery:
+    def _fail(self, *args: object) -> None:
+        raise RuntimeError("AbiHost has no VM to deliver callbacks (a Vm attaches itself as AbiHost.delivery)")
+
+    root_done = http_response = grpc_event = dns_answers = _fail
+
+
+_NO_DELIVERY: Delivery = _NoDelivery()  # type: ignore[assignment]
 
 
 class AbiHostBase:
@@ -56,7 +89,13 @@ class AbiHostBase:
         self.environment = dict(environment or {})
         self.log_level = log_level
         self.foreign_functions = dict(foreign_functions or {})
-        self.guest: Guest | None = None
+        self.guest: Guest = NO_GUEST
+        #: copies in and out of guest memory: the Python ones until a runtime attaches its own
+        self.read: Callable[[int, int], bytes] = self._read_py
+        self.give: Callable[[bytes | bytearray | memoryview], int] = self._give_py
+        self.write_u32_pair: Callable[[int, int, int, int], None] = self._write_u32_pair_py
+        #: the VM that runs callbacks this host defers (set by the Vm)
+        self.delivery: Delivery = _NO_DELIVERY
         #: tracing / fault injection / strict mode; None keeps the hot path untouched
         self.observer: HostcallObserver | None = None
         self.logs: list[LogEntry] = []
@@ -116,61 +155,54 @@ class AbiHostBase:
         return self.effective if self.effective is not None else self.current
 
     # -- guest memory helpers -----------------------------------------------------------
-    def _mem(self) -> memoryview:
-        assert self.guest is not None, "AbiHost used before the runtime attached a guest"
-        return self.guest.memory()
+    def attach_guest(self, guest: Guest, memory_access: MemoryAccess | None = None) -> None:
+        """Bind the guest this host serves; ``memory_access`` replaces the Python copies in
+        and out of its linear memory with the runtime's own (same contracts)."""
+        self.guest = guest
+        if memory_access is not None:
+            self.read = memory_access.read
+            self.give = memory_access.give
+            self.write_u32_pair = memory_access.write_u32_pair
+        else:
+            self.read, self.give, self.write_u32_pair = self._read_py, self._give_py, self._write_u32_pair_py
 
-    def use_memory_access(
-        self,
-        read: Callable[[int, int], bytes],
-        give: Callable[[bytes | bytearray | memoryview], int],
-        write_u32_pair: Callable[[int, int, int, int], None],
-    ) -> None:
-        """Let the runtime layer's C copies in and out of linear memory stand in for
-        :meth:`read`, :meth:`give` and :meth:`write_u32_pair` on this host, once the guest's
-        memory is known (same contracts)."""
-        self.read = read  # type: ignore[method-assign,assignment]
-        self.give = give  # type: ignore[method-assign,assignment]
-        self.write_u32_pair = write_u32_pair  # type: ignore[method-assign,assignment]
-
-    def read(self, ptr: int, size: int) -> bytes:
+    def _read_py(self, ptr: int, size: int) -> bytes:
         if size == 0:
             return b""
-        mem = self.guest.memory()  # type: ignore[union-attr]
+        mem = self.guest.memory()
         end = ptr + size
         if end > len(mem):
             raise GuestMemoryError
         return mem[ptr:end].tobytes()
 
     def read_view(self, ptr: int, size: int) -> memoryview:
-        mem = self.guest.memory()  # type: ignore[union-attr]
+        mem = self.guest.memory()
         if ptr + size > len(mem):
             raise GuestMemoryError
         return mem[ptr : ptr + size]
 
     def write_u32(self, ptr: int, value: int) -> None:
-        mem = self.guest.memory()  # type: ignore[union-attr]
+        mem = self.guest.memory()
         if ptr + 4 > len(mem):
             raise GuestMemoryError
         _pack_u32(mem, ptr, value & MASK32)
 
     def write_u64(self, ptr: int, value: int) -> None:
-        mem = self.guest.memory()  # type: ignore[union-attr]
+        mem = self.guest.memory()
         if ptr + 8 > len(mem):
             raise GuestMemoryError
         _U64.pack_into(mem, ptr, value & MASK64)
 
     def write(self, ptr: int, data: bytes) -> None:
-        mem = self.guest.memory()  # type: ignore[union-attr]
+        mem = self.guest.memory()
         if ptr + len(data) > len(mem):
             raise GuestMemoryError
         mem[ptr : ptr + len(data)] = data
 
-    def give(self, data: bytes | bytearray | memoryview) -> int:
+    def _give_py(self, data: bytes | bytearray | memoryview) -> int:
         """Copy non-empty ``data`` into a new guest allocation; its address.  A failed
         allocation (0, or a range outside memory) is GuestMemoryError."""
         guest = self.guest
-        assert guest is not None, "AbiHost used before the runtime attached a guest"
         size = len(data)
         ptr = guest.allocate(size)
         mem = guest.memory()  # after the allocator ran: it may have grown memory
@@ -179,9 +211,9 @@ class AbiHostBase:
         mem[ptr : ptr + size] = data
         return ptr
 
-    def write_u32_pair(self, ptr1: int, value1: int, ptr2: int, value2: int) -> None:
+    def _write_u32_pair_py(self, ptr1: int, value1: int, ptr2: int, value2: int) -> None:
         """Two u32 out-params, in order: the first is written before the second is checked."""
-        mem = self.guest.memory()  # type: ignore[union-attr]
+        mem = self.guest.memory()
         last = len(mem) - 4  # highest address a u32 fits at
         if ptr1 > last:
             raise GuestMemoryError

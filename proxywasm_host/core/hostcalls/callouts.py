@@ -6,7 +6,6 @@ import zlib
 from typing import Callable
 
 from proxywasm_host.core.callouts import GrpcCall, HttpCallout
-from proxywasm_host.core.context import RootContext
 from proxywasm_host.core.hostcalls.base import AbiHostBase
 from proxywasm_host.core.spec import MASK32, hostcall
 from proxywasm_host.core.text import decode_pairs_text
@@ -62,7 +61,7 @@ class CalloutCalls(AbiHostBase):
         self._next_http_token = (token + 4) & MASK32 or 4
         callout = HttpCallout(
             token, cluster, headers, body, trailers, timeout_ms, root.id, self.active.id, self.clock.monotonic_ns,
-            _deliver=self.deliver_http,
+            _deliver=self.delivery.http_response,
         )
         self.http_callouts[token] = callout
         self.callout_history.append(callout)
@@ -87,7 +86,7 @@ class CalloutCalls(AbiHostBase):
         else:
             token, self._next_grpc_call = self._next_grpc_call, self._next_grpc_call + 4
         call = GrpcCall(token, streaming, cluster, service, meth, metadata, [message] if message is not None else [],
-                        timeout_ms, root.id, self.active.id, _deliver=self.deliver_grpc)
+                        timeout_ms, root.id, self.active.id, _deliver=self.delivery.grpc_event)
         self.grpc_calls[token] = call
         self.callout_history.append(call)
         self.write_u32(ret_token_ptr, token)  # written only on success (Envoy)
@@ -172,11 +171,8 @@ class CalloutCalls(AbiHostBase):
         self._next_dns_token = token + 1 if token + 1 <= MASK32 else 1
         self.write_u32(ret_token_ptr, token)
         answers = self.dns.get(name, [])
-        self.deferred.append(lambda: self.deliver_dns(root, token, answers))
+        self.deferred.append(lambda: self.delivery.dns_answers(root, token, answers))
         return _OK
-
-    def deliver_dns(self, root: RootContext, token: int, answers: list[tuple[str, int]]) -> None:
-        """Replaced by the Vm: run envoy_on_resolve_dns."""
 
     @hostcall("pthread_equal", "uu")
     def pthread_equal(self, a: int, b: int) -> int:

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from proxywasm_host.core import properties
-from proxywasm_host.core.callouts import GrpcCall, HttpCallout
-from proxywasm_host.core.context import RootContext
 from proxywasm_host.core.hostcalls.base import AbiHostBase
 from proxywasm_host.core.spec import ABI_0_1, ABI_0_2, hostcall
 from proxywasm_host.core.types import BAD_ARGUMENT as _BAD_ARGUMENT
@@ -78,17 +74,8 @@ class StreamCalls(AbiHostBase):
         if root is None or not root.pending_done:
             return _NOT_FOUND
         root.pending_done = False
-        self.deferred.append(lambda: self.on_root_done(root))
+        self.deferred.append(lambda: self.delivery.root_done(root))
         return _OK
-
-    def on_root_done(self, root: RootContext) -> None:
-        """Replaced by the Vm: deliver proxy_on_delete after proxy_done."""
-
-    def deliver_http(self, callout: HttpCallout, *args: Any) -> None:
-        """Replaced by the Vm: run proxy_on_http_call_response."""
-
-    def deliver_grpc(self, call: GrpcCall, *args: Any) -> None:
-        """Replaced by the Vm: run the proxy_on_grpc_* callbacks."""
 
     @hostcall("proxy_get_status", "uuu")
     def proxy_get_status(self, ret_code_ptr: int, ret_msg_ptr_ptr: int, ret_msg_size_ptr: int) -> int:

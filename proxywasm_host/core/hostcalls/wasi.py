@@ -29,7 +29,7 @@ class WasiCalls(AbiHostBase):
 
     # -- WASI preview1 (ABI_FACTS §8) -----------------------------------------------------
     def _iovecs(self, iovs: int, iovs_len: int) -> bytes:
-        mem = self._mem()
+        mem = self.guest.memory()
         if iovs + 8 * iovs_len > len(mem):
             raise GuestMemoryError  # checked up front: a huge count must not loop for ages
         chunks = []
