@@ -38,9 +38,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -49,9 +50,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from naive_host import NaiveHost  # noqa: E402
 
 from proxywasm_host import Host, LogLevel  # noqa: E402
+from proxywasm_host.core.hostcalls import AbiHost  # noqa: E402
 from proxywasm_host.runtime.cache import wasmtime_version  # noqa: E402
-from proxywasm_host.core.hostcalls import AbiHost
-from proxywasm_host.runtime.module import CompiledModule, WasmInstance, _module_cache  # noqa: E402
+from proxywasm_host.runtime.module import CompiledModule, WasmInstance  # noqa: E402
 
 WASM = REPO / "fixtures" / "wasm"
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 from proxywasm_host.errors import (
     FilterFailed,
@@ -192,7 +193,7 @@ def _label_arg(text: str) -> tuple[str, str]:
     return key, value
 
 
-def _add_local_loop_commands(sub: argparse._SubParsersAction) -> None:
+def _add_local_loop_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     srv = sub.add_parser("serve", help="a real local HTTP/1.1 + h2c proxy running every request through the filter")
     srv.add_argument("wasm", help="the filter (.wasm), or an oci://REGISTRY/REPO:TAG image to pull first")
     srv.add_argument("--host", default="localhost", help="address to listen on (localhost: 127.0.0.1 and ::1)")
@@ -410,7 +411,7 @@ def _pull(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plugin_config(text: str | None) -> dict | None:
+def _plugin_config(text: str | None) -> dict[str, Any] | None:
     if text is None:
         return None
     raw = read_text_arg(text).decode()
@@ -492,7 +493,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _inspect(args)
         if args.command == "run":
             return _run(args)
-        return args.handler(args)
+        code: int = args.handler(args)
+        return code
     except BrokenPipeError:  # e.g. piped into `head`
         sys.stderr.close()
         return 0

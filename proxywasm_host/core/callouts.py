@@ -5,8 +5,9 @@ to answer them.  Pure state; delivery into the guest goes through the owning
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from proxywasm_host.core.text import body_bytes as _bytes
 from proxywasm_host.core.text import header_pairs as _pairs

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Iterable, Sequence
 from itertools import chain
-from typing import Iterable, Sequence
 
 Pair = tuple[bytes, bytes]
 

@@ -4,14 +4,15 @@ stream contexts.  Pure state, no wasmtime (ABI_FACTS §7).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from proxywasm_host.core.headers import HeaderMap
 from proxywasm_host.core.types import BufferType, MapType, Status
 
 if TYPE_CHECKING:
-    from proxywasm_host.core.hostcalls import AbiHost
+    from proxywasm_host.core.hostcalls.base import AbiHostBase as AbiHost
 @dataclass(frozen=True)
 class PluginConfig:
     """What Envoy's PluginConfig and VmConfig say about one plugin."""
@@ -33,14 +34,14 @@ class Context:
 
     kind = "vm"
 
-    def __init__(self, host: "AbiHost", context_id: int) -> None:
+    def __init__(self, host: AbiHost, context_id: int) -> None:
         self.host = host
         self.id = context_id
         self.created = False  # on_context_create delivered
         self.deleted = False
 
     @property
-    def root(self) -> "RootContext | None":
+    def root(self) -> RootContext | None:
         return None
 
     # Header maps ---------------------------------------------------------------------
@@ -134,7 +135,7 @@ class RootContext(Context):
 
     kind = "root"
 
-    def __init__(self, host: "AbiHost", context_id: int, plugin: PluginConfig) -> None:
+    def __init__(self, host: AbiHost, context_id: int, plugin: PluginConfig) -> None:
         super().__init__(host, context_id)
         self.plugin = plugin
         self.tick_period_ms = 0
@@ -151,5 +152,5 @@ class RootContext(Context):
         self.status_message = b""
 
     @property
-    def root(self) -> "RootContext":
+    def root(self) -> RootContext:
         return self

@@ -8,7 +8,7 @@ or appends when absent, ``remove`` drops every entry of the name.
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from proxywasm_host.core.codec import text_pairs
 from proxywasm_host.core.text import to_bytes as _b
@@ -124,7 +124,7 @@ class HeaderMap:
         return [_s(v) for k, v in self._pairs if k == key]
 
     @classmethod
-    def from_pairs(cls, pairs: tuple[Pair, ...]) -> "HeaderMap":
+    def from_pairs(cls, pairs: tuple[Pair, ...]) -> HeaderMap:
         """A map of ``pairs`` as :meth:`frozen_pairs` gave them (lower-cased names, bytes)."""
         hmap = cls.__new__(cls)  # nothing for __init__ to convert: skip it
         hmap._pairs = pairs
@@ -134,7 +134,7 @@ class HeaderMap:
         """The entries as they are now, immutable (later changes to the map don't show)."""
         return self._pairs
 
-    def copy(self) -> "HeaderMap":
+    def copy(self) -> HeaderMap:
         clone = HeaderMap.__new__(HeaderMap)  # nothing for __init__ to convert: skip it
         clone._pairs = self._pairs  # immutable: shared until either map changes
         return clone

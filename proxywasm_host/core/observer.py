@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from proxywasm_host.core.guest import GuestMemoryError
 from proxywasm_host.core.spec import HOSTCALLS
@@ -58,7 +59,7 @@ class HostcallObserver:
         self.violations: list[str] = []
         self.coverage: dict[str, int] | None = None
 
-    def _decode(self, host: "AbiHostBase", names: tuple[str, ...], args: tuple[int, ...]) -> dict[str, Any]:
+    def _decode(self, host: AbiHostBase, names: tuple[str, ...], args: tuple[int, ...]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         i = 0
         while i < len(args):
@@ -76,7 +77,7 @@ class HostcallObserver:
             i += 1
         return out
 
-    def around(self, host: "AbiHostBase", name: str, names: tuple[str, ...], args: tuple[int, ...],
+    def around(self, host: AbiHostBase, name: str, names: tuple[str, ...], args: tuple[int, ...],
                call: Callable[[], int | None]) -> int | None:
         if self.coverage is not None:
             self.coverage[name] = self.coverage.get(name, 0) + 1

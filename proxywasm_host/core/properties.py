@@ -8,14 +8,15 @@ and finally filter state written by ``proxy_set_property`` (key ``wasm.<path>``)
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from proxywasm_host.core import codec
 from proxywasm_host.core.types import Status
 
 if TYPE_CHECKING:
     from proxywasm_host.core.context import Context
-    from proxywasm_host.core.hostcalls import AbiHost
+    from proxywasm_host.core.hostcalls.base import AbiHostBase as AbiHost
 class Int(int):
     """Marks a value as Envoy ``int`` (int64) rather than ``uint``."""
 
@@ -87,7 +88,7 @@ def _navigate(value: Any, rest: list[str]) -> tuple[bool, Any]:
 _WASM_TOKENS = frozenset({"plugin_name", "plugin_root_id", "plugin_vm_id"})
 
 
-def lookup(host: "AbiHost", ctx: "Context", raw_path: bytes) -> tuple[Status, bytes]:
+def lookup(host: AbiHost, ctx: Context, raw_path: bytes) -> tuple[Status, bytes]:
     parts = codec.split_property_path(raw_path)
     try:  # without an error handler decode() takes a faster path; same text when it succeeds
         segments = [s.decode() for s in parts]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import functools
 import inspect
 import struct
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING
 
 from proxywasm_host.core.guest import GuestMemoryError, GuestTrapped
 from proxywasm_host.core.types import (
@@ -66,15 +67,15 @@ def hostcall(
     *,
     abis: frozenset[AbiVersion] = ALL_ABIS,
     module: str = "env",
-) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+) -> Callable[[Callable[..., int | None]], Callable[..., int | None]]:
     """Declare a method as the implementation of one import, with its wasm signature."""
     wasi = module == "wasi"
 
-    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def decorate(fn: Callable[..., int | None]) -> Callable[..., int | None]:
         failure = EFAULT if wasi else Status.INVALID_MEMORY_ACCESS
         param_names = tuple(inspect.signature(fn).parameters)[1:]
 
-        def failed(self: "AbiHostBase", exc: Exception) -> int | None:
+        def failed(self: AbiHostBase, exc: Exception) -> int | None:
             """What the guest gets when ``fn`` raised ``exc``."""
             if isinstance(exc, GuestMemoryError):
                 return int(failure) if results else None
@@ -84,14 +85,14 @@ def hostcall(
             self.host_errors.append(f"{name}: {type(exc).__name__}: {exc}")
             return int(Status.INTERNAL_FAILURE) if results else None
 
-        def run(self: "AbiHostBase", args: tuple[int, ...]) -> int | None:
+        def run(self: AbiHostBase, args: tuple[int, ...]) -> int | None:
             try:
                 return fn(self, *args)
             except Exception as exc:
                 return failed(self, exc)
 
         @functools.wraps(fn)
-        def guarded(self: "AbiHostBase", *args: int) -> int | None:
+        def guarded(self: AbiHostBase, *args: int) -> int | None:
             if self.observer is not None:
                 return self.observer.around(self, name, param_names, args, lambda: run(self, args))
             try:  # run()'s body inlined: this is the hot path of every hostcall
@@ -103,7 +104,7 @@ def hostcall(
         # header-map and buffer hostcalls (the ones every request makes): passing *args
         # through costs ~0.1 µs per call.
         @functools.wraps(fn)
-        def guarded3(self: "AbiHostBase", a: int, b: int, c: int) -> int | None:
+        def guarded3(self: AbiHostBase, a: int, b: int, c: int) -> int | None:
             if self.observer is not None:
                 return guarded(self, a, b, c)
             try:
@@ -112,7 +113,7 @@ def hostcall(
                 return failed(self, exc)
 
         @functools.wraps(fn)
-        def guarded5(self: "AbiHostBase", a: int, b: int, c: int, d: int, e: int) -> int | None:
+        def guarded5(self: AbiHostBase, a: int, b: int, c: int, d: int, e: int) -> int | None:
             if self.observer is not None:
                 return guarded(self, a, b, c, d, e)
             try:
@@ -121,7 +122,11 @@ def hostcall(
                 return failed(self, exc)
 
         HOSTCALLS[name] = HostcallSpec(module, name, params, results, abis, fn.__name__, wasi)
-        return {3: guarded3, 5: guarded5}.get(len(params), guarded)
+        if len(params) == 3:
+            return guarded3
+        if len(params) == 5:
+            return guarded5
+        return guarded
 
     return decorate
 

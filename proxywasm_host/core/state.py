@@ -39,7 +39,7 @@ class SharedState:
     def __init__(self) -> None:
         self.data: dict[str, dict[bytes, tuple[bytes, int]]] = {}
         self.next_cas = 1
-        self.queues: dict[int, "SharedQueue"] = {}
+        self.queues: dict[int, SharedQueue] = {}
         self.queue_tokens: dict[tuple[str, bytes], int] = {}
         self.next_queue_token = 1
 

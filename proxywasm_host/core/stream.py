@@ -9,8 +9,9 @@ Sans-IO: guest calls go through :class:`~proxywasm_host.core.vm.Vm`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from proxywasm_host.core.context import Context, RootContext
 from proxywasm_host.core.headers import HeaderMap
@@ -116,7 +117,7 @@ class HttpContext(Context):
 
     kind = "http"
 
-    def __init__(self, vm: "Vm", root: RootContext, *, attributes: dict[tuple[str, ...], Any] | None = None) -> None:
+    def __init__(self, vm: Vm, root: RootContext, *, attributes: dict[tuple[str, ...], Any] | None = None) -> None:
         host = vm.host
         # Context.__init__, inline (one stream per request)
         self.host = host
@@ -491,7 +492,7 @@ class HttpContext(Context):
     def _last_request_callback(self) -> str:
         for name in reversed(self._callback_log[::3]):
             if "request" in name:
-                return name
+                return str(name)
         return "proxy_on_request_headers"
 
     def _forward_headers(self, d: Direction) -> None:

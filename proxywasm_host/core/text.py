@@ -9,12 +9,13 @@ handler is only named for the rare text that needs it.  Bodies given as text are
 from __future__ import annotations
 
 import collections.abc as _abc
-from typing import Iterable, Mapping, Sequence, Union
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Union
 
 from proxywasm_host.errors import HarnessUsageError
 
 #: headers as a test gives them: a mapping, or (name, value) pairs
-Headers = Union[Mapping[str, str], Iterable[Sequence[str]]]
+Headers = Union[Mapping[str, str], Iterable[Sequence[str]]]  # noqa: UP007 (a runtime alias: Python 3.10 cannot | these)
 
 
 def to_bytes(value: str | bytes) -> bytes:

@@ -140,7 +140,7 @@ class AbiVersion(str, enum.Enum):
         return "proxy_abi_version_" + self.value.replace(".", "_")
 
     @classmethod
-    def from_marker(cls, name: str) -> "AbiVersion | None":
+    def from_marker(cls, name: str) -> AbiVersion | None:
         for version in cls:
             if version.marker == name:
                 return version

@@ -8,7 +8,8 @@ runtime layer implements; nothing here imports wasmtime.
 from __future__ import annotations
 
 import struct
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol, cast
 
 from proxywasm_host.core.callouts import GrpcCall, HttpCallout
 from proxywasm_host.core.context import Context, PluginConfig, RootContext
@@ -253,15 +254,16 @@ class Vm:
         root = self._root(call.root_context_id)
         try:
             if kind == "initial_metadata" or kind == "trailing_metadata":
-                pairs = payload  # type: ignore[assignment]
+                pairs = cast("list[tuple[str, str]]", payload)
                 map_type = MapType.GRPC_CALL_INITIAL_METADATA if kind == "initial_metadata" else MapType.GRPC_CALL_TRAILING_METADATA
-                root.grpc_metadata = (map_type, HeaderMap(pairs))  # type: ignore[arg-type]
-                self.call(root, f"proxy_on_grpc_receive_{kind}", root.id, call.token, len(pairs))  # type: ignore[arg-type]
+                root.grpc_metadata = (map_type, HeaderMap(pairs))
+                self.call(root, f"proxy_on_grpc_receive_{kind}", root.id, call.token, len(pairs))
             elif kind == "receive":
-                root.grpc_message = payload  # type: ignore[assignment]
-                self.call(root, "proxy_on_grpc_receive", root.id, call.token, len(payload))  # type: ignore[arg-type]
+                message_bytes = cast(bytes, payload)
+                root.grpc_message = message_bytes
+                self.call(root, "proxy_on_grpc_receive", root.id, call.token, len(message_bytes))
             else:
-                code, message = payload  # type: ignore[misc]
+                code, message = cast("tuple[int, bytes]", payload)
                 root.status_code, root.status_message = code, message
                 self.call(root, "proxy_on_grpc_close", root.id, call.token, code)
         finally:
@@ -277,7 +279,7 @@ class Vm:
         due = [(r.next_tick_ns, r) for r in self.roots if r.next_tick_ns is not None and not r.deleted]
         if not due:
             return None
-        return min(due, key=lambda item: (item[0], item[1].id))  # type: ignore[arg-type,return-value]
+        return min(due, key=lambda item: (item[0], item[1].id))
 
     def fire_tick(self, root: RootContext) -> None:
         assert root.next_tick_ns is not None

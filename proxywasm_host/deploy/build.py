@@ -13,8 +13,9 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import IO, cast
 
 __all__ = ["BuildError", "build"]
 
@@ -54,7 +55,7 @@ def build(
         cmd += ["--package", package]
     cmd += list(extra_args)
     try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr or sys.stderr, text=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=cast("IO[str]", stderr or sys.stderr), text=True)
     except OSError as exc:
         raise BuildError(f"cannot run {binary}: {exc.strerror}", 2) from None
     artifacts: list[Path] = []

@@ -17,8 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 __all__ = [
@@ -304,4 +305,4 @@ def envoy_bootstrap(
 def to_yaml(doc: Any) -> str:
     import yaml
 
-    return yaml.safe_dump(json.loads(json.dumps(doc)), sort_keys=False, default_flow_style=False)
+    return str(yaml.safe_dump(json.loads(json.dumps(doc)), sort_keys=False, default_flow_style=False))

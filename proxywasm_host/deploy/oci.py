@@ -36,9 +36,10 @@ import os
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 __all__ = [
     "COMPAT_LAYER_MEDIA_TYPE",
@@ -289,7 +290,7 @@ class _Layout:
         if self._cleanup is not None:
             shutil.rmtree(self._cleanup, ignore_errors=True)
 
-    def __enter__(self) -> "_Layout":
+    def __enter__(self) -> _Layout:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -308,7 +309,8 @@ class _Layout:
 
     def index(self) -> dict[str, Any]:
         try:
-            return json.loads((self.root / "index.json").read_text())
+            index: dict[str, Any] = json.loads((self.root / "index.json").read_text())
+            return index
         except (OSError, ValueError) as exc:
             raise OciError(f"{self.root}: no readable index.json ({exc})") from None
 

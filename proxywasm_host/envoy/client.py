@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from proxywasm_host.envoy.process import _H2_FORBIDDEN
 from proxywasm_host.http.profiles import split_pseudo_headers

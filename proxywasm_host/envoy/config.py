@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from proxywasm_host.envoy.process import WASM_FILTER
 from proxywasm_host.http.scenario import (

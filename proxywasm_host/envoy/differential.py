@@ -38,9 +38,10 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from proxywasm_host.core.headers import compare_header_lists, one_or_all
 from proxywasm_host.envoy import (
@@ -290,7 +291,8 @@ def exchange_with_profile(
 
     prof = get_profile(profile).resolve(request, response)
     if "profile" in inspect.signature(plugin.exchange).parameters:
-        return plugin.exchange(request, response, wait_ms=wait_ms, profile=prof)
+        result: ExchangeResult = plugin.exchange(request, response, wait_ms=wait_ms, profile=prof)
+        return result
     req, resp = prof.apply(request, response)
     return prof.apply_result(plugin.exchange(req, resp, wait_ms=wait_ms))
 
@@ -477,7 +479,7 @@ class DifferentialRunner:
         self.startup_report: DiffReport | None = None
 
     # -- lifecycle ------------------------------------------------------------
-    def __enter__(self) -> "DifferentialRunner":
+    def __enter__(self) -> DifferentialRunner:
         self.start()
         return self
 

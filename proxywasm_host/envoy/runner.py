@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence, Union
+from typing import Any, Union
 
 from proxywasm_host.envoy.client import ClientResult, send_request
 from proxywasm_host.envoy.config import render_envoy_config
@@ -120,7 +121,7 @@ def _local_reply_from(
     return LocalReply(status=status, body=response.body, headers=headers, details=details, grpc_status=grpc_status)
 
 
-ClusterTarget = Union[int, UpstreamServer, HttpResponse, Callable[[ReceivedRequest], HttpResponse]]
+ClusterTarget = Union[int, UpstreamServer, HttpResponse, Callable[[ReceivedRequest], HttpResponse]]  # noqa: UP007 (a runtime alias: Python 3.10 cannot | these)
 
 
 class EnvoyRunner:
@@ -167,7 +168,7 @@ class EnvoyRunner:
         self.worker_thread: int | None = None
         self.startup_seconds: float | None = None
 
-    def __enter__(self) -> "EnvoyRunner":
+    def __enter__(self) -> EnvoyRunner:
         self.start()
         return self
 

@@ -12,8 +12,10 @@ when the test calls :meth:`Host.advance_time`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any, Union
 
 from proxywasm_host.core.callouts import GrpcCall, HttpCallout
 from proxywasm_host.core.context import PluginConfig, RootContext
@@ -49,7 +51,7 @@ from proxywasm_host.runtime.module import CompiledModule, WasmInstance
 if TYPE_CHECKING:
     from proxywasm_host.http.profiles import StreamProfile
 
-WasmSource = Union[str, Path, bytes, CompiledModule]
+WasmSource = Union[str, Path, bytes, CompiledModule]  # noqa: UP007 (a runtime alias: Python 3.10 cannot | these)
 
 
 #: Plugin.streams keeps every open stream and at least this many of the most recent ones
@@ -190,11 +192,11 @@ class Host:
         vm_configuration: str | bytes = b"",
         vm_id: str = "",
         name: str = "",
-        properties: Mapping[str | Sequence[str], Any] | None = None,
+        properties: Mapping[str, Any] | Mapping[tuple[str, ...], Any] | Mapping[str | Sequence[str], Any] | None = None,
         environment: Mapping[str, str] | None = None,
         foreign_functions: Mapping[str, Callable[[bytes], bytes | None]] | None = None,
         failure_policy: str = "fail_closed",
-    ) -> "Plugin":
+    ) -> Plugin:
         """Start a plugin like Envoy does: reuse or start its VM, then create and configure its root.
 
         Plugins with the same module, ``vm_id`` and VM configuration share one VM (and its
@@ -251,7 +253,7 @@ class Host:
         self.plugins.append(plugin)
         return plugin
 
-    def _reload(self, plugin: "Plugin") -> None:
+    def _reload(self, plugin: Plugin) -> None:
         """FAIL_RELOAD: a fresh VM and root context for a plugin whose VM failed."""
         compiled, environment, foreign = plugin._load_args
         cfg = plugin.root.plugin
@@ -303,7 +305,7 @@ class Host:
                     continue
                 tick = vm.next_tick()
                 if tick is not None:
-                    events.append((tick[0], tick[1].id, lambda vm=vm, root=tick[1]: vm.fire_tick(root)))
+                    events.append((tick[0], tick[1].id, partial(vm.fire_tick, tick[1])))
                 for callout in list(vm.host.http_callouts.values()):
                     if callout.pending and callout.timeout_ms:
                         deadline = callout.dispatched_at_ns + callout.timeout_ms * 1_000_000
@@ -347,7 +349,7 @@ class Plugin:
     def context_id(self) -> int:
         return self.root.id
 
-    def http_stream(self, *, attributes: Mapping[str | Sequence[str], Any] | None = None) -> "HttpStream":
+    def http_stream(self, *, attributes: Mapping[str | Sequence[str], Any] | None = None) -> HttpStream:
         """Open a new HTTP stream; its context is created when the request headers arrive."""
         if self.root.deleted:
             raise HarnessUsageError("this plugin was shut down; load it again to open new streams")
@@ -472,7 +474,7 @@ class Plugin:
         response: HttpResponse = HttpResponse(),
         *,
         wait_ms: float = 0,
-        profile: "StreamProfile | str | None" = "envoy",
+        profile: StreamProfile | str | None = "envoy",
     ) -> ExchangeResult:
         """Run one request/response through the filter and report what each side saw.
 
@@ -526,7 +528,7 @@ class Plugin:
             )
         )
 
-    def _wait(self, stream: "HttpStream", wait_ms: float, held: Callable[[], bool]) -> None:
+    def _wait(self, stream: HttpStream, wait_ms: float, held: Callable[[], bool]) -> None:
         step = 10.0
         waited = 0.0
         while held() and waited < wait_ms and not stream.completed:

@@ -89,8 +89,9 @@ Pure functions, no I/O.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence, Union
+from typing import Union
 
 from proxywasm_host.http.scenario import (
     ExchangeResult,
@@ -311,7 +312,7 @@ class StreamProfile:
     def is_raw(self) -> bool:
         return self.protocol is None
 
-    def resolve(self, request: HttpRequest | None = None, response: HttpResponse | None = None) -> "StreamProfile":
+    def resolve(self, request: HttpRequest | None = None, response: HttpResponse | None = None) -> StreamProfile:
         """The concrete profile for one exchange.  ``auto`` (the ``envoy`` profile) is
         HTTP/2 when the request or the response has trailers -- what a gRPC client
         speaks, and the only way trailers get through Envoy both ways -- else HTTP/1.1."""
@@ -364,7 +365,7 @@ class StreamProfile:
             result = dataclasses.replace(result, downstream_response=dataclasses.replace(down, trailers=None))
         return result
 
-    def with_request_id(self, request_id: str) -> "StreamProfile":
+    def with_request_id(self, request_id: str) -> StreamProfile:
         return dataclasses.replace(self, request_id=request_id)
 
 
@@ -375,7 +376,7 @@ PROFILES: dict[str, StreamProfile] = {
     "raw": StreamProfile("raw", None),
 }
 
-ProfileInput = Union[StreamProfile, str, None]
+ProfileInput = Union[StreamProfile, str, None]  # noqa: UP007 (a runtime alias: Python 3.10 cannot | these)
 
 
 def get_profile(profile: ProfileInput = "envoy") -> StreamProfile:

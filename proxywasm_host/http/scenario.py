@@ -9,9 +9,10 @@ backends can be compared field by field.  Pure data: no I/O here.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence, Union
+from typing import Any, Union
 
 HeaderPair = tuple[str, str]
 HeaderList = tuple[HeaderPair, ...]

@@ -7,7 +7,6 @@ Adapter layer (does I/O): used when a test maps a cluster name to a URL,
 from __future__ import annotations
 
 import http.client
-import socket
 import time
 from urllib.parse import urlsplit
 
@@ -33,7 +32,7 @@ def forward_callout(callout: HttpCallout, base_url: str) -> None:
         # Envoy's router adds this to every upstream response, callouts included.
         elapsed_ms = int((time.monotonic() - started) * 1000)
         reply_headers.append(("x-envoy-upstream-service-time", str(elapsed_ms)))
-    except socket.timeout:
+    except TimeoutError:
         callout.time_out()
         return
     except OSError:

@@ -45,8 +45,9 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Union
+from typing import Any, Union
 
 from proxywasm_host.http.scenario import HttpResponse, UpstreamRequest
 from proxywasm_host.net.asgi import run_lifespan
@@ -95,7 +96,7 @@ class ReceivedRequest:
         return None
 
 
-ResponseSource = Union[HttpResponse, Callable[[ReceivedRequest], HttpResponse]]
+ResponseSource = Union[HttpResponse, Callable[[ReceivedRequest], HttpResponse]]  # noqa: UP007 (a runtime alias: Python 3.10 cannot | these)
 
 # --------------------------------------------------------------------------
 # hypercorn hooks: keep the raw HTTP/2 header list and request trailers.
@@ -195,7 +196,7 @@ class UpstreamServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def __enter__(self) -> "UpstreamServer":
+    def __enter__(self) -> UpstreamServer:
         self.start()
         return self
 

@@ -31,9 +31,10 @@ import ctypes
 import os
 import threading
 import time
+from collections.abc import Callable
 from ctypes import POINTER, c_char_p, c_size_t, c_uint64, c_void_p
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import wasmtime
 from wasmtime import _bindings as _b
@@ -102,7 +103,7 @@ def export_get(ctx: int, instance: wasmtime.Instance, name: str) -> tuple[int, A
     raw = name.encode()
     if not instance_export_get(ctx, ctypes.addressof(instance._instance), raw, len(raw), ctypes.addressof(ext)):
         return None
-    return ext.kind, ext, ctypes.addressof(ext) + _OF_OFFSET
+    return int(ext.kind), ext, ctypes.addressof(ext) + _OF_OFFSET
 
 
 def trap_message(address: int) -> str:

@@ -33,7 +33,7 @@ MAGIC = b"PWHCACHE1\n"
 FORMAT = 1
 _OFF = {"off", "0", "none", "false", "no", "disabled"}
 
-CacheDirArg = Union[str, os.PathLike, None, bool]
+CacheDirArg = Union[str, "os.PathLike[str]", None, bool]  # noqa: UP007 (a runtime alias: Python 3.10 cannot | these)
 
 
 def wasmtime_version() -> str:

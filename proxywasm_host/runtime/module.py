@@ -20,10 +20,11 @@ from __future__ import annotations
 import atexit
 import hashlib
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import Any, NoReturn
 
 import wasmtime
 
@@ -56,7 +57,7 @@ ENGINE_SETTINGS: dict[str, object] = {"epoch_interruption": True}
 
 _engine_lock = threading.Lock()
 _engine: wasmtime.Engine | None = None
-_module_cache: dict[str, "CompiledModule"] = {}
+_module_cache: dict[str, CompiledModule] = {}
 _disk_caches: dict[Path, ModuleCache] = {}
 
 
@@ -208,7 +209,7 @@ class CompiledModule:
         return {e.name: e.type for e in self.module.exports}
 
     @classmethod
-    def load(cls, source: str | Path | bytes, *, cache_dir: CacheDirArg = None) -> "CompiledModule":
+    def load(cls, source: str | Path | bytes, *, cache_dir: CacheDirArg = None) -> CompiledModule:
         """Read, compile (or take from the caches) and validate a ``.wasm``/``.wat`` module.
 
         ``cache_dir``: where compiled code is cached on disk (None: the default,
@@ -225,7 +226,7 @@ class CompiledModule:
             origin = str(path)
             if path.suffix == ".wat":
                 try:
-                    wasm = wasmtime.wat2wasm(wasm.decode())
+                    wasm = bytes(wasmtime.wat2wasm(wasm.decode()))
                 except wasmtime.WasmtimeError as exc:
                     raise ModuleLoadError(f"{origin}: invalid WAT: {str(exc).splitlines()[0]}") from None
         key = hashlib.sha256(wasm).hexdigest()
@@ -371,7 +372,7 @@ class WasmInstance:
         #: an exception a host callback raised, parked until the guest call returns
         self._pending: BaseException | None = None
         #: GuestRuntime.has_export, as a bound builtin (called twice per callback by the core)
-        self.has_export = compiled.func_exports.__contains__
+        self.has_export: Callable[[str], bool] = compiled.func_exports.__contains__
         #: export name -> its call with everything but the arguments bound (see _capi.call)
         self._bound: dict[str, Callable[..., int | None]] = {}
         self._keep: list[Any] = []
@@ -386,7 +387,7 @@ class WasmInstance:
         except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
             pending, self._pending = self._pending, None
             if pending is not None and not isinstance(pending, GuestTrapped):
-                raise pending
+                raise pending from None
             raise ModuleLoadError(f"{compiled.origin}: failed to instantiate: {str(exc).splitlines()[0]}") from None
         finally:
             _capi.set_active(prev)
@@ -432,9 +433,6 @@ class WasmInstance:
         raise GuestTrapped(WasmTrap(text))
 
     # -- GuestRuntime (for the Vm) -------------------------------------------------------
-    def has_export(self, name: str) -> bool:  # replaced per instance by a bound builtin
-        return name in self.compiled.func_exports
-
     def export(self, name: str) -> Callable[..., int | None] | None:
         """Export ``name`` with everything but its arguments bound (see _capi.call), made
         once per export; None when the module has no such function."""
@@ -486,7 +484,7 @@ def inspect_module(source: str | Path, *, cache_dir: CacheDirArg = None) -> dict
     path = Path(source)
     wasm = path.read_bytes()
     if path.suffix == ".wat":
-        wasm = wasmtime.wat2wasm(wasm.decode())
+        wasm = bytes(wasmtime.wat2wasm(wasm.decode()))
     sha256 = hashlib.sha256(wasm).hexdigest()
     module, _meta, _status = _compile(wasm, sha256, str(path), cache_dir, raw_errors=True)
     report: dict[str, Any] = {

@@ -33,9 +33,10 @@ import sys
 import time
 import uuid
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from proxywasm_host.core.callouts import GrpcCall, HttpCallout
@@ -346,7 +347,7 @@ class FilterServer:
             except FilterTrap:
                 pass  # a tick trapped: the VM is failed, reported by drain_logs
 
-    def filter_call(self, fn: Callable[[], Any], exchange: "_Exchange | None" = None) -> Any:
+    def filter_call(self, fn: Callable[[], Any], exchange: _Exchange | None = None) -> Any:
         """Run ``fn`` (a call into the filter) with the clock synced; then print its logs and
         move on every stream it may have resumed."""
         self.sync_clock()
@@ -360,7 +361,7 @@ class FilterServer:
         self.after_filter_work(exchange)
         return result
 
-    def after_filter_work(self, exchange: "_Exchange | None" = None) -> None:
+    def after_filter_work(self, exchange: _Exchange | None = None) -> None:
         self.drain_logs()
         if exchange is not None:
             exchange.pump()

@@ -21,7 +21,7 @@ sys.path.insert(0, str(REPO))
 
 from proxywasm_host import Host, Status  # noqa: E402
 from proxywasm_host.core.codec import encode_pairs  # noqa: E402
-from proxywasm_host.core.spec import imports_for
+from proxywasm_host.core.spec import imports_for  # noqa: E402
 from proxywasm_host.core.types import AbiVersion  # noqa: E402
 
 PROBE = REPO / "fixtures" / "wat" / "hostcall_probe.wat"

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import REPO
+
 from proxywasm_host.core import types
 from proxywasm_host.core.spec import HOSTCALLS, imports_for
 from proxywasm_host.core.types import AbiVersion
 from proxywasm_host.core.vm import guest_exports
+
 ABI_DIR = REPO / "abi"
 
 

@@ -4,10 +4,10 @@ header it decoded and echoes :authority into a header it encodes."""
 
 from __future__ import annotations
 
+from conftest import RUST_TARGETS, fixture_wasm
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import RUST_TARGETS, fixture_wasm
 from proxywasm_host import CompiledModule, Host
 
 MODULE = CompiledModule.load(fixture_wasm(f"hello_world-{RUST_TARGETS[0]}"))

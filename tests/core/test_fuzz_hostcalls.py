@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from fuzz_hostcalls import SPECS, run
+
 from proxywasm_host import Status
 
 CALLS = int(os.environ.get("PROXYWASM_FUZZ_CALLS", "100000"))

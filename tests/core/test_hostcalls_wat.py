@@ -6,8 +6,8 @@ from __future__ import annotations
 import struct
 
 import pytest
-
 from conftest import WAT, u32
+
 from proxywasm_host import Host, Status
 from proxywasm_host.core.codec import encode_pairs
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 import gc
 from typing import Any
 
-from proxywasm_host import Host, HeaderMap
-from proxywasm_host.core.stream import Direction
-
 from conftest import fixture_wasm
+
+from proxywasm_host import HeaderMap, Host
+from proxywasm_host.core.stream import Direction
 
 REQUEST = [(":authority", "localhost:8080"), (":path", "/hello"), (":method", "GET"), (":scheme", "http")]
 RESPONSE = [(":status", "200"), ("content-length", "0")]

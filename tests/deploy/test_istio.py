@@ -15,9 +15,10 @@ import pytest
 yaml = pytest.importorskip("yaml")
 pytest.importorskip("jsonschema")
 
-from proxywasm_host.deploy import istio
-
-from proxywasm_host.deploy import oci  # noqa: E402
+from proxywasm_host.deploy import (  # noqa: E402 (after the importorskip)
+    istio,
+    oci,  # noqa: E402
+)
 
 REPO = Path(__file__).resolve().parents[2]
 HELLO = REPO / "fixtures" / "wasm" / "hello_world-wasm32-unknown-unknown.wasm"
@@ -126,9 +127,8 @@ def test_envoy_bootstrap_yaml(tmp_path):
 
 
 def test_envoy_bootstrap_runs_the_filter_in_a_real_envoy():
-    from proxywasm_host.envoy import EnvoyProcess, find_envoy
+    from proxywasm_host.envoy import EnvoyProcess, find_envoy, send_request
     from proxywasm_host.http.scenario import HttpRequest, HttpResponse
-    from proxywasm_host.envoy import send_request
     from proxywasm_host.net.upstream import UpstreamServer
 
     if find_envoy() is None:

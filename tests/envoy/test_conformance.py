@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -25,8 +26,8 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # when run as a script
     sys.path.insert(0, str(REPO))
 
-from proxywasm_host.envoy.differential import DiffReport, DifferentialRunner  # noqa: E402
 from proxywasm_host.envoy import find_envoy  # noqa: E402
+from proxywasm_host.envoy.differential import DifferentialRunner, DiffReport  # noqa: E402
 from proxywasm_host.http.scenario import HttpRequest, HttpResponse, PluginSpec  # noqa: E402
 
 WASM = REPO / "fixtures" / "wasm"
@@ -140,7 +141,7 @@ RUST_TARGETS = ("wasm32-unknown-unknown", "wasm32-wasip1")
 def _groups() -> list[Group]:
     groups: list[Group] = []
     for target in RUST_TARGETS:
-        def rust(fixture_name: str, cases: tuple[Case, ...], config_label: str = "", **kw: Any) -> None:
+        def rust(fixture_name: str, cases: tuple[Case, ...], config_label: str = "", target: str = target, **kw: Any) -> None:
             fixture = f"{fixture_name}-{target}"
             spec_kw = {k: kw.pop(k) for k in ("root_id", "configuration", "vm_configuration", "vm_id", "name") if k in kw}
             gid = fixture + (f"[{config_label}]" if config_label else "")

@@ -7,19 +7,19 @@ Envoy (skipped with the reason when there is none).
 from __future__ import annotations
 
 import pytest
-
 from conftest import RUST_TARGETS, fixture_wasm
+
+from proxywasm_host.core.observer import HostcallRecord
+from proxywasm_host.envoy import find_envoy
 from proxywasm_host.envoy.differential import (
     IGNORED_HEADERS,
     CallbackTrace,
-    DiffReport,
     DifferentialRunner,
+    DiffReport,
     compare,
     envoy_callback_trace,
     inprocess_callback_trace,
 )
-from proxywasm_host.envoy import find_envoy
-from proxywasm_host.core.observer import HostcallRecord
 from proxywasm_host.http.scenario import HttpRequest, HttpResponse, PluginSpec, Scenario
 
 ENVOY = find_envoy()

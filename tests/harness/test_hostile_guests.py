@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from conftest import WAT
+
 from proxywasm_host import FilterTrap, Host
 
 LOOP = """

@@ -6,8 +6,8 @@ from __future__ import annotations
 import struct
 
 import pytest
-
 from conftest import WAT
+
 from proxywasm_host import Action, HarnessUsageError, Host, Plugin
 
 

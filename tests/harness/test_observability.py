@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import RUST_TARGETS, WAT, fixture_wasm
+
 from proxywasm_host import FilterTrap, HarnessUsageError, Host, Status
 from proxywasm_host.errors import UnexpectedHostcall
 
@@ -28,7 +28,7 @@ def test_trace_records_decoded_hostcalls() -> None:
 
 def test_trace_is_off_by_default() -> None:
     with pytest.raises(HarnessUsageError, match="Host\\(trace=True\\)"):
-        Host().hostcall_trace
+        _ = Host().hostcall_trace
 
 
 def test_injected_fault_reaches_the_filter() -> None:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import RUST_TARGETS, fixture_wasm
+
 from proxywasm_host import Action, FilterFailed, FilterTrap, Host, HttpRequest, HttpResponse, LogLevel
 
 GET = {":authority": "localhost:8080", ":path": "/headers", ":method": "GET", ":scheme": "http"}

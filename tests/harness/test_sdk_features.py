@@ -4,8 +4,8 @@ hostile guests, each with real filters from the Rust, Go and AssemblyScript SDKs
 from __future__ import annotations
 
 import pytest
-
 from conftest import RUST_TARGETS, fixture_wasm
+
 from proxywasm_host import Action, FilterTrap, Host, Plugin
 
 GET = {":authority": "example.com", ":path": "/resource", ":method": "GET", ":scheme": "http"}

@@ -7,8 +7,8 @@ tests/envoy/test_conformance.py checks the same rules against a real Envoy.
 from __future__ import annotations
 
 import pytest
-
 from conftest import RUST_TARGETS, fixture_wasm
+
 from proxywasm_host import Host
 from proxywasm_host.envoy.differential import exchange_with_profile
 from proxywasm_host.http.profiles import (

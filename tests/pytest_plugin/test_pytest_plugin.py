@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import REPO, RUST_TARGETS, fixture_wasm
 
 pytest_plugins = ["pytester"]

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import fixture_wasm
+
 from proxywasm_host import Host
 from proxywasm_host.runtime import cache as cache_mod
 from proxywasm_host.runtime.cache import MAGIC, ModuleCache, default_cache_dir, resolve_cache_dir

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import WAT
+
 from proxywasm_host import FilterTrap, Host, ModuleLoadError
 
 

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 
 from proxywasm_host import FilterTrap, Host
+from proxywasm_host.core.guest import GuestTrapped, WasmTrap
 from proxywasm_host.core.hostcalls import AbiHost
-from proxywasm_host.core.guest import GuestTrapped
-from proxywasm_host.runtime.module import CompiledModule, WasmInstance
 from proxywasm_host.core.types import AbiVersion
-from proxywasm_host.core.guest import WasmTrap
+from proxywasm_host.runtime.module import CompiledModule, WasmInstance
+
 PROBE = """
 (module
   (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
@@ -224,8 +224,8 @@ def test_memory_growth_during_a_call_is_seen(compiled: CompiledModule) -> None:
 def test_the_hosts_reader_copies_exactly_what_the_view_holds(compiled: CompiledModule) -> None:
     """host.read (the C copy when built) against the Python reader over the view, at the edges of
     memory, before and after it grows."""
-    from proxywasm_host.runtime import _capi
     from proxywasm_host.core.guest import GuestMemoryError
+    from proxywasm_host.runtime import _capi
     inst, host = instance(compiled)
     if _capi.SPEEDUPS:  # the C ones were handed over
         assert "read" in vars(host) and "give" in vars(host) and "write_u32_pair" in vars(host)
@@ -266,15 +266,16 @@ def test_the_hosts_give_and_u32_writes_match_the_python_ones(compiled: CompiledM
     gives = [b"x", b"abc" * 100, bytearray(b"\x00\xff"), memoryview(b"view"), b"y" * (end - 4096),
              b"z" * (end - 4096 + 1)]
     for data in gives:
-        fast = run(lambda inst, host: host.give(data))
-        assert fast == run(lambda inst, host: host._give_py(data)), len(data)
+        fast = run(lambda inst, host, data=data: host.give(data))
+        assert fast == run(lambda inst, host, data=data: host._give_py(data)), len(data)
     trapped = run(lambda inst, host: (inst.call("set_trap_alloc", 1), host.give(b"abc")))
     assert trapped[0] is GuestTrapped
     pairs = [(0, 1, 4, 2), (end - 4, 0xDEADBEEF, end - 8, 7), (end - 3, 1, 0, 2), (8, 5, end - 3, 6),
              (8, -1, 12, 2**32 + 3), (2**32 - 1, 1, 8, 1)]
     for p1, v1, p2, v2 in pairs:
-        fast = run(lambda inst, host: host.write_u32_pair(p1, v1, p2, v2))
-        assert fast == run(lambda inst, host: host._write_u32_pair_py(p1, v1, p2, v2)), (p1, p2)
+        args = (p1, v1, p2, v2)
+        fast = run(lambda inst, host, args=args: host.write_u32_pair(*args))
+        assert fast == run(lambda inst, host, args=args: host._write_u32_pair_py(*args)), (p1, p2)
 
 
 def test_memory_cap_refuses_growth(compiled: CompiledModule) -> None:

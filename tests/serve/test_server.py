@@ -25,8 +25,8 @@ httpx = pytest.importorskip("httpx")
 
 from proxywasm_host.envoy import send_request  # noqa: E402
 from proxywasm_host.http.scenario import HttpRequest, HttpResponse  # noqa: E402
-from proxywasm_host.serve.server import ServeConfig, canonical_header_name, serve  # noqa: E402
 from proxywasm_host.net.upstream import UpstreamServer  # noqa: E402
+from proxywasm_host.serve.server import ServeConfig, canonical_header_name, serve  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 WASM = REPO / "fixtures" / "wasm"
@@ -92,7 +92,7 @@ class ServerThread:
             self._error = exc
             self._ready.set()
 
-    def __enter__(self) -> "ServerThread":
+    def __enter__(self) -> ServerThread:
         self._thread.start()
         assert self._ready.wait(20), "server did not start"
         if self._error is not None:
@@ -117,7 +117,7 @@ def serving(wasm: Path, **kwargs: object) -> ServerThread:
     return ServerThread(ServeConfig(wasm=wasm, **kwargs))  # type: ignore[arg-type]
 
 
-def get(url: str, **kwargs: object) -> "httpx.Response":
+def get(url: str, **kwargs: object) -> httpx.Response:
     with httpx.Client(trust_env=False, timeout=10) as client:
         return client.request(kwargs.pop("method", "GET"), url, **kwargs)  # type: ignore[arg-type]
 
@@ -381,7 +381,7 @@ def _raw(port: int, data: bytes) -> bytes:
         while True:
             try:
                 chunk = sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 break
             if not chunk:
                 break

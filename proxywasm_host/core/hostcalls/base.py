@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import random
-from typing import Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from proxywasm_host.core import codec
 from proxywasm_host.core.callouts import GrpcCall, HttpCallout
@@ -61,7 +62,7 @@ class _NoDelivery:
     root_done = http_response = grpc_event = dns_answers = _fail
 
 
-_NO_DELIVERY: Delivery = _NoDelivery()  # type: ignore[assignment]
+_NO_DELIVERY: Delivery = _NoDelivery()
 
 
 class AbiHostBase:

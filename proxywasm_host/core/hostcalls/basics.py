@@ -18,7 +18,7 @@ class BasicCalls(AbiHostBase):
         if level > _CRITICAL:
             return _BAD_ARGUMENT
         if level < self.log_level:  # filtered out: a bad pointer still fails, nothing is copied
-            if size and ptr + size > len(self.guest.memory()):  # type: ignore[union-attr]
+            if size and ptr + size > len(self.guest.memory()):
                 raise GuestMemoryError  # what read() checks
             return _OK
         self.emit_log(_LOG_LEVELS[level], self.read(ptr, size))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import zlib
-from typing import Callable
+from collections.abc import Callable
 
 from proxywasm_host.core.callouts import GrpcCall, HttpCallout
 from proxywasm_host.core.hostcalls.base import AbiHostBase

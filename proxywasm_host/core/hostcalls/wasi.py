@@ -55,7 +55,9 @@ class WasiCalls(AbiHostBase):
 
     @hostcall("fd_pwrite", "uuuQu", module="wasi")
     def fd_pwrite(self, fd: int, iovs: int, iovs_len: int, offset: int, nwritten_ptr: int) -> int:
-        return self.fd_write(fd, iovs, iovs_len, nwritten_ptr)
+        result = self.fd_write(fd, iovs, iovs_len, nwritten_ptr)
+        assert result is not None  # fd_write always answers an errno
+        return result
 
     @hostcall("fd_read", "uuuu", module="wasi")
     def fd_read(self, fd: int, iovs: int, iovs_len: int, nread_ptr: int) -> int:
