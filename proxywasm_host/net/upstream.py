@@ -1,9 +1,9 @@
-"""A real upstream HTTP server for backend tests: hypercorn on 127.0.0.1.
+"""A real upstream HTTP server for backend tests on 127.0.0.1 (our h11/h2 server, :mod:`.httpserver`).
 
 :class:`UpstreamServer` serves one ASGI app on an ephemeral loopback port,
 speaking HTTP/1.1 and cleartext HTTP/2 (h2c with prior knowledge, which is
 what Envoy's ``http2_protocol_options`` cluster sends) on the same port.  It
-runs hypercorn on its own asyncio loop in a background thread, records every
+runs the server on its own asyncio loop in a background thread, records every
 request it gets, and answers each with a scenario's :class:`HttpResponse`.
 
 What is recorded (:class:`ReceivedRequest`), and how faithful it is:
@@ -11,33 +11,26 @@ What is recorded (:class:`ReceivedRequest`), and how faithful it is:
 * HTTP/2: ``headers`` is the exact HEADERS-frame list as the h2 library
   decoded it, pseudo-headers included, in arrival order (for example
   ``[(':method','GET'), (':scheme','http'), (':authority','x'),
-  (':path','/'), ('user-agent', ...), ...]``).  Plain ASGI would give only the
-  regular headers plus a synthesised ``host``; a small hook on hypercorn's
-  H2 protocol keeps the raw list.  Request trailers (a trailing HEADERS
-  frame) are recorded the same way; ASGI itself has no request trailers.
+  (':path','/'), ('user-agent', ...), ...]``), from the server's
+  ``proxywasm.raw_request_headers`` scope extension.  Request trailers (a
+  trailing HEADERS frame) are recorded the same way.
 * HTTP/1.1: there are no pseudo-headers on the wire.  ``headers`` starts with
   two synthesised entries, ``(':method', M)`` and ``(':path', target)``
   taken from the request line, followed by the header lines exactly as
-  received (hypercorn's ``h11_pass_raw_headers``: original case and order;
-  ``host`` stays ``host``, no ``:authority`` is invented).  Chunked-encoding
-  trailers are recorded through a hook on h11's ``EndOfMessage``.
+  received (original case and order; ``host`` stays ``host``, no
+  ``:authority`` is invented).  Chunked-encoding trailers are recorded too.
 * ``body`` is the concatenation of the DATA frames / chunks;
-  ``body_chunks`` keeps them as the ASGI server delivered them (its
-  boundaries are not guaranteed to match the sender's frames).
+  ``body_chunks`` keeps them as the server delivered them (its boundaries
+  are not guaranteed to match the sender's frames).
 
 Responses: status, headers (names lower-cased on HTTP/2, as HTTP/2 demands;
 as given on HTTP/1.1), each body chunk as its own ASGI body message, and
-trailers when the request arrived over HTTP/2.  hypercorn only sends response
-trailers when the request carried ``te: trailers``; the app adds that entry to
-its own scope (never to the record) so trailers always go out on HTTP/2.
-HTTP/1.1 response trailers cannot be sent by hypercorn: they are dropped and
-:attr:`ReceivedRequest.trailers_dropped` is set.  hypercorn's own ``date``
-and ``server`` headers are switched off, so the response carries exactly the
-scenario's headers (plus ``content-length`` / ``transfer-encoding`` framing
-that h11 adds on HTTP/1.1 when the scenario gives none).
-
-The hooks only act for servers created here (a marker on the hypercorn
-``Config``); other hypercorn users in the same process are unaffected.
+trailers when the request arrived over HTTP/2.  HTTP/1.1 response trailers
+are not sent: they are dropped and :attr:`ReceivedRequest.trailers_dropped`
+is set.  No ``date`` or ``server`` header is added, so the response carries
+exactly the scenario's headers (plus ``content-length`` /
+``transfer-encoding`` framing that h11 adds on HTTP/1.1 when the scenario
+gives none).
 """
 
 from __future__ import annotations
@@ -51,12 +44,12 @@ from typing import Any, Union
 
 from proxywasm_host.http.scenario import HttpResponse, UpstreamRequest
 from proxywasm_host.net.asgi import run_lifespan
+from proxywasm_host.net.httpserver import EXT_RAW_HEADERS, EXT_TRAILERS, HttpServer, Limits
 
 __all__ = ["ReceivedRequest", "UpstreamServer"]
 
-_MARK = "_proxywasm_upstream"
-_EXT_HEADERS = "proxywasm.raw_request_headers"
-_EXT_TRAILERS = "proxywasm.request_trailers"
+_EXT_HEADERS = EXT_RAW_HEADERS
+_EXT_TRAILERS = EXT_TRAILERS
 
 
 def _text(value: bytes | str) -> str:
@@ -99,72 +92,10 @@ class ReceivedRequest:
 ResponseSource = Union[HttpResponse, Callable[[ReceivedRequest], HttpResponse]]  # noqa: UP007 (a runtime alias: Python 3.10 cannot | these)
 
 # --------------------------------------------------------------------------
-# hypercorn hooks: keep the raw HTTP/2 header list and request trailers.
-
-_hooks_installed = False
-_hooks_lock = threading.Lock()
-
-
-def _install_hooks() -> None:
-    global _hooks_installed
-    with _hooks_lock:
-        if _hooks_installed:
-            return
-        import h2.events
-        import h11
-        from hypercorn.protocol.h2 import H2Protocol
-        from hypercorn.protocol.h11 import H11Protocol
-
-        original_h2 = H2Protocol._handle_events
-
-        async def handle_events(self: Any, events: list) -> None:
-            if not getattr(self.config, _MARK, False):
-                return await original_h2(self, events)
-            for event in events:
-                if isinstance(event, h2.events.TrailersReceived):
-                    stream = self.streams.get(event.stream_id)
-                    if stream is not None and getattr(stream, "scope", None) is not None:
-                        stream.scope["extensions"][_EXT_TRAILERS] = _pairs(event.headers)
-                    continue
-                await original_h2(self, [event])
-                if isinstance(event, h2.events.RequestReceived):
-                    stream = self.streams.get(event.stream_id)
-                    if stream is not None and getattr(stream, "scope", None) is not None:
-                        stream.scope["extensions"][_EXT_HEADERS] = _pairs(event.headers)
-
-        H2Protocol._handle_events = handle_events
-
-        original_h11_init = H11Protocol.__init__
-
-        def h11_init(self: Any, *args: Any, **kwargs: Any) -> None:
-            original_h11_init(self, *args, **kwargs)
-            if not getattr(self.config, _MARK, False):
-                return
-            connection = self.connection
-            original_next = connection.next_event
-            protocol = self
-
-            def next_event() -> Any:
-                event = original_next()
-                if isinstance(event, h11.EndOfMessage) and len(event.headers) > 0:
-                    stream = protocol.stream
-                    if stream is not None and getattr(stream, "scope", None) is not None:
-                        stream.scope["extensions"][_EXT_TRAILERS] = _pairs(
-                            event.headers.raw_items()
-                        )
-                return event
-
-            connection.next_event = next_event
-
-        H11Protocol.__init__ = h11_init
-        _hooks_installed = True
-
-
-# --------------------------------------------------------------------------
 
 
 class UpstreamServer:
-    """Context manager running hypercorn on 127.0.0.1 in a background thread.
+    """Context manager running the HTTP server on 127.0.0.1 in a background thread.
 
     ``response`` is an :class:`HttpResponse` or a callable that receives the
     :class:`ReceivedRequest` (complete, body included) and returns one.  It
@@ -175,7 +106,7 @@ class UpstreamServer:
         """``chunk_gap``: seconds to wait between response body chunks (and
         before trailers) when there is more than one piece, so that each chunk
         leaves as its own DATA frame / write instead of being coalesced by
-        hypercorn's send buffer."""
+        the server's send buffer."""
         self.response: ResponseSource = response
         self.host = host
         self.chunk_gap = chunk_gap
@@ -204,15 +135,14 @@ class UpstreamServer:
         self.stop()
 
     def start(self) -> None:
-        _install_hooks()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, 0))
         sock.listen(128)
+        sock.setblocking(False)
         self.port = sock.getsockname()[1]
-        fd = sock.detach()  # hypercorn's fd:// bind takes the descriptor over
         self._thread = threading.Thread(
-            target=self._run, args=(fd,), name=f"upstream-{self.port}", daemon=True
+            target=self._run, args=(sock,), name=f"upstream-{self.port}", daemon=True
         )
         self._thread.start()
         if not self._ready.wait(10):
@@ -242,32 +172,16 @@ class UpstreamServer:
 
     # -- server thread ----------------------------------------------------
 
-    def _run(self, fd: int) -> None:
-        from hypercorn.asyncio import serve
-        from hypercorn.config import Config
-
-        config = Config()
-        config.bind = [f"fd://{fd}"]
-        config.include_date_header = False
-        config.include_server_header = False
-        config.h11_pass_raw_headers = True
-        config.graceful_timeout = 0.2
-        config.keep_alive_timeout = 30
-        config.accesslog = None
-        config.errorlog = None
-        setattr(config, _MARK, True)
-
+    def _run(self, sock: socket.socket) -> None:
+        limits = Limits(request_headers_timeout=None, idle_timeout=30, graceful_timeout=0.2)
+        server = HttpServer(self._app, limits=limits, raw_h1_headers=True)
         loop = asyncio.new_event_loop()
         self._loop = loop
         asyncio.set_event_loop(loop)
         try:
             self._stop = asyncio.Event()
-
-            async def trigger() -> None:
-                loop.call_soon(self._ready.set)
-                await self._stop.wait()
-
-            loop.run_until_complete(serve(self._app, config, shutdown_trigger=trigger))
+            loop.call_soon(self._ready.set)
+            loop.run_until_complete(server.serve([sock], self._stop))
         except BaseException as exc:  # noqa: BLE001 - reported to the starter
             self._startup_error = exc
         finally:
@@ -343,9 +257,6 @@ class UpstreamServer:
         }
         if send_trailers:
             start["trailers"] = True
-            # hypercorn sends trailers only if the request said "te: trailers";
-            # Envoy does not forward that header, so vouch for it here.
-            scope["headers"] = list(scope["headers"]) + [(b"te", b"trailers")]
         await send(start)
         body_chunks = [c for c in response.body_chunks if c]
         gap = self.chunk_gap if len(body_chunks) + (1 if send_trailers else 0) > 1 else 0.0

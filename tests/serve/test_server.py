@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("hypercorn")
+pytest.importorskip("h2")
 httpx = pytest.importorskip("httpx")
 
 from proxywasm_host.envoy import send_request  # noqa: E402
