@@ -298,7 +298,7 @@ def _serve(args: argparse.Namespace) -> int:
     import importlib.util
     import tempfile
 
-    needed = ["hypercorn", "h2"] + (["aiohttp"] if args.upstream or args.cluster else [])
+    needed = ["h11", "h2"] + (["aiohttp"] if args.upstream or args.cluster else [])
     missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing:
         return _fail(f"serve needs {', '.join(missing)}: pip install 'proxywasm-host[server]'", 2)

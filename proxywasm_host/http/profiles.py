@@ -64,7 +64,7 @@ HTTP/2 only:
 * the last body chunk carries ``end_of_stream`` (no empty event after it),
   unless trailers follow; trailers reach the filter.
 
-Response, before the filter (the upstream is this repo's hypercorn server,
+Response, before the filter (the upstream is this repo's h11/h2 test server,
 over HTTP/2 by default):
 
 * names are lower-cased, hop-by-hop headers removed (as above) -- except
@@ -253,7 +253,7 @@ def envoy_response_headers(
 
     Over an HTTP/1.1 upstream Envoy's codec keeps the upstream's
     ``transfer-encoding`` in the map (measured: the filter sees
-    ``transfer-encoding: chunked``); an HTTP/1.1 server (h11, hypercorn) sends
+    ``transfer-encoding: chunked``); an HTTP/1.1 server (h11) sends
     that itself for a response with a body and no ``content-length``.
     """
     pairs = header_list(headers)

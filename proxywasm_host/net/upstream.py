@@ -44,7 +44,12 @@ from typing import Any, Union
 
 from proxywasm_host.http.scenario import HttpResponse, UpstreamRequest
 from proxywasm_host.net.asgi import run_lifespan
-from proxywasm_host.net.httpserver import EXT_RAW_HEADERS, EXT_TRAILERS, HttpServer, Limits
+from proxywasm_host.net.httpserver import (
+    EXT_RAW_HEADERS,
+    EXT_TRAILERS,
+    HttpServer,
+    Limits,
+)
 
 __all__ = ["ReceivedRequest", "UpstreamServer"]
 
@@ -89,7 +94,8 @@ class ReceivedRequest:
         return None
 
 
-ResponseSource = Union[HttpResponse, Callable[[ReceivedRequest], HttpResponse]]  # noqa: UP007 (a runtime alias: Python 3.10 cannot | these)
+ResponseSource = Union[HttpResponse, Callable[[ReceivedRequest], HttpResponse]]  # noqa: UP007 - a runtime alias on 3.10
+_EMPTY_RESPONSE = HttpResponse()
 
 # --------------------------------------------------------------------------
 
@@ -102,7 +108,7 @@ class UpstreamServer:
     may be replaced between exchanges (``server.response = ...``).
     """
 
-    def __init__(self, response: ResponseSource = HttpResponse(), *, host: str = "127.0.0.1", chunk_gap: float = 0.0):
+    def __init__(self, response: ResponseSource = _EMPTY_RESPONSE, *, host: str = "127.0.0.1", chunk_gap: float = 0.0):
         """``chunk_gap``: seconds to wait between response body chunks (and
         before trailers) when there is more than one piece, so that each chunk
         leaves as its own DATA frame / write instead of being coalesced by
@@ -131,7 +137,7 @@ class UpstreamServer:
         self.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def start(self) -> None:

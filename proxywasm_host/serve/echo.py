@@ -181,15 +181,15 @@ def run_echo(host: str = "127.0.0.1", port: int = 0, ready: Callable[[int], None
 
 def bind(host: str, port: int) -> list[socket.socket]:
     """Listening sockets for ``host`` (``localhost``: 127.0.0.1 and ::1, same port)."""
-    addrs: list[tuple[int, str]]
+    addrs: list[tuple[socket.AddressFamily, str]] = []
     if host == "localhost":
-        addrs = [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")]
+        addrs += [(socket.AddressFamily.AF_INET, "127.0.0.1"), (socket.AddressFamily.AF_INET6, "::1")]
     else:
         infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-        addrs = []
-        for family, _, _, _, sockaddr in infos:
-            if (family, sockaddr[0]) not in addrs:
-                addrs.append((family, str(sockaddr[0])))
+        for info in infos:
+            entry = (socket.AddressFamily(info[0]), str(info[4][0]))
+            if entry not in addrs:
+                addrs.append(entry)
         addrs = addrs[:1]
     sockets: list[socket.socket] = []
     for family, addr in addrs:

@@ -131,13 +131,14 @@ class Exchange(UpstreamLeg):
             # end_of_stream on the headers is known with the first body event (HTTP/2, or a body)
             wait = min(t for t in (config.idle_timeout, config.request_timeout, 3600.0) if t > 0)
             try:
-                first = await asyncio.wait_for(self.receive(), timeout=wait)
+                message = await asyncio.wait_for(self.receive(), timeout=wait)
             except asyncio.TimeoutError:
                 await self._plain(408, "request timeout" if wait == config.request_timeout else "stream timeout")
                 return
-            if first["type"] == "http.disconnect":
+            if message["type"] == "http.disconnect":
                 return  # gone before the request started: no stream, as in Envoy
-            eos = not first.get("more_body", False) and not first.get("body") and self._request_trailers() is None
+            first = message
+            eos = not message.get("more_body", False) and not message.get("body") and self._request_trailers() is None
         try:
             self.stream = server.plugin.http_stream(attributes=self._attributes())
         except HarnessUsageError as exc:

@@ -51,6 +51,10 @@ class UpstreamLeg:
     def abort(self, reason: str) -> None:
         raise NotImplementedError
 
+    def pump(self) -> None:
+        """Move on what the filter released (the exchange's)."""
+        raise NotImplementedError
+
     # -- the upstream leg ------------------------------------------------------------------------------
     async def _request_body(self) -> AsyncIterator[bytes]:
         while True:

@@ -26,11 +26,12 @@ synchronous and not thread-safe, and no filter call awaits anything.  See docs/s
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -54,6 +55,7 @@ from proxywasm_host.serve.config import (
 )
 from proxywasm_host.serve.echo import bind, echo_app, run_echo
 from proxywasm_host.serve.exchange import Exchange
+from proxywasm_host.serve.legs import UpstreamLeg
 
 __all__ = ["FilterServer", "ServeConfig", "canonical_header_name", "echo_app", "parse_cluster", "run_echo", "serve"]
 
@@ -159,7 +161,7 @@ class FilterServer:
             except FilterTrap:
                 pass  # a tick trapped: the VM is failed, reported by drain_logs
 
-    def filter_call(self, fn: Callable[[], Any], exchange: Exchange | None = None) -> Any:
+    def filter_call(self, fn: Callable[[], Any], exchange: UpstreamLeg | None = None) -> Any:
         """Run ``fn`` (a call into the filter) with the clock synced; then print its logs and
         move on every stream it may have resumed."""
         self.sync_clock()
@@ -173,7 +175,7 @@ class FilterServer:
         self.after_filter_work(exchange)
         return result
 
-    def after_filter_work(self, exchange: Exchange | None = None) -> None:
+    def after_filter_work(self, exchange: UpstreamLeg | None = None) -> None:
         self.drain_logs()
         if exchange is not None:
             exchange.pump()
@@ -211,7 +213,7 @@ class FilterServer:
             if isinstance(call, GrpcCall) and call.state not in ("closed", "cancelled"):
                 self.log("warn", f"[{self.name}] gRPC callout {call.service}/{call.method} to {call.cluster!r}: "
                                  "serve has no gRPC transport; closing it with 14 UNAVAILABLE")
-                self.filter_call(lambda call=call: call.close(14, "serve does not forward gRPC callouts"))
+                self.filter_call(functools.partial(call.close, 14, "serve does not forward gRPC callouts"))
 
     # -- callouts ------------------------------------------------------------------------------
     def _dispatch_callout(self, callout: HttpCallout) -> None:
@@ -220,8 +222,8 @@ class FilterServer:
             return
         self.spawn(self._forward_callout(callout, url))
 
-    def spawn(self, coro: Awaitable[Any]) -> asyncio.Task:
-        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task:
+        task: asyncio.Task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task

@@ -325,7 +325,7 @@ def test_upstream_records_request_trailers_and_sends_response_trailers(http2: bo
     assert client.error is None and client.response is not None
     assert rec.body == b"abcd"
     assert rec.trailers == ([("x-trailer", "v")] if http2 else [("X-Trailer", "v")])
-    # hypercorn sends response trailers on HTTP/2 only
+    # the test upstream sends response trailers on HTTP/2 only
     assert client.response.trailers == ([("x-rt", "2")] if http2 else None)
     assert client.response.body == b"ok"
 

@@ -1,0 +1,225 @@
+"""serve under bad input (issue 14): request smuggling shapes, slow clients, connection limits, shutdown.
+
+Every server here listens on 127.0.0.1; every client loop is bounded in time.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytest.importorskip("h2")
+httpx = pytest.importorskip("httpx")
+
+from test_server import HELLO, REPO, _start_cli, get, serving  # noqa: E402
+
+
+def _connect(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    return sock
+
+
+def _read_all(sock: socket.socket, limit: float = 10.0) -> bytes:
+    """Everything until the server closes (or ``limit`` seconds)."""
+    sock.settimeout(limit)
+    out = b""
+    deadline = time.monotonic() + limit
+    try:
+        while time.monotonic() < deadline:
+            data = sock.recv(65536)
+            if not data:
+                break
+            out += data
+    except (socket.timeout, ConnectionResetError):
+        pass
+    return out
+
+
+def _closed_within(sock: socket.socket, limit: float) -> float | None:
+    """Seconds until the server closed ``sock`` (None: still open after ``limit``)."""
+    start = time.monotonic()
+    sock.settimeout(limit)
+    try:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return time.monotonic() - start
+    except socket.timeout:
+        return None
+    except ConnectionResetError:
+        return time.monotonic() - start
+
+
+def test_content_length_with_transfer_encoding_is_refused_like_envoy():
+    """Issue 14.1: both length headers → 400 and the connection closed (Envoy's codec); the body
+    is never forwarded with the stale length."""
+    with serving(HELLO, access_log=True) as srv:
+        sock = _connect(srv.port)
+        body = b"x" * 50
+        sock.sendall(b"POST /anything HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\n"
+                     b"Transfer-Encoding: chunked\r\n\r\n" + b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n")
+        answer = _read_all(sock)
+        sock.close()
+        assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+        assert b"connection: close" in answer.lower()
+        assert srv.server.stats["requests"] == 0  # never reached the filter or the upstream
+        assert get(srv.url + "/get").status_code == 200  # and the server goes on
+
+
+def test_trickled_headers_are_closed_at_the_request_headers_timeout():
+    """Issue 14.3: clients sending their headers one byte at a time are answered 408 and closed
+    at --request-headers-timeout (Envoy's request_headers_timeout), each of them."""
+    with serving(HELLO, request_headers_timeout=1.0) as srv:
+        socks = [_connect(srv.port) for _ in range(20)]
+        request = b"GET /get HTTP/1.1\r\nHost: localhost\r\nX-Slow: " + b"a" * 200 + b"\r\n\r\n"
+        start = time.monotonic()
+        closed: dict[int, float] = {}
+        i = 0
+        while len(closed) < len(socks) and time.monotonic() - start < 6 and i < len(request):
+            for n, sock in enumerate(socks):
+                if n in closed:
+                    continue
+                try:
+                    sock.sendall(request[i:i + 1])
+                except OSError:
+                    closed[n] = time.monotonic() - start
+            i += 1
+            time.sleep(0.1)
+        for n, sock in enumerate(socks):
+            if n not in closed:
+                took = _closed_within(sock, 5.0 - (time.monotonic() - start))
+                if took is not None:
+                    closed[n] = time.monotonic() - start
+            sock.close()
+        assert len(closed) == len(socks), f"only {len(closed)} of {len(socks)} slow clients closed"
+        assert max(closed.values()) < 3.5, closed
+        assert get(srv.url + "/get").status_code == 200
+
+
+def test_a_request_headers_timeout_answers_408():
+    with serving(HELLO, request_headers_timeout=0.5) as srv:
+        sock = _connect(srv.port)
+        sock.sendall(b"GET /get HTTP/1.1\r\nHost: local")
+        answer = _read_all(sock, 5)
+        sock.close()
+        assert answer.startswith(b"HTTP/1.1 408 "), answer
+
+
+def test_a_connection_without_requests_is_closed_at_the_idle_timeout():
+    with serving(HELLO, connection_idle_timeout=0.5) as srv:
+        fresh = _connect(srv.port)
+        used = _connect(srv.port)
+        used.sendall(b"GET /get HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        used.settimeout(5)
+        assert used.recv(65536).startswith(b"HTTP/1.1 200")
+        for sock in (fresh, used):
+            took = _closed_within(sock, 5)
+            assert took is not None and took < 3, took
+            sock.close()
+
+
+def test_a_body_trickled_past_the_request_timeout_gets_408():
+    """Envoy's request_timeout: the whole request must arrive in time (the stream idle timeout
+    alone never fires for a client sending a byte now and then)."""
+    with serving(HELLO, request_timeout=1.0, idle_timeout=30) as srv:
+        sock = _connect(srv.port)
+        sock.sendall(b"POST /post HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n")
+        start = time.monotonic()
+        sock.settimeout(0.2)
+        answer = b""
+        while time.monotonic() - start < 5 and not answer:
+            try:
+                sock.sendall(b"x")
+                answer = sock.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+        sock.close()
+        assert answer.startswith(b"HTTP/1.1 408 "), answer
+        assert time.monotonic() - start < 3
+
+
+def test_max_connections_closes_the_ones_over_the_limit():
+    with serving(HELLO, max_connections=2) as srv:
+        first, second = _connect(srv.port), _connect(srv.port)
+        time.sleep(0.2)
+        third = _connect(srv.port)
+        assert _closed_within(third, 3) is not None  # closed at accept
+        third.close()
+        for sock in (first, second):
+            sock.sendall(b"GET /get HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            sock.settimeout(5)
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        first.close()
+        time.sleep(0.2)
+        assert get(srv.url + "/get").status_code == 200  # room again
+        second.close()
+
+
+def test_h2_max_concurrent_streams_is_advertised_and_held():
+    import h2.connection
+    import h2.events
+
+    with serving(HELLO, max_concurrent_streams=3) as srv:
+        sock = _connect(srv.port)
+        conn = h2.connection.H2Connection()
+        conn.initiate_connection()
+        sock.sendall(conn.data_to_send())
+        sock.settimeout(5)
+        settings = None
+        deadline = time.monotonic() + 5
+        while settings is None and time.monotonic() < deadline:
+            for event in conn.receive_data(sock.recv(65536)):
+                if isinstance(event, h2.events.RemoteSettingsChanged):
+                    settings = {k: v.new_value for k, v in event.changed_settings.items()}
+            sock.sendall(conn.data_to_send())
+        sock.close()
+        assert settings is not None and settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] == 3
+
+
+def test_shutdown_with_an_open_http2_connection_is_quick_and_clean():
+    """Issue 14.6: Ctrl-C with an idle HTTP/2 connection open: no traceback, no 5 s wait."""
+    import h2.connection
+    import h2.events
+
+    proc, port, lines = _start_cli(str(HELLO), "--host", "127.0.0.1", "--port", "0")
+    try:
+        sock = _connect(port)
+        conn = h2.connection.H2Connection()
+        conn.initiate_connection()
+        conn.send_headers(1, [(":method", "GET"), (":path", "/get"), (":scheme", "http"), (":authority", "x")],
+                          end_stream=True)
+        sock.sendall(conn.data_to_send())
+        ended = False
+        deadline = time.monotonic() + 10
+        while not ended and time.monotonic() < deadline:
+            for event in conn.receive_data(sock.recv(65536)):
+                ended = ended or isinstance(event, h2.events.StreamEnded)
+            sock.sendall(conn.data_to_send())
+        assert ended
+        start = time.monotonic()
+        proc.send_signal(2)
+        code = proc.wait(15)
+        took = time.monotonic() - start
+        sock.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    time.sleep(0.2)
+    log = "".join(lines)
+    assert code in (0, 130), log
+    assert took < 2.5, (took, log)
+    assert "Traceback" not in log, log
+
+
+def test_no_hypercorn_internals_and_no_hypercorn():
+    """Issue 11: serve and the test upstream run on our own h11/h2 server."""
+    code = ("import sys, proxywasm_host.serve.server, proxywasm_host.net.upstream;"
+            "print('hypercorn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
