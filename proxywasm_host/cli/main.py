@@ -211,9 +211,22 @@ def _add_local_loop_commands(sub: argparse._SubParsersAction[argparse.ArgumentPa
                      help="after a trap: 503 (Envoy's default), skip the filter, or a fresh VM")
     srv.add_argument("--log-level", default="info", choices=["trace", "debug", "info", "warn", "error", "critical"])
     srv.add_argument("--access-log", action="store_true", help="one line per request on stderr")
-    srv.add_argument("--upstream-timeout", type=float, default=15.0, metavar="S")
-    srv.add_argument("--idle-timeout", type=float, default=300.0, metavar="S")
-    srv.add_argument("--buffer-limit", type=int, default=1 << 20, metavar="BYTES")
+    srv.add_argument("--upstream-timeout", type=float, default=15.0, metavar="S", help="route timeout (Envoy: 15 s)")
+    srv.add_argument("--idle-timeout", type=float, default=300.0, metavar="S",
+                     help="stream idle timeout (Envoy's stream_idle_timeout: 300 s; 0: off)")
+    srv.add_argument("--request-timeout", type=float, default=0.0, metavar="S",
+                     help="the whole request must arrive within S (Envoy's request_timeout; 0: off, as Envoy)")
+    srv.add_argument("--request-headers-timeout", type=float, default=10.0, metavar="S",
+                     help="a request's headers must arrive within S of its first byte (Envoy's "
+                          "request_headers_timeout; 408 and close; 0: off)")
+    srv.add_argument("--connection-idle-timeout", type=float, default=3600.0, metavar="S",
+                     help="close a connection with no request for S (Envoy's idle_timeout: 1 h; 0: off)")
+    srv.add_argument("--buffer-limit", type=int, default=1 << 20, metavar="BYTES",
+                     help="what the filter may buffer of a body: 413 (request) / 500 (response) past it "
+                          "(Envoy's per_connection_buffer_limit_bytes: 1 MiB)")
+    srv.add_argument("--max-connections", type=int, metavar="N", help="more are closed at accept (default: no limit)")
+    srv.add_argument("--max-concurrent-streams", type=int, default=100, metavar="N",
+                     help="per HTTP/2 connection (default 100)")
     srv.add_argument("--plain-http", action="store_true", default=None, help="pull an oci:// filter over plain HTTP")
     srv.set_defaults(handler=_serve)
 
@@ -293,6 +306,21 @@ def _fail(message: str, code: int = 1) -> int:
     return code
 
 
+def _serve_config_ok(args: argparse.Namespace) -> bool:
+    """The numbers serve takes, checked before anything starts (exit 2 with one line)."""
+    for flag in ("upstream_timeout", "idle_timeout", "request_timeout", "request_headers_timeout",
+                 "connection_idle_timeout"):
+        if getattr(args, flag) < 0:
+            _fail(f"--{flag.replace('_', '-')} must not be negative", 2)
+            return False
+    for flag, value in (("buffer-limit", args.buffer_limit), ("max-connections", args.max_connections),
+                        ("max-concurrent-streams", args.max_concurrent_streams)):
+        if value is not None and value < 1:
+            _fail(f"--{flag} must be at least 1", 2)
+            return False
+    return True
+
+
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
     import importlib.util
@@ -322,7 +350,12 @@ def _serve(args: argparse.Namespace) -> int:
         vm_configuration=read_text_arg(args.vm_config), failure_policy=args.failure_policy,
         log_level=args.log_level, access_log=args.access_log, upstream_timeout=args.upstream_timeout,
         idle_timeout=args.idle_timeout, buffer_limit=args.buffer_limit, environment=dict(args.env),
-    )
+        request_timeout=args.request_timeout, request_headers_timeout=args.request_headers_timeout,
+        connection_idle_timeout=args.connection_idle_timeout, max_connections=args.max_connections,
+        max_concurrent_streams=args.max_concurrent_streams,
+    ) if _serve_config_ok(args) else None
+    if config is None:
+        return 2
     if config.upstream is not None:
         from urllib.parse import urlsplit
 
