@@ -201,10 +201,10 @@ class _H1(_Connection):
     def want_body(self, stream: _Stream) -> None:
         self.body_wanted.set()
 
-    def consumed(self, stream: _Stream, message: dict) -> None:
+    def consumed(self, stream: _Stream, message: dict[str, Any]) -> None:
         self.body_wanted.set()
 
-    async def send_headers(self, stream: _Stream, status: int, headers: list, *, end: bool) -> None:
+    async def send_headers(self, stream: _Stream, status: int, headers: list[Any], *, end: bool) -> None:
         conn = self.h11
         if conn.their_state is not h11.DONE or self.server.stopping:
             headers = [*headers, (b"connection", b"close")]
@@ -223,7 +223,7 @@ class _H1(_Connection):
             raise RuntimeError(f"bad response body: {exc}") from None
         await self.write(out or b"")
 
-    async def send_end(self, stream: _Stream, trailers: list | None) -> None:
+    async def send_end(self, stream: _Stream, trailers: list[Any] | None) -> None:
         try:
             out = self.h11.send(h11.EndOfMessage())
         except h11.LocalProtocolError as exc:

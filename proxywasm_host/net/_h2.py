@@ -34,7 +34,7 @@ class _H2(_Connection):
         self.streams: dict[int, _Stream] = {}
         self.window_open = asyncio.Event()
         self.write_lock = asyncio.Lock()
-        self.tasks: set[asyncio.Task] = set()
+        self.tasks: set[asyncio.Task[Any]] = set()
         self.goaway_sent = False
         self.changed = asyncio.Event()  # a stream ended, or shutdown: the read loop looks again
 
@@ -44,7 +44,7 @@ class _H2(_Connection):
             async with self.write_lock:
                 await self.write(data)
 
-    async def run(self, initial: bytes, upgrade: tuple[bytes, list] | None = None) -> None:
+    async def run(self, initial: bytes, upgrade: tuple[bytes, list[Any]] | None = None) -> None:
         conn = self.h2
         limits = self.limits
         conn.local_settings = h2.settings.Settings(client=False, initial_values={
@@ -63,7 +63,7 @@ class _H2(_Connection):
             data = initial
             headers_deadline = _deadline(limits.request_headers_timeout)
             idle_deadline = _deadline(limits.idle_timeout)
-            reader: asyncio.Task | None = None
+            reader: asyncio.Task[Any] | None = None
             while not self.closing:
                 if data:
                     try:
@@ -179,7 +179,7 @@ class _H2(_Connection):
             self.closing = True
             self.window_open.set()
 
-    def consumed(self, stream: _Stream, message: dict) -> None:
+    def consumed(self, stream: _Stream, message: dict[str, Any]) -> None:
         flow = message.pop("_flow", 0)
         if flow and not self.closing:
             try:
@@ -199,7 +199,7 @@ class _H2(_Connection):
         except _Disconnected:
             pass
 
-    async def send_headers(self, stream: _Stream, status: int, headers: list, *, end: bool) -> None:
+    async def send_headers(self, stream: _Stream, status: int, headers: list[Any], *, end: bool) -> None:
         out = [(b":status", str(status).encode())]
         out += [(bytes(k).lower(), bytes(v)) for k, v in headers
                 if bytes(k).lower() not in (b"connection", b"keep-alive", b"transfer-encoding", b"upgrade",
@@ -231,7 +231,7 @@ class _H2(_Connection):
             view = view[size:]
             await self.flush()
 
-    async def send_end(self, stream: _Stream, trailers: list | None) -> None:
+    async def send_end(self, stream: _Stream, trailers: list[Any] | None) -> None:
         try:
             if trailers:
                 self.h2.send_headers(stream.stream_id, [(bytes(k).lower(), bytes(v)) for k, v in trailers],

@@ -14,7 +14,7 @@ from urllib.parse import unquote
 if TYPE_CHECKING:  # pragma: no cover
     from proxywasm_host.net.httpserver import HttpServer
 
-ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
+ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], Awaitable[None]]], Awaitable[None]]
 _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _READ = 65536
 EXT_RAW_HEADERS = "proxywasm.raw_request_headers"
@@ -54,21 +54,21 @@ class _Disconnected(Exception):
 class _Stream:
     """One request: the ASGI app's receive/send, on HTTP/1.1 or HTTP/2."""
 
-    def __init__(self, conn: _Connection, scope: dict, stream_id: int) -> None:
+    def __init__(self, conn: _Connection, scope: dict[str, Any], stream_id: int) -> None:
         self.conn = conn
         self.scope = scope
         self.stream_id = stream_id
-        self.inbox: deque[dict] = deque()
+        self.inbox: deque[dict[str, Any]] = deque()
         self.inbox_event = asyncio.Event()
         self.request_done = False  # the last body message is queued
         self.gone = False  # the client reset the stream / went away
         self.started = False  # response headers sent
-        self.start: dict | None = None
+        self.start: dict[str, Any] | None = None
         self.finished = False  # response complete
         self.trailers_declared = False
-        self.task: asyncio.Task | None = None
+        self.task: asyncio.Task[Any] | None = None
 
-    def push(self, message: dict) -> None:
+    def push(self, message: dict[str, Any]) -> None:
         self.inbox.append(message)
         self.inbox_event.set()
 
@@ -76,7 +76,7 @@ class _Stream:
         self.gone = True
         self.inbox_event.set()
 
-    async def receive(self) -> dict:
+    async def receive(self) -> dict[str, Any]:
         while not self.inbox:
             if self.gone:
                 return {"type": "http.disconnect"}
@@ -87,7 +87,7 @@ class _Stream:
         self.conn.consumed(self, message)
         return message
 
-    async def send(self, message: dict) -> None:
+    async def send(self, message: dict[str, Any]) -> None:
         if self.gone or self.finished:
             return
         kind = message["type"]
@@ -140,7 +140,7 @@ class _Connection:
                 pass
         self.closing = False
 
-    def scope(self, version: str, method: str, target: bytes, headers: list[tuple[bytes, bytes]]) -> dict:
+    def scope(self, version: str, method: str, target: bytes, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
         path, _, query = target.partition(b"?")
         return {
             "type": "http",
@@ -173,10 +173,10 @@ class _Connection:
                 await self.app_failed(stream)
 
     def want_body(self, stream: _Stream) -> None: ...
-    def consumed(self, stream: _Stream, message: dict) -> None: ...
-    async def send_headers(self, stream: _Stream, status: int, headers: list, *, end: bool) -> None: ...
+    def consumed(self, stream: _Stream, message: dict[str, Any]) -> None: ...
+    async def send_headers(self, stream: _Stream, status: int, headers: list[Any], *, end: bool) -> None: ...
     async def send_data(self, stream: _Stream, data: bytes) -> None: ...
-    async def send_end(self, stream: _Stream, trailers: list | None) -> None: ...
+    async def send_end(self, stream: _Stream, trailers: list[Any] | None) -> None: ...
     async def app_failed(self, stream: _Stream) -> None: ...
     def shutdown(self) -> None: ...
 

@@ -28,6 +28,7 @@ import asyncio
 import socket
 import time
 from collections.abc import Callable
+from typing import Any
 
 from proxywasm_host.net._h1 import _H1
 from proxywasm_host.net._h2 import _H2
@@ -60,7 +61,7 @@ class HttpServer:
         self.connections: set[_Connection] = set()
         self.stopping = False
         self.refused_connections = 0
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     def report(self, message: str, level: str = "warn") -> None:
         if self._report is not None:
@@ -78,7 +79,8 @@ class HttpServer:
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
-        conn: _Connection = _H1(self, reader, writer)
+        h1conn = _H1(self, reader, writer)
+        conn: _Connection = h1conn
         self.connections.add(conn)
         try:
             # HTTP/2 with prior knowledge starts with the preface; anything else is HTTP/1.x.
@@ -103,11 +105,12 @@ class HttpServer:
                 first += chunk
             if first.startswith(_PREFACE):
                 self.connections.discard(conn)
-                conn = _H2(self, reader, writer)
+                h2conn = _H2(self, reader, writer)
+                conn = h2conn
                 self.connections.add(conn)
-                await conn.run(first)  # type: ignore[attr-defined]
+                await h2conn.run(first)
             elif first:
-                await conn.run(first, since)  # type: ignore[attr-defined]
+                await h1conn.run(first, since)
         except asyncio.CancelledError:
             pass
         except Exception as exc:  # noqa: BLE001 - one connection's bug must not end the server

@@ -197,7 +197,7 @@ class UpstreamServer:
             finally:
                 loop.close()
 
-    async def _app(self, scope: dict, receive: Callable, send: Callable) -> None:
+    async def _app(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         if scope["type"] == "lifespan":
             await run_lifespan(receive, send)
             return
@@ -209,7 +209,7 @@ class UpstreamServer:
             self.errors.append(exc)
             raise
 
-    async def _serve_http(self, scope: dict, receive: Callable, send: Callable) -> None:
+    async def _serve_http(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         chunks: list[bytes] = []
         while True:
             message = await receive()

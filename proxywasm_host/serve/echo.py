@@ -26,7 +26,7 @@ _ECHO_MAX_BYTES = 100 * 1024 * 1024
 ECHO_DATA_LIMIT = 1 << 20
 
 
-def _echo_headers(scope: dict) -> dict[str, str]:
+def _echo_headers(scope: dict[str, Any]) -> dict[str, str]:
     out: dict[str, str] = {}
     for k, v in scope["headers"]:
         name = canonical_header_name(text(k))
@@ -35,7 +35,7 @@ def _echo_headers(scope: dict) -> dict[str, str]:
     return dict(sorted(out.items()))
 
 
-async def echo_app(scope: dict, receive: Callable[[], Awaitable[dict]], send: Callable[[dict], Awaitable[None]]) -> None:
+async def echo_app(scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]], send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
     """httpbin's most used endpoints, enough to see what a filter did to a request:
 
     ``/headers`` ``{"headers": {...}}``; ``/get``, ``/post``, ``/put``, ``/patch``, ``/delete``,
@@ -135,13 +135,13 @@ def _pattern(n: int) -> bytes:
     return (unit * (n // len(unit) + 1))[:n]
 
 
-async def _echo_send(send: Callable[[dict], Awaitable[None]], status: int, obj: Any) -> None:
+async def _echo_send(send: Callable[[dict[str, Any]], Awaitable[None]], status: int, obj: Any) -> None:
     data = (json.dumps(obj, indent=2) + "\n").encode()
     await _echo_raw(send, status, [(b"content-type", b"application/json")], [data])
 
 
 async def _echo_raw(
-    send: Callable[[dict], Awaitable[None]],
+    send: Callable[[dict[str, Any]], Awaitable[None]],
     status: int,
     headers: list[tuple[bytes, bytes]],
     chunks: list[bytes],

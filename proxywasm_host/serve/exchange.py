@@ -31,7 +31,7 @@ def _wire_text(value: str) -> str:
 class Exchange(UpstreamLeg):
     """One request/response through the filter: ASGI on one side, the upstream on the other."""
 
-    def __init__(self, server: FilterServer, scope: dict, receive: Callable, send: Callable) -> None:
+    def __init__(self, server: FilterServer, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         self.server = server
         self.scope = scope
         self.receive = receive
@@ -42,7 +42,7 @@ class Exchange(UpstreamLeg):
         self.stream_id = 0
         self.started_at = time.monotonic()
         # upstream leg
-        self.up_task: asyncio.Task | None = None
+        self.up_task: asyncio.Task[Any] | None = None
         self.up_queue: deque[bytes | None] = deque()
         self.up_event = asyncio.Event()
         self.up_pending = 0
@@ -52,7 +52,7 @@ class Exchange(UpstreamLeg):
         self.up_trailers: list[tuple[str, str]] | None = None
         self.up_started_at = 0.0
         # downstream
-        self.down: deque[dict] = deque()
+        self.down: deque[dict[str, Any]] = deque()
         self.down_pending = 0
         self.down_drained = asyncio.Event()
         self.wake = asyncio.Event()
@@ -62,7 +62,7 @@ class Exchange(UpstreamLeg):
         self.want_trailers = False
         self.status = 0
         self.aborted: str | None = None
-        self.reader: asyncio.Task | None = None
+        self.reader: asyncio.Task[Any] | None = None
         self.last_activity = time.monotonic()
         self._timer: asyncio.TimerHandle | None = None
         self._request_timer: asyncio.TimerHandle | None = None
@@ -124,7 +124,7 @@ class Exchange(UpstreamLeg):
             server.stats["bad_requests"] += 1
             await self._plain(headers[0], headers[1])
             return
-        first: dict | None = None
+        first: dict[str, Any] | None = None
         if self._request_has_no_body():
             eos = True
         else:
@@ -168,7 +168,7 @@ class Exchange(UpstreamLeg):
         trailers = (self.scope.get("extensions") or {}).get(EXT_TRAILERS)
         return None if trailers is None else [(k.lower(), _wire_text(v)) for k, v in trailers]
 
-    def _request_message(self, message: dict) -> None:
+    def _request_message(self, message: dict[str, Any]) -> None:
         """Deliver one ASGI request-body message to the filter."""
         self.last_activity = time.monotonic()
         if self.out.completed or self.aborted or not self.out.accepts_request():
@@ -293,7 +293,7 @@ class Exchange(UpstreamLeg):
                 self.server.log("debug", f"[{self.server.name} ctx={self.stream_id}] response trailers dropped: "
                                          "the client did not ask for them (HTTP/1.1, or no te: trailers)")
 
-    def _down_append(self, message: dict) -> None:
+    def _down_append(self, message: dict[str, Any]) -> None:
         self.last_activity = time.monotonic()
         self.down.append(message)
         self.down_pending += len(message.get("body", b""))

@@ -146,7 +146,7 @@ class UpstreamLeg:
         body_iter = self._request_body()
         status_holder: dict[str, Any] = {}
 
-        async def receive() -> dict:
+        async def receive() -> dict[str, Any]:
             try:
                 chunk = await body_iter.__anext__()
             except StopAsyncIteration:
@@ -155,7 +155,7 @@ class UpstreamLeg:
                 return {"type": "http.request", "body": b"", "more_body": False}
             return {"type": "http.request", "body": chunk, "more_body": True}
 
-        async def send(message: dict) -> None:
+        async def send(message: dict[str, Any]) -> None:
             if self._upstream_gone:
                 return
             kind = message["type"]

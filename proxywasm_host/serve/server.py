@@ -97,8 +97,8 @@ class FilterServer:
         self.stats = {"requests": 0, "local_replies": 0, "fail_closed": 0, "upstream_errors": 0, "bad_requests": 0}
         self._traps_seen = 0
         self._client: Any = None  # aiohttp.ClientSession, created on the loop
-        self._tasks: set[asyncio.Task] = set()
-        self._ticker: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._ticker: asyncio.Task[Any] | None = None
         self.drain_logs()
 
     # -- logging ------------------------------------------------------------------------------
@@ -222,8 +222,8 @@ class FilterServer:
             return
         self.spawn(self._forward_callout(callout, url))
 
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task:
-        task: asyncio.Task = asyncio.get_running_loop().create_task(coro)
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -286,7 +286,7 @@ class FilterServer:
             pass
 
     # -- ASGI ------------------------------------------------------------------------------------
-    async def app(self, scope: dict, receive: Callable[[], Awaitable[dict]], send: Callable[[dict], Awaitable[None]]) -> None:
+    async def app(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]], send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
         if scope["type"] == "lifespan":
             await run_lifespan(receive, send)
             return

@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("h2")
 httpx = pytest.importorskip("httpx")
 
-from test_server import HELLO, REPO, _start_cli, get, serving
+from test_server import HELLO, REPO, _start_cli, get, serving  # noqa: E402
 
 
 def _connect(port: int) -> socket.socket:
