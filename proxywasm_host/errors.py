@@ -1,8 +1,9 @@
 """Exceptions raised to the embedder (test author, CLI, server).
 
 One root, :class:`ProxyWasmError`, split by who is at fault: the module
-(:class:`ModuleLoadError`, :class:`FilterTrap`, :class:`FilterFailed`), the
-test author (:class:`HarnessUsageError`) or this host (:class:`HostBug`).
+(:class:`ModuleLoadError`, :class:`FilterTrap`, :class:`FilterFailed`,
+:class:`UnexpectedHostcall`), the test author (:class:`HarnessUsageError`) or the
+tools around the host (:class:`EnvoyError`, :class:`BuildError`, :class:`OciError`).
 """
 
 from __future__ import annotations
@@ -56,9 +57,28 @@ class HarnessUsageError(ProxyWasmError):
     """The test drove the harness in a way Envoy never would; the message says what to do."""
 
 
-class HostBug(ProxyWasmError):
-    """An internal error of this host surfaced during a hostcall (please report it)."""
-
-
 class UnexpectedHostcall(ProxyWasmError):
     """Strict mode: the filter made a hostcall the test did not list as allowed."""
+
+
+class EnvoyError(ProxyWasmError):
+    """The real Envoy of the differential backend could not be started, or an exchange
+    through it failed; ``log_tail``/``log`` hold what Envoy printed."""
+
+    def __init__(self, message: str, log_tail: str = "", log: str = ""):
+        super().__init__(message + (f"\n--- envoy log tail ---\n{log_tail}" if log_tail else ""))
+        self.message = message
+        self.log_tail = log_tail
+        self.log = log or log_tail  # the whole log, when there is one (start-up failures)
+
+
+class BuildError(ProxyWasmError):
+    """``proxywasm-host build``: cargo failed or built no module; ``returncode`` is the exit code to use."""
+
+    def __init__(self, message: str, returncode: int = 1):
+        super().__init__(message)
+        self.returncode = returncode
+
+
+class OciError(ProxyWasmError):
+    """A layout, image or registry problem, with a message for the user."""

@@ -379,7 +379,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from proxywasm_host.deploy.build import BuildError, build
+    from proxywasm_host.deploy.build import build
+    from proxywasm_host.errors import BuildError
 
     extra = list(args.cargo_args)
     try:

@@ -141,7 +141,6 @@ class RootContext(Context):
         self.tick_period_ms = 0
         self.next_tick_ns: int | None = None
         self.pending_done = False
-        self.failed_start: str | None = None
         # set only during proxy_on_http_call_response
         self.http_call_response: tuple[HeaderMap, HeaderMap] | None = None
         self.http_call_body: bytes | None = None

@@ -23,7 +23,11 @@ from proxywasm_host.core.types import OK as _OK
 from proxywasm_host.core.types import (
     AbiVersion,
     BufferType,
+    FilterDataStatus,
+    FilterHeadersStatus,
+    FilterTrailersStatus,
     MapType,
+    Phase,
     Status,
     StreamType,
 )
@@ -42,6 +46,12 @@ _HTTP_BODIES = frozenset((BufferType.HTTP_REQUEST_BODY, BufferType.HTTP_RESPONSE
 # (enum members as globals, see types.OK)
 _REQUEST_TRAILERS = MapType.HTTP_REQUEST_TRAILERS
 _ABI_0_1_0 = AbiVersion.V0_1_0
+_HEADERS, _BODY, _TRAILERS = Phase.HEADERS, Phase.BODY, Phase.TRAILERS
+#: what the filter's return value means (plain ints: compared once per callback)
+_HEADERS_GO_ON = frozenset((int(FilterHeadersStatus.CONTINUE), int(FilterHeadersStatus.CONTINUE_AND_END_STREAM)))
+_DATA_CONTINUE = int(FilterDataStatus.CONTINUE)
+_DATA_KEEP_BUFFERING = frozenset((int(FilterDataStatus.STOP_ITERATION_AND_BUFFER), int(FilterDataStatus.STOP_ITERATION_AND_WATERMARK)))
+_TRAILERS_CONTINUE = int(FilterTrailersStatus.CONTINUE)
 
 
 @dataclass
@@ -86,7 +96,7 @@ class Direction:
         self.forwarded_trailers: HeaderMap | None = None
         self.end_received = False  # the peer finished sending
         self.end_forwarded = False
-        self.stopped: str | None = None  # "headers" | "body" | "trailers"
+        self.stopped: Phase | None = None
         self.queued_trailers: HeaderMap | None = None  # trailers held while stopped at headers
         self.continue_requested = False
         self.maps_released = False  # Envoy drops request/response pointers after continue_stream
@@ -387,10 +397,10 @@ class HttpContext(Context):
         if result is None:
             return None
         if self._pending_local is None and not self._reset_requested:
-            if result in (0, 2):  # Continue, ContinueAndEndStream (Envoy treats 2 as Continue)
+            if result in _HEADERS_GO_ON:  # Envoy treats ContinueAndEndStream as Continue
                 self._forward_headers(d)
             else:
-                d.stopped = "headers"
+                d.stopped = _HEADERS
         host = self.host
         if host.deferred or host.posted_queue_ready:  # (the call costs more than the test)
             vm.flush()
@@ -407,7 +417,7 @@ class HttpContext(Context):
             return None
         d.buffer += chunk
         d.end_received = end_of_stream
-        if d.stopped == "headers":
+        if d.stopped == _HEADERS:
             return None  # held by the filter manager until the filter continues
         return self._deliver_body(d)
 
@@ -423,14 +433,14 @@ class HttpContext(Context):
         if result is None:
             return None
         if self._pending_local is None and not self._reset_requested:
-            if result == 0:
+            if result == _DATA_CONTINUE:
                 self._forward_body(d)
-            elif result in (1, 2):  # StopIterationAndBuffer / AndWatermark: keep buffering
-                d.stopped = "body"
-            else:  # StopIterationNoBuffer: the filter owns the data
+            elif result in _DATA_KEEP_BUFFERING:
+                d.stopped = _BODY
+            else:  # StopIterationNoBuffer (or an unknown status): the filter owns the data
                 d.buffer.clear()
-                d.stopped = "body"
-        if d.stopped != "body":
+                d.stopped = _BODY
+        if d.stopped != _BODY:
             d.body_writable = False
         self.vm.flush()
         return result
@@ -445,7 +455,7 @@ class HttpContext(Context):
         if self._aborted(d):
             return None
         trailers = HeaderMap(pairs)
-        if d.stopped == "headers":
+        if d.stopped == _HEADERS:
             d.queued_trailers = trailers
             return None
         d.trailers = trailers
@@ -458,11 +468,11 @@ class HttpContext(Context):
         if result is None:
             return None
         if self._pending_local is None and not self._reset_requested:
-            if result == 0:
+            if result == _TRAILERS_CONTINUE:
                 self._forward_body(d)
                 self._forward_trailers(d)
             else:
-                d.stopped = "trailers"
+                d.stopped = _TRAILERS
         self.vm.flush()
         return result
 
@@ -525,16 +535,16 @@ class HttpContext(Context):
 
     def _resume(self, d: Direction) -> None:
         stopped, d.stopped = d.stopped, None
-        if stopped == "headers":
+        if stopped == _HEADERS:
             self._forward_headers(d)
             if d.buffer or (d.end_received and not d.end_forwarded and d.queued_trailers is None):
                 self._deliver_body(d)
             if d.queued_trailers is not None and d.stopped is None and not self._aborted(d) and not self.completed:
                 d.trailers, d.queued_trailers = d.queued_trailers, None
                 self._deliver_trailers(d)
-        elif stopped == "body":
+        elif stopped == _BODY:
             self._forward_body(d)
-        elif stopped == "trailers":
+        elif stopped == _TRAILERS:
             self._forward_body(d)
             self._forward_trailers(d)
 
@@ -595,7 +605,7 @@ class HttpContext(Context):
             if reply.body and not self.completed:
                 resp.buffer += reply.body
                 resp.end_received = True
-                if resp.stopped != "headers":
+                if resp.stopped != _HEADERS:
                     self._deliver_body(resp)
         finally:
             self._local_in_flight = False

@@ -112,6 +112,14 @@ class FilterTrailersStatus(enum.IntEnum):
     STOP_ITERATION = 1
 
 
+class Phase(enum.Enum):
+    """Where one direction of a stream stopped iterating (the callback that returned a stop)."""
+
+    HEADERS = "headers"
+    BODY = "body"
+    TRAILERS = "trailers"
+
+
 class MetricType(enum.IntEnum):
     """``proxy_metric_type_t``."""
 

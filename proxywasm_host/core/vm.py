@@ -160,10 +160,8 @@ class Vm:
             self.call(root, "proxy_on_context_create", root.id, 0)
             root.created = True
             if not self.call(root, "proxy_on_vm_start", root.id, len(plugin.vm_configuration), default=1):
-                root.failed_start = "proxy_on_vm_start returned false"
                 raise FilterFailed(f"plugin {plugin.root_id!r}: proxy_on_vm_start returned false (Envoy: StartFailed)")
             if not self.call(root, "proxy_on_configure", root.id, len(plugin.configuration), default=1):
-                root.failed_start = "proxy_on_configure returned false"
                 raise FilterFailed(
                     f"plugin {plugin.root_id!r}: proxy_on_configure returned false (Envoy: ConfigureFailed, "
                     "the configuration is rejected)"

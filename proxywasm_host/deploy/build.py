@@ -17,15 +17,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, cast
 
+from proxywasm_host.errors import BuildError
+
 __all__ = ["BuildError", "build"]
 
 DEFAULT_TARGET = "wasm32-unknown-unknown"
 
-
-class BuildError(Exception):
-    def __init__(self, message: str, returncode: int = 1):
-        super().__init__(message)
-        self.returncode = returncode
 
 
 def build(

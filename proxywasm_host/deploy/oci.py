@@ -41,6 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from proxywasm_host.errors import OciError
+
 __all__ = [
     "COMPAT_LAYER_MEDIA_TYPE",
     "DOCKER_LAYER_MEDIA_TYPE",
@@ -72,10 +74,6 @@ REF_NAME = "org.opencontainers.image.ref.name"
 TITLE = "org.opencontainers.image.title"
 PLUGIN_FILE = "plugin.wasm"
 CONFIG_FILE = "runtime-config.json"
-
-
-class OciError(Exception):
-    """A layout, image or registry problem, with a message for the user."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from proxywasm_host.envoy.logs import (
     parse_envoy_log,
     trace_lines,
 )
-from proxywasm_host.envoy.process import EnvoyError, EnvoyProcess, find_envoy
+from proxywasm_host.envoy.process import EnvoyProcess, find_envoy
 from proxywasm_host.envoy.runner import (
     EnvoyExchange,
     EnvoyRunner,
@@ -42,6 +42,7 @@ from proxywasm_host.envoy.runner import (
     run_scenario_in_envoy,
     run_scenarios_in_envoy,
 )
+from proxywasm_host.errors import EnvoyError
 from proxywasm_host.runtime.binary import abi_version_of, module_exports
 
 __all__ = [

@@ -16,18 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from proxywasm_host.errors import EnvoyError
+
 ENVOY_ENV = "PROXYWASM_HOST_ENVOY"
 WASM_FILTER = "envoy.filters.http.wasm"
-
-
-class EnvoyError(RuntimeError):
-    """Envoy could not be started, or an exchange through it failed."""
-
-    def __init__(self, message: str, log_tail: str = "", log: str = ""):
-        super().__init__(message + (f"\n--- envoy log tail ---\n{log_tail}" if log_tail else ""))
-        self.message = message
-        self.log_tail = log_tail
-        self.log = log or log_tail  # the whole log, when there is one (start-up failures)
 
 
 # --------------------------------------------------------------------------

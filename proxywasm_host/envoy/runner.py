@@ -16,7 +16,8 @@ from proxywasm_host.envoy.logs import (
     parse_envoy_log,
     trace_lines,
 )
-from proxywasm_host.envoy.process import EnvoyError, EnvoyProcess
+from proxywasm_host.envoy.process import EnvoyProcess
+from proxywasm_host.errors import EnvoyError
 from proxywasm_host.http.scenario import (
     DownstreamResponse,
     ExchangeResult,
@@ -207,7 +208,6 @@ class EnvoyRunner:
             raise
         self.startup_seconds = self.envoy.startup_seconds
         self.startup_lines = parse_envoy_log(self.envoy.read_log())
-        self._log_offset = self.envoy.log_size()
         if self.startup_lines:
             self.main_thread = self.startup_lines[0].thread
         workers = [l.thread for l in self.startup_lines if l.logger == "wasm" and l.thread != self.main_thread]
@@ -275,7 +275,6 @@ class EnvoyRunner:
             text, lines, access = self._wait_for_stream_end(offset, deadline=time.monotonic() + timeout)
         if self.envoy.proc is None or self.envoy.proc.poll() is not None:
             raise EnvoyError("envoy died during the exchange", self.envoy.log_tail())
-        self._log_offset = offset + len(text.encode("utf-8"))
         mine = [l for l in lines if self._worker(l)]
         logs = (self.startup_logs() if include_startup_logs else []) + filter_logs(mine, self.plugin)
         trace = trace_lines(mine, self.plugin)

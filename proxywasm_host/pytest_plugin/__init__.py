@@ -18,16 +18,18 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from proxywasm_host.core.headers import HeaderMap, compare_header_lists, one_or_all
 from proxywasm_host.errors import HarnessUsageError
-from proxywasm_host.harness.host import Host, Plugin
-from proxywasm_host.runtime.module import CompiledModule
 
-_HOSTS = pytest.StashKey[list[Host]]()
+if TYPE_CHECKING:  # the harness (and wasmtime) load when a fixture is first used, not at pytest start
+    from proxywasm_host.harness.host import Host, Plugin
+    from proxywasm_host.runtime.module import CompiledModule
+
+_HOSTS = pytest.StashKey[list["Host"]]()
 _COVERAGE = pytest.StashKey[dict[str, int]]()
 
 
@@ -94,6 +96,8 @@ def proxywasm_module(pytestconfig: pytest.Config) -> CompiledModule:
             "no filter module configured: pass --proxywasm-module PATH, set proxywasm_module in the "
             "ini file, or use @pytest.mark.proxywasm(wasm='path/to/filter.wasm') on the test"
         )
+    from proxywasm_host.runtime.module import CompiledModule
+
     return CompiledModule.load(path)
 
 
@@ -101,6 +105,8 @@ def proxywasm_module(pytestconfig: pytest.Config) -> CompiledModule:
 def proxywasm_host(request: pytest.FixtureRequest) -> Iterator[Host]:
     """A fresh host: its own VMs, shared data, metrics and virtual clock."""
     config = request.config
+    from proxywasm_host.harness.host import Host
+
     host = Host(
         trace=config.getoption("proxywasm_trace", False),
         coverage=config.stash.get(_COVERAGE, None),

@@ -307,10 +307,6 @@ class CompiledModule:
         else:
             raise ModuleLoadError(f"{self.origin}: Wasm module is missing malloc function (nor proxy_on_memory_allocate)")
 
-    @property
-    def export_names(self) -> list[str]:
-        return list(self.export_types)
-
     # -- pre-linking (once per module per process) ---------------------------------------
     def instance_pre(self) -> tuple[wasmtime.InstancePre, list[tuple[int, str]]]:
         """The pre-linked module and its host bindings: (callback index, AbiHost method)."""
