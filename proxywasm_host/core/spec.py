@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from importlib import resources
+from typing import TYPE_CHECKING, Any
 
 from proxywasm_host.core.guest import GuestMemoryError, GuestTrapped
 from proxywasm_host.core.types import (
@@ -25,9 +27,30 @@ MASK32 = 0xFFFFFFFF
 MASK64 = 0xFFFFFFFFFFFFFFFF
 
 ALL_ABIS = frozenset(AbiVersion)
-ABI_0_1 = frozenset({AbiVersion.V0_1_0})
-ABI_0_2 = frozenset({AbiVersion.V0_2_0, AbiVersion.V0_2_1})
-ABI_0_2_1 = frozenset({AbiVersion.V0_2_1})
+
+#: every ABI marker export starts so: ``proxy_abi_version_0_2_1`` is ABI 0.2.1
+ABI_MARKER_PREFIX = "proxy_abi_version_"
+
+
+def abi_markers(function_exports: Iterable[str]) -> list[str]:
+    """The ABI marker exports among a module's function exports, in order."""
+    return [name for name in function_exports if name.startswith(ABI_MARKER_PREFIX)]
+
+
+def marker_version(marker: str) -> str:
+    """``proxy_abi_version_0_2_1`` -> ``"0.2.1"`` (any marker, known to this host or not)."""
+    return ".".join(marker[len(ABI_MARKER_PREFIX) :].split("_"))
+
+
+def detect_abi(function_exports: Iterable[str]) -> tuple[AbiVersion | None, list[str]]:
+    """The ABI version a module speaks, as Envoy decides it: the first marker export this
+    host knows; with all the markers found (for messages when none is known)."""
+    markers = abi_markers(function_exports)
+    for marker in markers:
+        version = AbiVersion.from_marker(marker)
+        if version is not None:
+            return version, markers
+    return None, markers
 
 WASI_MODULES = ("wasi_snapshot_preview1", "wasi_unstable")
 
@@ -56,19 +79,61 @@ class HostcallSpec:
         return ("i32",) if self.results else ()
 
 
+@dataclass(frozen=True)
+class AbiTable:
+    """The ABI as the data files in ``abi/`` state it (the one copy of every signature)."""
+
+    #: env import name -> (params, results, the ABI versions that link it)
+    env: dict[str, tuple[tuple[str, ...], tuple[str, ...], frozenset[AbiVersion]]]
+    #: WASI function name -> (params, results); linked for every version under WASI_MODULES
+    wasi: dict[str, tuple[tuple[str, ...], tuple[str, ...]]]
+    #: version -> export name -> (params, results): what the host may call
+    exports: dict[AbiVersion, dict[str, tuple[tuple[str, ...], tuple[str, ...]]]]
+
+
+def _read_json(name: str) -> Any:
+    return json.loads(resources.files("proxywasm_host.abi").joinpath(name).read_text(encoding="utf-8"))
+
+
+def _load_table() -> AbiTable:
+    env: dict[str, tuple[tuple[str, ...], tuple[str, ...], set[AbiVersion]]] = {}
+    exports: dict[AbiVersion, dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {}
+    for version in AbiVersion:
+        data = _read_json(f"abi-{version.value}.json")
+        for item in data["imports"]:
+            params, results = tuple(item["params"]), tuple(item["results"])
+            known = env.setdefault(item["name"], (params, results, set()))
+            if known[:2] != (params, results):
+                raise RuntimeError(f"abi/*.json: {item['name']} has different signatures across versions")
+            known[2].add(version)
+        exports[version] = {e["name"]: (tuple(e["params"]), tuple(e["results"])) for e in data["exports"]}
+    wasi = {f["name"]: (tuple(f["params"]), tuple(f["results"])) for f in _read_json("wasi.json")["functions"]}
+    return AbiTable({n: (p, r, frozenset(v)) for n, (p, r, v) in env.items()}, wasi, exports)
+
+
+#: the ABI data files, read once
+ABI_TABLE = _load_table()
+
 #: every import this host can link, keyed by name (WASI names are linked under both modules)
 HOSTCALLS: dict[str, HostcallSpec] = {}
 
 
-def hostcall(
-    name: str,
-    params: str,
-    results: str = "i",
-    *,
-    abis: frozenset[AbiVersion] = ALL_ABIS,
-    module: str = "env",
-) -> Callable[[Callable[..., int | None]], Callable[..., int | None]]:
-    """Declare a method as the implementation of one import, with its wasm signature."""
+def hostcall(name: str, *, signed: tuple[int, ...] = ()) -> Callable[[Callable[..., int | None]], Callable[..., int | None]]:
+    """Declare a method as the implementation of import ``name``.
+
+    The signature and the ABI versions that link it come from the ABI table (``abi/*.json``);
+    ``signed`` lists the indexes of i64 parameters the method takes as signed (the others are
+    read unsigned, i32 always masked unsigned)."""
+    if name in ABI_TABLE.env:
+        wasm_params, wasm_results, abis = ABI_TABLE.env[name]
+        module = "env"
+    elif name in ABI_TABLE.wasi:
+        wasm_params, wasm_results = ABI_TABLE.wasi[name]
+        abis, module = ALL_ABIS, "wasi"
+    else:
+        raise RuntimeError(f"hostcall {name!r} is in no ABI data file (abi/*.json): add it there first")
+    params = "".join(("q" if i in signed else "Q") if t == "i64" else "u" for i, t in enumerate(wasm_params))
+    results = "i" if wasm_results else ""
     wasi = module == "wasi"
 
     def decorate(fn: Callable[..., int | None]) -> Callable[..., int | None]:

@@ -17,6 +17,7 @@ from proxywasm_host.core.guest import GuestRuntime, WasmTrap
 from proxywasm_host.core.headers import HeaderMap
 from proxywasm_host.core.hostcalls import AbiHost
 from proxywasm_host.core.observer import LogEntry
+from proxywasm_host.core.spec import ABI_TABLE
 from proxywasm_host.core.types import AbiVersion, LogLevel, MapType
 from proxywasm_host.errors import (
     FilterFailed,
@@ -287,46 +288,5 @@ class Vm:
 
 
 def guest_exports(abi: AbiVersion) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
-    """Every export the host may call for ``abi`` with its expected wasm type (ABI_FACTS §5)."""
-    i = "i32"
-    two, three = (i, i), (i, i, i)
-    table: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-        "malloc": ((i,), (i,)),
-        "proxy_on_memory_allocate": ((i,), (i,)),
-        "_initialize": ((), ()),
-        "_start": ((), ()),
-        "main": (two, (i,)),
-        "__main_void": ((), (i,)),
-        "proxy_on_context_create": (two, ()),
-        "proxy_on_vm_start": (two, (i,)),
-        "proxy_validate_configuration": (two, (i,)),
-        "proxy_on_configure": (two, (i,)),
-        "proxy_on_tick": ((i,), ()),
-        "proxy_on_queue_ready": (two, ()),
-        "proxy_on_new_connection": ((i,), (i,)),
-        "proxy_on_downstream_data": (three, (i,)),
-        "proxy_on_upstream_data": (three, (i,)),
-        "proxy_on_downstream_connection_close": (two, ()),
-        "proxy_on_upstream_connection_close": (two, ()),
-        "proxy_on_request_headers": (two if abi == AbiVersion.V0_1_0 else three, (i,)),
-        "proxy_on_request_body": (three, (i,)),
-        "proxy_on_request_trailers": (two, (i,)),
-        "proxy_on_request_metadata": (two, (i,)),
-        "proxy_on_response_headers": (two if abi == AbiVersion.V0_1_0 else three, (i,)),
-        "proxy_on_response_body": (three, (i,)),
-        "proxy_on_response_trailers": (two, (i,)),
-        "proxy_on_response_metadata": (two, (i,)),
-        "proxy_on_http_call_response": ((i, i, i, i, i), ()),
-        "proxy_on_grpc_receive_initial_metadata": (three, ()),
-        "proxy_on_grpc_receive": (three, ()),
-        "proxy_on_grpc_receive_trailing_metadata": (three, ()),
-        "proxy_on_grpc_close": (three, ()),
-        "proxy_on_done": ((i,), (i,)),
-        "proxy_on_log": ((i,), ()),
-        "proxy_on_delete": ((i,), ()),
-        "envoy_on_resolve_dns": (three, ()),
-        "envoy_on_stats_update": (two, ()),
-    }
-    if abi != AbiVersion.V0_1_0:
-        table["proxy_on_foreign_function"] = (three, ())
-    return table
+    """Every export the host may call for ``abi`` with its expected wasm type (the ABI table)."""
+    return dict(ABI_TABLE.exports[abi])

@@ -142,13 +142,14 @@ def runtime_config(root_ids: Sequence[str], abi_versions: Sequence[str]) -> dict
 
 
 def _abi_exports(wasm: bytes) -> list[str]:
+    from proxywasm_host.core.spec import abi_markers
     from proxywasm_host.runtime.binary import scan_exports
 
     try:
-        names = [name for name, _kind in scan_exports(wasm)]
+        names = [name for name, kind in scan_exports(wasm) if kind == 0]
     except Exception:  # noqa: BLE001 - not a module we can read: validated by the caller
         return []
-    return [n for n in names if n.startswith("proxy_abi_version_")]
+    return abi_markers(names)
 
 
 def _json_bytes(obj: Any) -> bytes:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from proxywasm_host.core.spec import abi_markers, marker_version
+
 
 def _leb128(data: bytes, pos: int) -> tuple[int, int]:
     result = shift = 0
@@ -75,10 +77,8 @@ def abi_version_of(wasm: str | os.PathLike[str]) -> str:
     Same answer as scanning ``wasmtime.Module.from_file(...).exports``, but
     read from the binary's export section without compiling the module.
     """
-    for name, kind in module_exports(wasm):
-        if kind == 0 and name.startswith("proxy_abi_version_"):
-            return ".".join(name[len("proxy_abi_version_") :].split("_"))
-    return "unknown"
+    markers = abi_markers(name for name, kind in module_exports(wasm) if kind == 0)
+    return marker_version(markers[0]) if markers else "unknown"
 
 
 # --------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from proxywasm_host.core.guest import (
     WasmTrap,
 )
 from proxywasm_host.core.hostcalls import AbiHost
-from proxywasm_host.core.spec import HOSTCALLS, imports_for
+from proxywasm_host.core.spec import HOSTCALLS, detect_abi, imports_for
 from proxywasm_host.core.types import AbiVersion
 from proxywasm_host.core.vm import guest_exports
 from proxywasm_host.errors import ModuleLoadError
@@ -237,12 +237,9 @@ class CompiledModule:
 
     # -- validation as cpp-host/Envoy (V8) do it ------------------------------------------
     def _detect_abi(self) -> AbiVersion:
-        for name, (kind, _ps, _rs) in self.export_types.items():
-            if kind == "func":
-                version = AbiVersion.from_marker(name)
-                if version is not None:
-                    return version
-        markers = [n for n in self.export_types if n.startswith("proxy_abi_version_")]
+        version, markers = detect_abi(name for name, (kind, _ps, _rs) in self.export_types.items() if kind == "func")
+        if version is not None:
+            return version
         if markers:
             raise ModuleLoadError(
                 f"{self.origin}: unknown Proxy-Wasm ABI version {markers[0]!r} "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from proxywasm_host.core.guest import GuestMemoryError
 from proxywasm_host.core.hostcalls.base import _CRITICAL, _LOG_LEVELS, AbiHostBase
-from proxywasm_host.core.spec import ABI_0_2_1, hostcall
+from proxywasm_host.core.spec import hostcall
 from proxywasm_host.core.types import BAD_ARGUMENT as _BAD_ARGUMENT
 from proxywasm_host.core.types import OK as _OK
 
@@ -13,7 +13,7 @@ class BasicCalls(AbiHostBase):
     """proxy_log, log level, time and tick period."""
 
 
-    @hostcall("proxy_log", "uuu")
+    @hostcall("proxy_log")
     def proxy_log(self, level: int, ptr: int, size: int) -> int:
         if level > _CRITICAL:
             return _BAD_ARGUMENT
@@ -24,18 +24,18 @@ class BasicCalls(AbiHostBase):
         self.emit_log(_LOG_LEVELS[level], self.read(ptr, size))
         return _OK
 
-    @hostcall("proxy_get_log_level", "u", abis=ABI_0_2_1)
+    @hostcall("proxy_get_log_level")
     def proxy_get_log_level(self, ret_ptr: int) -> int:
         self.write_u32(ret_ptr, int(self.log_level))
         return _OK
 
     # -- time -----------------------------------------------------------------------------
-    @hostcall("proxy_get_current_time_nanoseconds", "u")
+    @hostcall("proxy_get_current_time_nanoseconds")
     def proxy_get_current_time_nanoseconds(self, ret_ptr: int) -> int:
         self.write_u64(ret_ptr, self.clock.wall_ns)
         return _OK
 
-    @hostcall("proxy_set_tick_period_milliseconds", "u")
+    @hostcall("proxy_set_tick_period_milliseconds")
     def proxy_set_tick_period_milliseconds(self, period_ms: int) -> int:
         root = self.active.root
         if root is not None:

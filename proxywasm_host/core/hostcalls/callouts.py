@@ -25,7 +25,7 @@ class CalloutCalls(AbiHostBase):
     def cluster_known(self, name: str) -> bool:
         return self.clusters is None or name in self.clusters
 
-    @hostcall("proxy_http_call", "uuuuuuuuuu")
+    @hostcall("proxy_http_call")
     def proxy_http_call(
         self,
         upstream_ptr: int,
@@ -92,18 +92,18 @@ class CalloutCalls(AbiHostBase):
         self.write_u32(ret_token_ptr, token)  # written only on success (Envoy)
         return _OK
 
-    @hostcall("proxy_grpc_call", "uuuuuuuuuuuu")
+    @hostcall("proxy_grpc_call")
     def proxy_grpc_call(self, up_ptr: int, up_len: int, svc_ptr: int, svc_len: int, m_ptr: int, m_len: int, md_ptr: int, md_len: int, msg_ptr: int, msg_len: int, timeout_ms: int, ret_token_ptr: int) -> int:
         message = self.read(msg_ptr, msg_len)
         return self._grpc_open(False, (up_ptr, up_len), (svc_ptr, svc_len), (m_ptr, m_len), (md_ptr, md_len),
                                message, timeout_ms, ret_token_ptr)
 
-    @hostcall("proxy_grpc_stream", "uuuuuuuuu")
+    @hostcall("proxy_grpc_stream")
     def proxy_grpc_stream(self, up_ptr: int, up_len: int, svc_ptr: int, svc_len: int, m_ptr: int, m_len: int, md_ptr: int, md_len: int, ret_token_ptr: int) -> int:
         return self._grpc_open(True, (up_ptr, up_len), (svc_ptr, svc_len), (m_ptr, m_len), (md_ptr, md_len),
                                None, 0, ret_token_ptr)
 
-    @hostcall("proxy_grpc_send", "uuuu")
+    @hostcall("proxy_grpc_send")
     def proxy_grpc_send(self, token: int, msg_ptr: int, msg_len: int, end_stream: int) -> int:
         message = self.read(msg_ptr, msg_len)
         if token % 4 != 2:
@@ -116,7 +116,7 @@ class CalloutCalls(AbiHostBase):
             call.local_end_stream = True
         return _OK
 
-    @hostcall("proxy_grpc_cancel", "u")
+    @hostcall("proxy_grpc_cancel")
     def proxy_grpc_cancel(self, token: int) -> int:
         if token % 4 not in (1, 2):
             return _BAD_ARGUMENT
@@ -126,7 +126,7 @@ class CalloutCalls(AbiHostBase):
         call.state = "cancelled"
         return _OK
 
-    @hostcall("proxy_grpc_close", "u")
+    @hostcall("proxy_grpc_close")
     def proxy_grpc_close(self, token: int) -> int:
         if token % 4 not in (1, 2):
             return _BAD_ARGUMENT
@@ -140,7 +140,7 @@ class CalloutCalls(AbiHostBase):
         return _OK
 
     # -- foreign functions ----------------------------------------------------------------
-    @hostcall("proxy_call_foreign_function", "uuuuuu")
+    @hostcall("proxy_call_foreign_function")
     def proxy_call_foreign_function(self, name_ptr: int, name_len: int, args_ptr: int, args_len: int, ret_ptr_ptr: int, ret_size_ptr: int) -> int:
         name = self.read(name_ptr, name_len).decode("utf-8", "surrogateescape")
         args = self.read(args_ptr, args_len)
@@ -159,7 +159,7 @@ class CalloutCalls(AbiHostBase):
         return _OK
 
     # -- Envoy / emscripten extras ---------------------------------------------------------
-    @hostcall("envoy_resolve_dns", "uuu")
+    @hostcall("envoy_resolve_dns")
     def envoy_resolve_dns(self, addr_ptr: int, addr_len: int, ret_token_ptr: int) -> int:
         """Envoy's DNS extension: answered after the guest call returns, from the test's
         ``dns`` table, with envoy_on_resolve_dns(root, token, size) (ABI_FACTS §4.8, §6.4)."""
@@ -174,11 +174,11 @@ class CalloutCalls(AbiHostBase):
         self.deferred.append(lambda: self.delivery.dns_answers(root, token, answers))
         return _OK
 
-    @hostcall("pthread_equal", "uu")
+    @hostcall("pthread_equal")
     def pthread_equal(self, a: int, b: int) -> int:
         return 1 if a == b else 0
 
-    @hostcall("emscripten_notify_memory_growth", "u", "")
+    @hostcall("emscripten_notify_memory_growth")
     def emscripten_notify_memory_growth(self, index: int) -> None:
         return None
 

@@ -8,7 +8,7 @@ from proxywasm_host.core.hostcalls.base import (
     _LAST_MAP_TYPE,
     AbiHostBase,
 )
-from proxywasm_host.core.spec import ABI_0_1, hostcall
+from proxywasm_host.core.spec import hostcall
 from proxywasm_host.core.types import BAD_ARGUMENT as _BAD_ARGUMENT
 from proxywasm_host.core.types import NOT_FOUND as _NOT_FOUND
 from proxywasm_host.core.types import OK as _OK
@@ -22,13 +22,13 @@ class DataCalls(AbiHostBase):
 
 
     # -- configuration / buffers ----------------------------------------------------------
-    @hostcall("proxy_get_configuration", "uu", abis=ABI_0_1)
+    @hostcall("proxy_get_configuration")
     def proxy_get_configuration(self, ret_ptr_ptr: int, ret_size_ptr: int) -> int:
         root = self.plugin_in_flight
         data = root.plugin.configuration if root is not None else self.vm_configuration
         return self.return_bytes(ret_ptr_ptr, ret_size_ptr, data)
 
-    @hostcall("proxy_get_buffer_bytes", "uuuuu")
+    @hostcall("proxy_get_buffer_bytes")
     def proxy_get_buffer_bytes(self, buffer_type: int, start: int, max_size: int, ret_ptr_ptr: int, ret_size_ptr: int) -> int:
         if buffer_type > _LAST_BUFFER_TYPE:
             return _BAD_ARGUMENT
@@ -42,7 +42,7 @@ class DataCalls(AbiHostBase):
         # an empty range is (0, 0) without an allocation, like an empty buffer
         return self.return_bytes(ret_ptr_ptr, ret_size_ptr, memoryview(buf)[start : start + length])
 
-    @hostcall("proxy_get_buffer_status", "uuu")
+    @hostcall("proxy_get_buffer_status")
     def proxy_get_buffer_status(self, buffer_type: int, ret_size_ptr: int, ret_flags_ptr: int) -> int:
         if buffer_type > _LAST_BUFFER_TYPE:
             return _BAD_ARGUMENT
@@ -52,7 +52,7 @@ class DataCalls(AbiHostBase):
         self.write_u32_pair(ret_size_ptr, len(buf), ret_flags_ptr, 0)
         return _OK
 
-    @hostcall("proxy_set_buffer_bytes", "uuuuu")
+    @hostcall("proxy_set_buffer_bytes")
     def proxy_set_buffer_bytes(self, buffer_type: int, start: int, size: int, data_ptr: int, data_len: int) -> int:
         if buffer_type > _LAST_BUFFER_TYPE:
             return _BAD_ARGUMENT
@@ -62,7 +62,7 @@ class DataCalls(AbiHostBase):
     # -- header maps ----------------------------------------------------------------------
     # The hot hostcalls of every filter.  They spell ``self.active`` out (a property call
     # per hostcall adds up) and compare against the plain-int constants above.
-    @hostcall("proxy_get_header_map_pairs", "uuu")
+    @hostcall("proxy_get_header_map_pairs")
     def proxy_get_header_map_pairs(self, map_type: int, ret_ptr_ptr: int, ret_size_ptr: int) -> int:
         if map_type > _LAST_MAP_TYPE:
             return _BAD_ARGUMENT
@@ -71,7 +71,7 @@ class DataCalls(AbiHostBase):
         pairs = hmap.frozen_pairs() if (status == _OK and hmap is not None) else ()
         return self.return_pairs(ret_ptr_ptr, ret_size_ptr, pairs)
 
-    @hostcall("proxy_set_header_map_pairs", "uuu")
+    @hostcall("proxy_set_header_map_pairs")
     def proxy_set_header_map_pairs(self, map_type: int, ptr: int, size: int) -> int:
         if map_type > _LAST_MAP_TYPE:
             return _BAD_ARGUMENT
@@ -82,7 +82,7 @@ class DataCalls(AbiHostBase):
         hmap.set_pairs(pairs)
         return _OK
 
-    @hostcall("proxy_get_header_map_size", "uu")
+    @hostcall("proxy_get_header_map_size")
     def proxy_get_header_map_size(self, map_type: int, ret_size_ptr: int) -> int:
         if map_type > _LAST_MAP_TYPE:
             return _BAD_ARGUMENT
@@ -92,7 +92,7 @@ class DataCalls(AbiHostBase):
         self.write_u32(ret_size_ptr, hmap.byte_size())
         return _OK
 
-    @hostcall("proxy_get_header_map_value", "uuuuu")
+    @hostcall("proxy_get_header_map_value")
     def proxy_get_header_map_value(self, map_type: int, key_ptr: int, key_len: int, ret_ptr_ptr: int, ret_size_ptr: int) -> int:
         if map_type > _LAST_MAP_TYPE:
             return _BAD_ARGUMENT
@@ -120,7 +120,7 @@ class DataCalls(AbiHostBase):
         return hmap if status == _OK else None
 
     # add/replace/remove: same checks in the same order (value, map type, key, map)
-    @hostcall("proxy_add_header_map_value", "uuuuu")
+    @hostcall("proxy_add_header_map_value")
     def proxy_add_header_map_value(self, map_type: int, key_ptr: int, key_len: int, val_ptr: int, val_len: int) -> int:
         value = self.read(val_ptr, val_len)
         if map_type > _LAST_MAP_TYPE:
@@ -132,7 +132,7 @@ class DataCalls(AbiHostBase):
         hmap.add(key, value)
         return _OK
 
-    @hostcall("proxy_replace_header_map_value", "uuuuu")
+    @hostcall("proxy_replace_header_map_value")
     def proxy_replace_header_map_value(self, map_type: int, key_ptr: int, key_len: int, val_ptr: int, val_len: int) -> int:
         value = self.read(val_ptr, val_len)
         if map_type > _LAST_MAP_TYPE:
@@ -144,7 +144,7 @@ class DataCalls(AbiHostBase):
         hmap.replace(key, value)
         return _OK
 
-    @hostcall("proxy_remove_header_map_value", "uuu")
+    @hostcall("proxy_remove_header_map_value")
     def proxy_remove_header_map_value(self, map_type: int, key_ptr: int, key_len: int) -> int:
         if map_type > _LAST_MAP_TYPE:
             return _BAD_ARGUMENT

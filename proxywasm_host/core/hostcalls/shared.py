@@ -19,7 +19,7 @@ class SharedCalls(AbiHostBase):
 
 
     # -- shared data ----------------------------------------------------------------------
-    @hostcall("proxy_get_shared_data", "uuuuu")
+    @hostcall("proxy_get_shared_data")
     def proxy_get_shared_data(self, key_ptr: int, key_len: int, ret_ptr_ptr: int, ret_size_ptr: int, ret_cas_ptr: int) -> int:
         key = self.read(key_ptr, key_len)
         entry = self.shared.data.get(self.vm_id, {}).get(key)
@@ -30,7 +30,7 @@ class SharedCalls(AbiHostBase):
         self.write_u32(ret_cas_ptr, cas)
         return status
 
-    @hostcall("proxy_set_shared_data", "uuuuu")
+    @hostcall("proxy_set_shared_data")
     def proxy_set_shared_data(self, key_ptr: int, key_len: int, val_ptr: int, val_len: int, cas: int) -> int:
         key = self.read(key_ptr, key_len)
         value = self.read(val_ptr, val_len)
@@ -44,7 +44,7 @@ class SharedCalls(AbiHostBase):
         return _OK
 
     # -- shared queues --------------------------------------------------------------------
-    @hostcall("proxy_register_shared_queue", "uuu")
+    @hostcall("proxy_register_shared_queue")
     def proxy_register_shared_queue(self, name_ptr: int, name_len: int, ret_id_ptr: int) -> int:
         name = self.read(name_ptr, name_len)
         key = (self.vm_id, name)
@@ -61,7 +61,7 @@ class SharedCalls(AbiHostBase):
         self.write_u32(ret_id_ptr, token)
         return _OK
 
-    @hostcall("proxy_resolve_shared_queue", "uuuuu")
+    @hostcall("proxy_resolve_shared_queue")
     def proxy_resolve_shared_queue(self, vm_id_ptr: int, vm_id_len: int, name_ptr: int, name_len: int, ret_id_ptr: int) -> int:
         vm_id = self.read(vm_id_ptr, vm_id_len).decode("utf-8", "surrogateescape") or self.vm_id
         name = self.read(name_ptr, name_len)
@@ -71,7 +71,7 @@ class SharedCalls(AbiHostBase):
         self.write_u32(ret_id_ptr, token)
         return _OK
 
-    @hostcall("proxy_enqueue_shared_queue", "uuu")
+    @hostcall("proxy_enqueue_shared_queue")
     def proxy_enqueue_shared_queue(self, token: int, val_ptr: int, val_len: int) -> int:
         value = self.read(val_ptr, val_len)
         queue = self.shared.queues.get(token)
@@ -82,7 +82,7 @@ class SharedCalls(AbiHostBase):
         owner_host.posted_queue_ready.append((root_id, token))
         return _OK
 
-    @hostcall("proxy_dequeue_shared_queue", "uuu")
+    @hostcall("proxy_dequeue_shared_queue")
     def proxy_dequeue_shared_queue(self, token: int, ret_ptr_ptr: int, ret_size_ptr: int) -> int:
         queue = self.shared.queues.get(token)
         if queue is None:
@@ -94,7 +94,7 @@ class SharedCalls(AbiHostBase):
         return status
 
     # -- metrics --------------------------------------------------------------------------
-    @hostcall("proxy_define_metric", "uuuu")
+    @hostcall("proxy_define_metric")
     def proxy_define_metric(self, metric_type: int, name_ptr: int, name_len: int, ret_id_ptr: int) -> int:
         if metric_type > MetricType.HISTOGRAM:
             return _BAD_ARGUMENT
@@ -109,7 +109,7 @@ class SharedCalls(AbiHostBase):
         self.write_u32(ret_id_ptr, metric_id)
         return _OK
 
-    @hostcall("proxy_increment_metric", "uq")
+    @hostcall("proxy_increment_metric", signed=(1,))
     def proxy_increment_metric(self, metric_id: int, delta: int) -> int:
         metric = self.metrics.get(metric_id)
         if metric is None:
@@ -124,7 +124,7 @@ class SharedCalls(AbiHostBase):
             return _BAD_ARGUMENT
         return _OK
 
-    @hostcall("proxy_record_metric", "uQ")
+    @hostcall("proxy_record_metric")
     def proxy_record_metric(self, metric_id: int, value: int) -> int:
         metric = self.metrics.get(metric_id)
         if metric is None:
@@ -137,7 +137,7 @@ class SharedCalls(AbiHostBase):
             metric.samples.append(value)
         return _OK
 
-    @hostcall("proxy_get_metric", "uu")
+    @hostcall("proxy_get_metric")
     def proxy_get_metric(self, metric_id: int, ret_ptr: int) -> int:
         metric = self.metrics.get(metric_id)
         if metric is None:

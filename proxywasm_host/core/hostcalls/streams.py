@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from proxywasm_host.core import properties
 from proxywasm_host.core.hostcalls.base import AbiHostBase
-from proxywasm_host.core.spec import ABI_0_1, ABI_0_2, hostcall
+from proxywasm_host.core.spec import hostcall
 from proxywasm_host.core.types import BAD_ARGUMENT as _BAD_ARGUMENT
 from proxywasm_host.core.types import NOT_FOUND as _NOT_FOUND
 from proxywasm_host.core.types import OK as _OK
@@ -18,31 +18,31 @@ class StreamCalls(AbiHostBase):
 
 
     # -- stream control -------------------------------------------------------------------
-    @hostcall("proxy_continue_stream", "u", abis=ABI_0_2)
+    @hostcall("proxy_continue_stream")
     def proxy_continue_stream(self, stream_type: int) -> int:
         if stream_type > 3:
             return _BAD_ARGUMENT
         return self.active.continue_stream(stream_type)
 
-    @hostcall("proxy_close_stream", "u", abis=ABI_0_2)
+    @hostcall("proxy_close_stream")
     def proxy_close_stream(self, stream_type: int) -> int:
         if stream_type > 3:
             return _BAD_ARGUMENT
         return self.active.close_stream(stream_type)
 
-    @hostcall("proxy_continue_request", "", abis=ABI_0_1)
+    @hostcall("proxy_continue_request")
     def proxy_continue_request(self) -> int:
         return self.active.continue_stream(0)
 
-    @hostcall("proxy_continue_response", "", abis=ABI_0_1)
+    @hostcall("proxy_continue_response")
     def proxy_continue_response(self) -> int:
         return self.active.continue_stream(1)
 
-    @hostcall("proxy_clear_route_cache", "", abis=ABI_0_1)
+    @hostcall("proxy_clear_route_cache")
     def proxy_clear_route_cache(self) -> int:
         return self.active.clear_route_cache()
 
-    @hostcall("proxy_send_local_response", "uuuuuuuu")
+    @hostcall("proxy_send_local_response")
     def proxy_send_local_response(
         self,
         status_code: int,
@@ -60,7 +60,7 @@ class StreamCalls(AbiHostBase):
         return self.active.send_local_response(status_code, details, body, headers, grpc_status)
 
     # -- context --------------------------------------------------------------------------
-    @hostcall("proxy_set_effective_context", "u")
+    @hostcall("proxy_set_effective_context")
     def proxy_set_effective_context(self, context_id: int) -> int:
         ctx = self.contexts.get(context_id)
         if ctx is None:
@@ -68,7 +68,7 @@ class StreamCalls(AbiHostBase):
         self.effective = None if context_id == 0 else ctx
         return _OK
 
-    @hostcall("proxy_done", "")
+    @hostcall("proxy_done")
     def proxy_done(self) -> int:
         root = self.active.root
         if root is None or not root.pending_done:
@@ -77,7 +77,7 @@ class StreamCalls(AbiHostBase):
         self.deferred.append(lambda: self.delivery.root_done(root))
         return _OK
 
-    @hostcall("proxy_get_status", "uuu")
+    @hostcall("proxy_get_status")
     def proxy_get_status(self, ret_code_ptr: int, ret_msg_ptr_ptr: int, ret_msg_size_ptr: int) -> int:
         root = self.active.root
         code, message = (root.status_code, root.status_message) if root is not None else (0, b"")
@@ -85,7 +85,7 @@ class StreamCalls(AbiHostBase):
         return self.return_bytes(ret_msg_ptr_ptr, ret_msg_size_ptr, message)
 
     # -- properties -----------------------------------------------------------------------
-    @hostcall("proxy_get_property", "uuuu")
+    @hostcall("proxy_get_property")
     def proxy_get_property(self, path_ptr: int, path_len: int, ret_ptr_ptr: int, ret_size_ptr: int) -> int:
         raw = self.read(path_ptr, path_len)
         status, value = self.resolve_property(raw)
@@ -96,7 +96,7 @@ class StreamCalls(AbiHostBase):
     def resolve_property(self, raw_path: bytes) -> tuple[Status, bytes]:
         return properties.lookup(self, self.active, raw_path)
 
-    @hostcall("proxy_set_property", "uuuu")
+    @hostcall("proxy_set_property")
     def proxy_set_property(self, path_ptr: int, path_len: int, val_ptr: int, val_len: int) -> int:
         path = self.read(path_ptr, path_len)
         value = self.read(val_ptr, val_len)

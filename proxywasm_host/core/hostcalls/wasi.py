@@ -44,7 +44,7 @@ class WasiCalls(AbiHostBase):
             level = LogLevel.INFO if fd == 1 else LogLevel.ERROR
             self.emit_log(level, text, "stdout" if fd == 1 else "stderr")
 
-    @hostcall("fd_write", "uuuu", module="wasi")
+    @hostcall("fd_write")
     def fd_write(self, fd: int, iovs: int, iovs_len: int, nwritten_ptr: int) -> int:
         if fd not in (1, 2):
             return EBADF
@@ -53,22 +53,22 @@ class WasiCalls(AbiHostBase):
         self.write_u32(nwritten_ptr, len(data))
         return ESUCCESS
 
-    @hostcall("fd_pwrite", "uuuQu", module="wasi")
+    @hostcall("fd_pwrite")
     def fd_pwrite(self, fd: int, iovs: int, iovs_len: int, offset: int, nwritten_ptr: int) -> int:
         result = self.fd_write(fd, iovs, iovs_len, nwritten_ptr)
         assert result is not None  # fd_write always answers an errno
         return result
 
-    @hostcall("fd_read", "uuuu", module="wasi")
+    @hostcall("fd_read")
     def fd_read(self, fd: int, iovs: int, iovs_len: int, nread_ptr: int) -> int:
         return ENOSYS
 
-    @hostcall("fd_seek", "uquu", module="wasi")
+    @hostcall("fd_seek", signed=(1,))
     def fd_seek(self, fd: int, offset: int, whence: int, ret_ptr: int) -> int:
         self.host_notes("wasi_unstable fd_seek")
         return ESUCCESS
 
-    @hostcall("fd_close", "u", module="wasi")
+    @hostcall("fd_close")
     def fd_close(self, fd: int) -> int:
         self.host_notes("wasi_unstable fd_close")
         return ESUCCESS
@@ -78,148 +78,148 @@ class WasiCalls(AbiHostBase):
         root = self.active.root
         self.logs.append(LogEntry(LogLevel.ERROR, text, self.active.id, "host", root.id if root else 0))
 
-    @hostcall("fd_fdstat_get", "uu", module="wasi")
+    @hostcall("fd_fdstat_get")
     def fd_fdstat_get(self, fd: int, buf: int) -> int:
         if fd not in (1, 2):
             return EBADF
         self.write(buf, struct.pack("<QQQ", 0, 64, 0))
         return ESUCCESS
 
-    @hostcall("fd_fdstat_set_flags", "uu", module="wasi")
+    @hostcall("fd_fdstat_set_flags")
     def fd_fdstat_set_flags(self, fd: int, flags: int) -> int:
         return ENOSYS
 
-    @hostcall("fd_fdstat_set_rights", "uQQ", module="wasi")
+    @hostcall("fd_fdstat_set_rights")
     def fd_fdstat_set_rights(self, fd: int, base: int, inheriting: int) -> int:
         return ESUCCESS if fd in (1, 2) else EBADF
 
-    @hostcall("fd_prestat_get", "uu", module="wasi")
+    @hostcall("fd_prestat_get")
     def fd_prestat_get(self, fd: int, buf: int) -> int:
         return EBADF
 
-    @hostcall("fd_prestat_dir_name", "uuu", module="wasi")
+    @hostcall("fd_prestat_dir_name")
     def fd_prestat_dir_name(self, fd: int, path: int, path_len: int) -> int:
         return ENOSYS
 
-    @hostcall("fd_filestat_get", "uu", module="wasi")
+    @hostcall("fd_filestat_get")
     def fd_filestat_get(self, fd: int, buf: int) -> int:
         return EBADF
 
-    @hostcall("fd_advise", "uQQu", module="wasi")
+    @hostcall("fd_advise")
     def fd_advise(self, fd: int, offset: int, length: int, advice: int) -> int:
         return ESUCCESS
 
-    @hostcall("fd_allocate", "uQQ", module="wasi")
+    @hostcall("fd_allocate")
     def fd_allocate(self, fd: int, offset: int, length: int) -> int:
         return ESUCCESS if fd in (1, 2) else EBADF
 
-    @hostcall("fd_datasync", "u", module="wasi")
+    @hostcall("fd_datasync")
     def fd_datasync(self, fd: int) -> int:
         return ESUCCESS if fd in (1, 2) else EBADF
 
-    @hostcall("fd_sync", "u", module="wasi")
+    @hostcall("fd_sync")
     def fd_sync(self, fd: int) -> int:
         return ESUCCESS if fd in (1, 2) else EBADF
 
-    @hostcall("fd_filestat_set_size", "uQ", module="wasi")
+    @hostcall("fd_filestat_set_size")
     def fd_filestat_set_size(self, fd: int, size: int) -> int:
         return ESUCCESS if fd in (1, 2) else EBADF
 
-    @hostcall("fd_filestat_set_times", "uQQu", module="wasi")
+    @hostcall("fd_filestat_set_times")
     def fd_filestat_set_times(self, fd: int, atim: int, mtim: int, flags: int) -> int:
         return ESUCCESS if fd in (1, 2) else EBADF
 
-    @hostcall("fd_pread", "uuuQu", module="wasi")
+    @hostcall("fd_pread")
     def fd_pread(self, fd: int, iovs: int, iovs_len: int, offset: int, nread_ptr: int) -> int:
         return ENOSYS
 
-    @hostcall("fd_readdir", "uuuQu", module="wasi")
+    @hostcall("fd_readdir")
     def fd_readdir(self, fd: int, buf: int, buf_len: int, cookie: int, ret_ptr: int) -> int:
         self.write_u32(ret_ptr, 0)
         return ENOTDIR
 
-    @hostcall("fd_renumber", "uu", module="wasi")
+    @hostcall("fd_renumber")
     def fd_renumber(self, fd: int, to: int) -> int:
         return ENOTSUP if fd in (1, 2) and to in (1, 2) else EBADF
 
-    @hostcall("fd_tell", "uu", module="wasi")
+    @hostcall("fd_tell")
     def fd_tell(self, fd: int, ret_ptr: int) -> int:
         if fd not in (1, 2):
             return EBADF
         self.write_u64(ret_ptr, 0)
         return ESUCCESS
 
-    @hostcall("path_open", "uuuuuQQuu", module="wasi")
+    @hostcall("path_open")
     def path_open(self, fd: int, dirflags: int, path: int, path_len: int, oflags: int, base: int, inheriting: int, fdflags: int, ret_fd: int) -> int:
         return ENOENT
 
-    @hostcall("path_filestat_get", "uuuuu", module="wasi")
+    @hostcall("path_filestat_get")
     def path_filestat_get(self, fd: int, flags: int, path: int, path_len: int, buf: int) -> int:
         return ENOTSUP
 
-    @hostcall("path_create_directory", "uuu", module="wasi")
+    @hostcall("path_create_directory")
     def path_create_directory(self, fd: int, path: int, path_len: int) -> int:
         return ENOTSUP
 
-    @hostcall("path_remove_directory", "uuu", module="wasi")
+    @hostcall("path_remove_directory")
     def path_remove_directory(self, fd: int, path: int, path_len: int) -> int:
         return ENOTSUP
 
-    @hostcall("path_unlink_file", "uuu", module="wasi")
+    @hostcall("path_unlink_file")
     def path_unlink_file(self, fd: int, path: int, path_len: int) -> int:
         return ENOTSUP
 
-    @hostcall("path_filestat_set_times", "uuuuQQu", module="wasi")
+    @hostcall("path_filestat_set_times")
     def path_filestat_set_times(self, fd: int, flags: int, path: int, path_len: int, atim: int, mtim: int, fst: int) -> int:
         return ENOTSUP
 
-    @hostcall("path_link", "uuuuuu", module="wasi")
+    @hostcall("path_link")
     def path_link(self, a: int, b: int, c: int, d: int, e: int, f: int) -> int:
         return ENOTSUP
 
-    @hostcall("path_readlink", "uuuuuu", module="wasi")
+    @hostcall("path_readlink")
     def path_readlink(self, fd: int, path: int, path_len: int, buf: int, buf_len: int, ret_ptr: int) -> int:
         self.write_u32(ret_ptr, 0)
         return ENOTSUP
 
-    @hostcall("path_rename", "uuuuuu", module="wasi")
+    @hostcall("path_rename")
     def path_rename(self, a: int, b: int, c: int, d: int, e: int, f: int) -> int:
         return ENOTSUP
 
-    @hostcall("path_symlink", "uuuu", module="wasi")
+    @hostcall("path_symlink")
     def path_symlink(self, a: int, b: int, c: int, d: int) -> int:
         return ENOTSUP
 
-    @hostcall("sock_accept", "uuu", module="wasi")
+    @hostcall("sock_accept")
     def sock_accept(self, fd: int, flags: int, ret_ptr: int) -> int:
         self.write_u64(ret_ptr, 0)
         return ENOTSUP
 
-    @hostcall("sock_recv", "uuuuuu", module="wasi")
+    @hostcall("sock_recv")
     def sock_recv(self, fd: int, iovs: int, iovs_len: int, flags: int, ret_size: int, ret_flags: int) -> int:
         self.write_u32(ret_size, 0)
         self.write(ret_flags, b"\0\0")
         return ENOTSUP
 
-    @hostcall("sock_send", "uuuuu", module="wasi")
+    @hostcall("sock_send")
     def sock_send(self, fd: int, iovs: int, iovs_len: int, flags: int, ret_size: int) -> int:
         self.write_u32(ret_size, 0)
         return ENOTSUP
 
-    @hostcall("sock_shutdown", "uu", module="wasi")
+    @hostcall("sock_shutdown")
     def sock_shutdown(self, fd: int, how: int) -> int:
         return ENOTSUP
 
     def _environ(self) -> list[bytes]:
         return [f"{k}={v}".encode() + b"\0" for k, v in self.environment.items()]
 
-    @hostcall("environ_sizes_get", "uu", module="wasi")
+    @hostcall("environ_sizes_get")
     def environ_sizes_get(self, count_ptr: int, size_ptr: int) -> int:
         env = self._environ()
         self.write_u32_pair(count_ptr, len(env), size_ptr, sum(len(e) for e in env))
         return ESUCCESS
 
-    @hostcall("environ_get", "uu", module="wasi")
+    @hostcall("environ_get")
     def environ_get(self, ptrs: int, buf: int) -> int:
         for i, entry in enumerate(self._environ()):
             self.write_u32(ptrs + 4 * i, buf)
@@ -227,16 +227,16 @@ class WasiCalls(AbiHostBase):
             buf += len(entry)
         return ESUCCESS
 
-    @hostcall("args_sizes_get", "uu", module="wasi")
+    @hostcall("args_sizes_get")
     def args_sizes_get(self, argc_ptr: int, size_ptr: int) -> int:
         self.write_u32_pair(argc_ptr, 0, size_ptr, 0)
         return ESUCCESS
 
-    @hostcall("args_get", "uu", module="wasi")
+    @hostcall("args_get")
     def args_get(self, argv: int, buf: int) -> int:
         return ESUCCESS
 
-    @hostcall("clock_time_get", "uQu", module="wasi")
+    @hostcall("clock_time_get")
     def clock_time_get(self, clock_id: int, precision: int, ret_ptr: int) -> int:
         if clock_id == 0:
             self.write_u64(ret_ptr, self.clock.wall_ns)
@@ -246,14 +246,14 @@ class WasiCalls(AbiHostBase):
             return ENOTSUP
         return ESUCCESS
 
-    @hostcall("clock_res_get", "uu", module="wasi")
+    @hostcall("clock_res_get")
     def clock_res_get(self, clock_id: int, ret_ptr: int) -> int:
         if clock_id not in (0, 1):
             return ENOTSUP
         self.write_u64(ret_ptr, 1)
         return ESUCCESS
 
-    @hostcall("random_get", "uu", module="wasi")
+    @hostcall("random_get")
     def random_get(self, buf: int, size: int) -> int:
         if size > RANDOM_GET_LIMIT:
             return EINVAL
@@ -261,15 +261,15 @@ class WasiCalls(AbiHostBase):
             self.write(buf, self.random.randbytes(size))
         return ESUCCESS
 
-    @hostcall("proc_exit", "u", "", module="wasi")
+    @hostcall("proc_exit")
     def proc_exit(self, code: int) -> None:
         self.host_notes("wasi_unstable proc_exit")
 
-    @hostcall("sched_yield", "", module="wasi")
+    @hostcall("sched_yield")
     def sched_yield(self) -> int:
         return ESUCCESS
 
-    @hostcall("poll_oneoff", "uuuu", module="wasi")
+    @hostcall("poll_oneoff")
     def poll_oneoff(self, in_ptr: int, out_ptr: int, nsubs: int, nevents_ptr: int) -> int:
         self.write_u32(nevents_ptr, 0)
         return ESUCCESS
