@@ -23,7 +23,7 @@ from proxywasm_host.errors import (
     ProxyWasmError,
 )
 from proxywasm_host.harness.host import Host
-from proxywasm_host.http.scenario import HttpRequest, HttpResponse
+from proxywasm_host.http.scenario import HttpRequest, HttpResponse, PluginSpec
 from proxywasm_host.runtime.module import inspect_module
 
 #: pseudo-headers Envoy always gives a filter for an HTTP/1.1 request, filled in when absent
@@ -139,11 +139,13 @@ def _run(args: argparse.Namespace) -> int:
     try:
         host = Host()
         plugin = host.load_plugin(
-            args.wasm,
-            root_id=args.root_id,
-            vm_id=args.vm_id,
-            configuration=read_text_arg(args.config),
-            vm_configuration=read_text_arg(args.vm_config),
+            PluginSpec.of(
+                args.wasm,
+                root_id=args.root_id,
+                vm_id=args.vm_id,
+                configuration=read_text_arg(args.config),
+                vm_configuration=read_text_arg(args.vm_config),
+            )
         )
         result = plugin.exchange(request, response, wait_ms=args.wait_ms)
     except ModuleLoadError as exc:

@@ -56,13 +56,20 @@ _TRAILERS_CONTINUE = int(FilterTrailersStatus.CONTINUE)
 
 @dataclass
 class LocalResponse:
-    """What the filter passed to ``proxy_send_local_response``."""
+    """What the filter passed to ``proxy_send_local_response``: the one type for a local
+    reply, in-process and from Envoy (``LocalReply`` in :mod:`proxywasm_host.http.scenario`
+    is this class)."""
 
     status_code: int
     body: bytes
     headers: list[tuple[str, str]]
     details: str
     grpc_status: int | None
+
+    @property
+    def status(self) -> int:
+        """The HTTP status (the same as :attr:`status_code`)."""
+        return self.status_code
 
 
 @dataclass

@@ -563,15 +563,7 @@ class DifferentialRunner:
         return report
 
     def _load(self, host: Any) -> Any:
-        p = self.plugin
-        return host.load_plugin(
-            str(p.wasm),
-            root_id=p.root_id,
-            configuration=p.configuration,
-            vm_configuration=p.vm_configuration,
-            vm_id=p.vm_id,
-            name=p.name,
-        )
+        return host.load_plugin(self.plugin)
 
     def stop(self) -> None:
         if self.runner is not None:

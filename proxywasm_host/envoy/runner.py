@@ -83,7 +83,7 @@ def _local_reply_from(
         # The VM failed (a trap now or earlier) and the filter is fail-closed:
         # Envoy's Context::failStream sends this local reply itself, 503 with
         # gRPC status UNAVAILABLE (14), no body, no module headers.
-        return LocalReply(status=response.status, body=response.body, headers=[], details=details, grpc_status=14)
+        return LocalReply(status_code=response.status, body=response.body, headers=[], details=details, grpc_status=14)
     call = None
     for i, line in enumerate(trace):
         if "env.proxy_send_local_response(" in line and "[vm->host]" in line:
@@ -119,7 +119,7 @@ def _local_reply_from(
             and not (k.lower() == "content-type" and v == "text/plain")
             and not (k.lower() == "connection" and v == "close")
         ]
-    return LocalReply(status=status, body=response.body, headers=headers, details=details, grpc_status=grpc_status)
+    return LocalReply(status_code=status, body=response.body, headers=headers, details=details, grpc_status=grpc_status)
 
 
 ClusterTarget = Union[int, UpstreamServer, HttpResponse, Callable[[ReceivedRequest], HttpResponse]]  # noqa: UP007 (a runtime alias: Python 3.10 cannot | these)

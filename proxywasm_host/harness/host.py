@@ -44,6 +44,7 @@ from proxywasm_host.http.scenario import (
     HttpResponse,
     LocalReply,
     LogRecord,
+    PluginSpec,
     UpstreamRequest,
 )
 from proxywasm_host.runtime.module import CompiledModule, WasmInstance
@@ -185,7 +186,7 @@ class Host:
 
     def load_plugin(
         self,
-        wasm: WasmSource,
+        wasm: WasmSource | PluginSpec,
         *,
         root_id: str = "",
         configuration: str | bytes = b"",
@@ -204,8 +205,17 @@ class Host:
         when the module cannot run, :class:`~proxywasm_host.errors.FilterFailed` when
         ``on_vm_start``/``on_configure`` returns false.  ``failure_policy`` is Envoy's
         (``fail_closed``: 503 after a trap, ``fail_open``: skip the filter, ``fail_reload``:
-        start a fresh VM for the next stream).
+        start a fresh VM for the next stream).  ``wasm`` may be a
+        :class:`~proxywasm_host.http.scenario.PluginSpec` carrying all of these instead.
         """
+        if isinstance(wasm, PluginSpec):
+            given = (root_id, configuration, vm_configuration, vm_id, name, properties, environment, failure_policy)
+            if given != ("", b"", b"", "", "", None, None, "fail_closed"):
+                raise HarnessUsageError("load_plugin(PluginSpec(...)) takes its options from the spec: pass them there, not also as arguments")
+            spec = wasm
+            wasm, root_id, configuration, vm_configuration = spec.wasm, spec.root_id, spec.configuration, spec.vm_configuration
+            vm_id, name, failure_policy = spec.vm_id, spec.name, spec.failure_policy
+            properties, environment = spec.properties, spec.environment
         if failure_policy not in ("fail_closed", "fail_open", "fail_reload"):
             raise HarnessUsageError(
                 f"failure_policy must be 'fail_closed', 'fail_open' or 'fail_reload', not {failure_policy!r}"
@@ -523,7 +533,7 @@ class Plugin:
                 downstream_response=stream.downstream_response,
                 local_reply=None
                 if local is None
-                else LocalReply(local.status_code, local.body, local.headers, local.details, local.grpc_status),
+                else LocalReply(local.status_code, local.body, list(local.headers), local.details, local.grpc_status),
                 logs=logs,
             )
         )

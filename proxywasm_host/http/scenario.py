@@ -9,10 +9,12 @@ backends can be compared field by field.  Pure data: no I/O here.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, ClassVar, Union
+
+from proxywasm_host.core.stream import LocalResponse
 
 HeaderPair = tuple[str, str]
 HeaderList = tuple[HeaderPair, ...]
@@ -35,7 +37,9 @@ def header_list(headers: HeaderInput) -> HeaderList:
 
 @dataclass(frozen=True)
 class PluginSpec:
-    """Which module to load and how Envoy would configure it."""
+    """Which module to load and how Envoy would configure it: the one description of a
+    plugin that ``Host.load_plugin``, the pytest marker, ``serve``, the CLI and the Envoy
+    backend all take.  ``properties`` and ``environment`` do not take part in ``==``."""
 
     wasm: Path
     root_id: str = ""
@@ -43,6 +47,38 @@ class PluginSpec:
     vm_configuration: bytes = b""
     vm_id: str = ""
     name: str = ""
+    #: plugin properties (``proxy_get_property`` paths -> values), as Host.load_plugin takes them
+    properties: Mapping[Any, Any] = field(default_factory=dict, compare=False)
+    #: the VM's environment variables (Envoy: vm_config.environment_variables)
+    environment: Mapping[str, str] = field(default_factory=dict, compare=False)
+    #: Envoy's failure_policy: fail_closed | fail_open | fail_reload
+    failure_policy: str = "fail_closed"
+
+    #: the options :meth:`of` accepts (the pytest marker's arguments)
+    OPTIONS: ClassVar[tuple[str, ...]] = ("root_id", "configuration", "vm_configuration", "vm_id", "name", "properties", "environment", "failure_policy")
+
+    @classmethod
+    def of(cls, wasm: str | Path, **options: Any) -> PluginSpec:
+        """A spec from loosely typed options (text or bytes configurations), as the pytest
+        marker and the command line give them; an unknown option is a ValueError naming it."""
+        unknown = sorted(set(options) - set(cls.OPTIONS))
+        if unknown:
+            raise ValueError(f"unknown plugin option(s) {unknown}; known: {', '.join(cls.OPTIONS)}")
+
+        def raw(value: Any) -> bytes:
+            return value.encode() if isinstance(value, str) else bytes(value or b"")
+
+        return cls(
+            wasm=Path(wasm),
+            root_id=str(options.get("root_id", "")),
+            configuration=raw(options.get("configuration", b"")),
+            vm_configuration=raw(options.get("vm_configuration", b"")),
+            vm_id=str(options.get("vm_id", "")),
+            name=str(options.get("name", "")),
+            properties=dict(options.get("properties") or {}),
+            environment=dict(options.get("environment") or {}),
+            failure_policy=str(options.get("failure_policy", "fail_closed")),
+        )
 
 
 @dataclass(frozen=True)
@@ -90,15 +126,8 @@ class DownstreamResponse:
     trailers: list[HeaderPair] | None = None
 
 
-@dataclass
-class LocalReply:
-    """A reply the filter generated with ``proxy_send_local_response``."""
-
-    status: int
-    body: bytes
-    headers: list[HeaderPair]
-    details: str
-    grpc_status: int | None
+#: a reply the filter generated with ``proxy_send_local_response`` (one type with the core's)
+LocalReply = LocalResponse
 
 
 @dataclass

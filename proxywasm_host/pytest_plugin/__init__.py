@@ -15,6 +15,7 @@ Marker
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ import pytest
 
 from proxywasm_host.core.headers import HeaderMap, compare_header_lists, one_or_all
 from proxywasm_host.errors import HarnessUsageError
+from proxywasm_host.http.scenario import PluginSpec
 
 if TYPE_CHECKING:  # the harness (and wasmtime) load when a fixture is first used, not at pytest start
     from proxywasm_host.harness.host import Host, Plugin
@@ -123,15 +125,15 @@ def proxywasm_plugin(request: pytest.FixtureRequest, proxywasm_host: Host) -> Pl
     if marker and marker.args:
         options.setdefault("wasm", marker.args[0])
     wasm = options.pop("wasm", None)
-    unknown = set(options) - {"root_id", "configuration", "vm_configuration", "vm_id", "name", "properties", "environment"}
-    if unknown:
-        raise HarnessUsageError(f"unknown proxywasm marker argument(s) {sorted(unknown)}")
+    try:
+        spec = PluginSpec.of(wasm or "", **options)  # the one parser of the marker's options
+    except ValueError as exc:
+        raise HarnessUsageError(f"proxywasm marker: {exc}") from None
     if wasm is None:
-        module: CompiledModule | str = request.getfixturevalue("proxywasm_module")
-    else:
-        p = Path(wasm)
-        module = str(p if p.is_absolute() else Path(request.config.rootpath) / p)
-    return proxywasm_host.load_plugin(module, **options)
+        module: CompiledModule = request.getfixturevalue("proxywasm_module")
+        return proxywasm_host.load_plugin(module, **{k: getattr(spec, k) for k in PluginSpec.OPTIONS})
+    p = Path(wasm)
+    return proxywasm_host.load_plugin(dataclasses.replace(spec, wasm=p if p.is_absolute() else Path(request.config.rootpath) / p))
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -246,7 +248,6 @@ def proxywasm_backend(request: pytest.FixtureRequest) -> str:
 
 
 def _backend_plugin_spec(request: pytest.FixtureRequest) -> Any:
-    from proxywasm_host.http.scenario import PluginSpec
 
     marker = request.node.get_closest_marker("proxywasm")
     options: dict[str, Any] = dict(marker.kwargs) if marker else {}
@@ -267,17 +268,10 @@ def _backend_plugin_spec(request: pytest.FixtureRequest) -> Any:
     if unsupported:
         pytest.skip(f"--proxywasm-backend=envoy cannot set {', '.join(unsupported)} of the proxywasm marker")
 
-    def text(value: Any) -> bytes:
-        return value.encode() if isinstance(value, str) else bytes(value or b"")
-
-    return PluginSpec(
-        wasm=p,
-        root_id=str(options.get("root_id", "")),
-        configuration=text(options.get("configuration", b"")),
-        vm_configuration=text(options.get("vm_configuration", b"")),
-        vm_id=str(options.get("vm_id", "")),
-        name=str(options.get("name", "")),
-    )
+    try:
+        return PluginSpec.of(p, **options)
+    except ValueError as exc:
+        raise HarnessUsageError(f"proxywasm marker: {exc}") from None
 
 
 @pytest.fixture
