@@ -171,6 +171,16 @@ def test_the_package_follows_the_layer_order_and_has_no_cycles() -> None:
     assert not problems, "\n".join(problems)
 
 
+def test_every_module_says_what_it_owns() -> None:
+    """Each module opens with a docstring whose first line says what it owns."""
+    missing = [
+        str(path.relative_to(PACKAGE.parent))
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if not (ast.get_docstring(ast.parse(path.read_text())) or "").strip()
+    ]
+    assert not missing, f"modules without a docstring: {missing}"
+
+
 def test_a_back_import_is_caught(tmp_path: Path) -> None:
     """The checker itself: a core module importing the harness, even inside a function,
     and two modules importing each other are reported."""
