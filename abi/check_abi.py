@@ -1,8 +1,8 @@
 """Consistency check for abi/*.json (stdlib only).
 
 Run: ``python abi/check_abi.py``. Exits non-zero with one line per problem.
-The expected version differences are the ones documented in ABI_FACTS §1.6,
-§4.1 and §5; see abi/README.md.
+The expected version differences are the ones documented in docs/abi-notes.md §2.2 and §2.6;
+see abi/README.md.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ ONLY_0_1_0 = {
     "proxy_clear_route_cache",
 }
 ONLY_0_2_X = {"proxy_continue_stream", "proxy_close_stream"}
-WASI_I64 = {  # name -> params, for every row that has an i64 (ABI_FACTS §8)
+WASI_I64 = {  # name -> params, for every row that has an i64 (docs/abi-notes.md §9)
     "fd_seek": ["i32", "i64", "i32", "i32"],
     "path_open": ["i32", "i32", "i32", "i32", "i32", "i64", "i64", "i32", "i32"],
     "clock_time_get": ["i32", "i64", "i32"],
@@ -156,7 +156,7 @@ def check_version(v: str, doc: dict) -> None:
         if key in ENUM_SIZES and sorted(values.values()) != list(range(ENUM_SIZES[key])):
             err(f"{w}: enum {key}: values {sorted(values.values())}")
     if enums.get("wasi_errno") != WASI_ERRNO:
-        err(f"{w}: wasi_errno differs from ABI_FACTS §3.11")
+        err(f"{w}: wasi_errno differs from docs/abi-notes.md §4.6")
     if enums["log_level"].get("OFF") != 6:
         err(f"{w}: log_level OFF must be 6")
     for name, num in (("BAD_EXPRESSION", 5), ("RESULT_MISMATCH", 9), ("BROKEN_CONNECTION", 11)):
@@ -251,13 +251,13 @@ def check_wasi(doc: dict) -> None:
         "proc_exit", "path_open", "fd_prestat_get", "fd_prestat_dir_name",
     }
     if {n for n, f in fns.items() if f["since"] == "★"} != star:
-        err(f"{w}: the ★ set differs from the pre-2024 list in ABI_FACTS §8")
+        err(f"{w}: the ★ set differs from the pre-2024 list in docs/abi-notes.md §9")
     if {n for n, f in fns.items() if f["since"] == "427"} != {
         "sched_yield", "poll_oneoff", "fd_fdstat_set_flags"
     }:
-        err(f"{w}: the 427 set differs from ABI_FACTS §8")
+        err(f"{w}: the 427 set differs from docs/abi-notes.md §9")
     if len(fns) != 45:
-        err(f"{w}: {len(fns)} functions, expected 45 (rows of ABI_FACTS §8, grouped rows split)")
+        err(f"{w}: {len(fns)} functions, expected 45 (rows of docs/abi-notes.md §9, grouped rows split)")
 
 
 def main() -> int:

@@ -5,7 +5,7 @@
  * PROXYWASM_HOST_NO_SPEEDUPS is set); tests/test_codec_speedups.py holds the two to the
  * same output on generated input.  No wasmtime, no I/O: bytes in, bytes out.
  *
- * The format (ABI_FACTS §6.1): u32 N, N x (u32 key_len, u32 value_len), then for each pair
+ * The format (docs/abi-notes.md §6.1): u32 N, N x (u32 key_len, u32 value_len), then for each pair
  * key NUL value NUL; all integers little-endian.
  */
 #define PY_SSIZE_T_CLEAN

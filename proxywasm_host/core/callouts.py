@@ -1,6 +1,6 @@
 """HTTP and gRPC callouts a filter dispatched, waiting for the test (or a real upstream)
 to answer them.  Pure state; delivery into the guest goes through the owning
-:class:`~proxywasm_host.core.vm.Vm` (ABI_FACTS §4.7, §7.8).
+:class:`~proxywasm_host.core.vm.Vm` (docs/abi-notes.md §5.6, §7.7).
 """
 
 from __future__ import annotations

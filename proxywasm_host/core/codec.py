@@ -1,7 +1,7 @@
 """Byte formats of the proxy-wasm ABI, read and written in place.
 
 The serialized map ("pairs") format, the property path format and Envoy's
-property value encodings (ABI_FACTS §6).  Encoding builds the whole map as one
+property value encodings (docs/abi-notes.md §6).  Encoding builds the whole map as one
 ``bytes`` (then one copy into guest memory); decoding reads in place from a buffer
 (normally a memoryview over the guest's linear memory).  No wasmtime.
 
@@ -59,7 +59,7 @@ def py_decode_pairs(buf: memoryview | bytes, offset: int = 0, size: int | None =
     """Parse a serialized map from ``buf[offset:offset+size]``.
 
     Returns ``None`` when the bytes are malformed or over cpp-host's limits;
-    Envoy then treats the map as empty (ABI_FACTS §6.1).  Sizes below 4 bytes
+    Envoy then treats the map as empty (docs/abi-notes.md §6.1).  Sizes below 4 bytes
     (the spec's "size 0 or a single 0x00") are an empty map, not an error.
     """
     if size is None:
@@ -143,7 +143,7 @@ def join_property_path(segments: Iterable[str | bytes]) -> bytes:
     return b"\0".join(s.encode() if isinstance(s, str) else s for s in segments)
 
 
-# --- property values (Envoy serializeValue, ABI_FACTS §6.3) -----------------------------
+# --- property values (Envoy serializeValue, docs/abi-notes.md §6.3) ---------------------
 
 
 def encode_int(value: int) -> bytes:

@@ -1,5 +1,5 @@
 """Contexts as the host sees them: the VM context, root contexts (one per plugin) and
-stream contexts.  Pure state, no wasmtime (ABI_FACTS §7).
+stream contexts.  Pure state, no wasmtime (docs/abi-notes.md §7).
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ class Context:
                 return Status.OK, root.grpc_message
             return Status.NOT_FOUND, None
         if buffer_type in (BufferType.HTTP_REQUEST_BODY, BufferType.HTTP_RESPONSE_BODY):
-            # Envoy hands out an empty buffer when no body is attached (ABI_FACTS §4.4).
+            # Envoy hands out an empty buffer when no body is attached (docs/abi-notes.md §4.3).
             return Status.OK, b""
         return Status.NOT_FOUND, None
 

@@ -1,7 +1,7 @@
 """An Envoy-like HTTP header map: ordered, duplicates allowed, names lower-cased.
 
 Operations mirror what Envoy does behind the proxy-wasm header hostcalls
-(ABI_FACTS §4.5): ``get`` returns the first value, ``add`` appends,
+(docs/abi-notes.md §5.4): ``get`` returns the first value, ``add`` appends,
 ``replace`` (Envoy ``setCopy``) overwrites the first entry and drops the rest
 or appends when absent, ``remove`` drops every entry of the name.
 """

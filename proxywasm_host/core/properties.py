@@ -1,4 +1,4 @@
-"""``proxy_get_property``: Envoy's attribute paths and value encodings (ABI_FACTS §6.2, §6.3, §9).
+"""``proxy_get_property``: Envoy's attribute paths and value encodings (docs/abi-notes.md §6.2, §6.3, §10).
 
 Resolution order as in Envoy: stream attributes (request.*, response.*,
 source.*, destination.*, connection.*), then the Wasm tokens (plugin_name,

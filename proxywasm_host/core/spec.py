@@ -54,7 +54,7 @@ def detect_abi(function_exports: Iterable[str]) -> tuple[AbiVersion | None, list
 
 WASI_MODULES = ("wasi_snapshot_preview1", "wasi_unstable")
 
-# WASI errno values used here (ABI_FACTS §3.11)
+# WASI errno values used here (docs/abi-notes.md §4.6)
 ESUCCESS, EBADF, EFAULT, EINVAL, ENOENT, ENOSYS, ENOTDIR, ENOTSUP = 0, 8, 21, 28, 44, 52, 20, 58
 
 RANDOM_GET_LIMIT = 65536

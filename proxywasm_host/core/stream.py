@@ -201,7 +201,7 @@ class HttpContext(Context):
         d = self.request if map_type in _REQUEST_MAPS else self.response
         is_trailers = map_type in _TRAILER_MAPS
         if self.in_log or self.completed:
-            # on_log sees read-only copies; request trailers are gone (ABI_FACTS §3.3)
+            # on_log sees read-only copies; request trailers are gone (docs/abi-notes.md §4.2)
             if for_write or map_type == _REQUEST_TRAILERS:
                 return (_BAD_ARGUMENT if for_write else _NOT_FOUND), None
             hmap = d.forwarded_trailers if is_trailers else (d.forwarded_headers or d.headers)
@@ -229,7 +229,7 @@ class HttpContext(Context):
             return _NOT_FOUND
         buf = d.buffer
         # Envoy today: start == 0 drains `size` bytes then prepends; start >= len appends;
-        # anything else is BAD_ARGUMENT (ABI_FACTS §4.4).
+        # anything else is BAD_ARGUMENT (docs/abi-notes.md §5.3).
         if start == 0:
             del buf[: min(size, len(buf))]
             buf[0:0] = data
@@ -303,7 +303,7 @@ class HttpContext(Context):
         return False, None
 
     def current_attributes(self) -> dict[tuple[str, ...], Any]:
-        """Envoy attributes this stream has right now (ABI_FACTS §9), user-supplied ones included."""
+        """Envoy attributes this stream has right now (docs/abi-notes.md §10), user-supplied ones included."""
         attrs: dict[tuple[str, ...], Any] = {}
         for key, compute in _ATTRIBUTES.items():
             value = compute(self)
@@ -656,8 +656,8 @@ class HttpContext(Context):
 
 
 # ----------------------------------------------------------------------------------------
-# Stream attributes (ABI_FACTS §9): attribute path -> function of the stream giving its
-# current value, or _ABSENT when the stream does not have it (yet).  Computed on demand,
+# Stream attributes (docs/abi-notes.md §10): attribute path -> function of the stream giving
+# its current value, or _ABSENT when the stream does not have it (yet).  Computed on demand,
 # one attribute per lookup, from the stream's state at that moment.
 # ----------------------------------------------------------------------------------------
 _ABSENT: Any = object()

@@ -87,7 +87,7 @@ class Action(enum.IntEnum):
 
 
 class FilterHeadersStatus(enum.IntEnum):
-    """How Envoy reads the i32 a headers callback returns (§3.5 of ABI_FACTS)."""
+    """How Envoy reads the i32 a headers callback returns (docs/abi-notes.md §4.4)."""
 
     CONTINUE = 0
     STOP_ITERATION = 1

@@ -139,7 +139,7 @@ class Vm:
                 if isinstance(root, RootContext):
                     self.call(root, "proxy_on_queue_ready", root_id, token)
 
-    # -- VM start and plugin start (ABI_FACTS §1.5, §7.1) --------------------------------
+    # -- VM start and plugin start (docs/abi-notes.md §2.5, §7.1) ------------------------
     def start_vm(self) -> None:
         """Run the module's start functions, as cpp-host does for every VM instance."""
         vm_ctx = self.host.vm_context
@@ -233,7 +233,7 @@ class Vm:
         status: tuple[int, bytes] | None,
     ) -> None:
         """proxy_on_http_call_response(root, token, headers, body size, trailers); maps 6/7 and
-        buffer 4 exist only during the call (ABI_FACTS §7.8)."""
+        buffer 4 exist only during the call (docs/abi-notes.md §7.7)."""
         root = self._root(callout.root_context_id)
         self.host.http_callouts.pop(callout.token, None)
         root.http_call_response = (HeaderMap(headers or []), HeaderMap(trailers))

@@ -224,7 +224,7 @@ class AbiHostBase:
         _pack_u32(mem, ptr2, value2 & MASK32)
 
     def return_bytes(self, ret_ptr_ptr: int, ret_size_ptr: int, data: bytes | bytearray | memoryview) -> int:
-        """Hand ``data`` to the guest: allocate, copy, write (ptr, size) (ABI_FACTS §2.1).
+        """Hand ``data`` to the guest: allocate, copy, write (ptr, size) (docs/abi-notes.md §3.2).
 
         A failed allocation (0 or out of bounds) and a bad result pointer are
         INVALID_MEMORY_ACCESS; ``ret_ptr_ptr`` is written before ``ret_size_ptr`` is checked.

@@ -21,7 +21,7 @@ class CalloutCalls(AbiHostBase):
     """HTTP and gRPC callouts, foreign functions, DNS and the emscripten/pthread stubs."""
 
 
-    # -- callouts (ABI_FACTS §4.7) ----------------------------------------------------------
+    # -- callouts (docs/abi-notes.md §5.6) --------------------------------------------------
     def cluster_known(self, name: str) -> bool:
         return self.clusters is None or name in self.clusters
 
@@ -162,7 +162,7 @@ class CalloutCalls(AbiHostBase):
     @hostcall("envoy_resolve_dns")
     def envoy_resolve_dns(self, addr_ptr: int, addr_len: int, ret_token_ptr: int) -> int:
         """Envoy's DNS extension: answered after the guest call returns, from the test's
-        ``dns`` table, with envoy_on_resolve_dns(root, token, size) (ABI_FACTS §4.8, §6.4)."""
+        ``dns`` table, with envoy_on_resolve_dns(root, token, size) (docs/abi-notes.md §5.10, §6.4)."""
         name = self.read(addr_ptr, addr_len).decode("utf-8", "surrogateescape")
         root = self.active.root
         if root is None:
@@ -193,7 +193,7 @@ def _zlib(op: Callable[[bytes], bytes]) -> Callable[[bytes], tuple[Status, bytes
     return run
 
 
-#: foreign functions every Envoy registers (ABI_FACTS §7.12); a test's own functions win
+#: foreign functions every Envoy registers (docs/abi-notes.md §8); a test's own functions win
 ENVOY_FOREIGN_FUNCTIONS: dict[str, Callable[[bytes], tuple[Status, bytes]]] = {
     "compress": _zlib(zlib.compress),
     "uncompress": _zlib(zlib.decompress),

@@ -103,7 +103,7 @@ class SharedCalls(AbiHostBase):
         metric_id = self._metric_ids[mtype]
         self._metric_ids[mtype] = metric_id + 4
         existing = self.metrics_by_name.get((mtype, name))
-        # Defining a name again gives a new id bound to the same stat (ABI_FACTS §4.8).
+        # Defining a name again gives a new id bound to the same stat (docs/abi-notes.md §5.8).
         self.metrics[metric_id] = self.metrics[existing] if existing is not None else Metric(name, mtype)
         self.metrics_by_name.setdefault((mtype, name), metric_id)
         self.write_u32(ret_id_ptr, metric_id)

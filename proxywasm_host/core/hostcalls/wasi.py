@@ -1,4 +1,4 @@
-"""WASI preview1 as Envoy provides it to proxy-wasm modules (ABI_FACTS §8)."""
+"""WASI preview1 as Envoy provides it to proxy-wasm modules (docs/abi-notes.md §9)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ class WasiCalls(AbiHostBase):
     """The WASI preview1 imports."""
 
 
-    # -- WASI preview1 (ABI_FACTS §8) -----------------------------------------------------
+    # -- WASI preview1 (docs/abi-notes.md §9) ---------------------------------------------
     def _iovecs(self, iovs: int, iovs_len: int) -> bytes:
         mem = self.guest.memory()
         if iovs + 8 * iovs_len > len(mem):
