@@ -248,7 +248,7 @@ def _add_local_loop_commands(sub: argparse._SubParsersAction[argparse.ArgumentPa
     pkg.add_argument("-o", "--output", type=Path, help="layout directory, or FILE.tar (default: ./NAME-TAG.oci)")
     pkg.set_defaults(handler=_package)
 
-    psh = sub.add_parser("push", help="push a packaged filter to an OCI registry (through oras)")
+    psh = sub.add_parser("push", help="push a packaged filter to an OCI registry")
     psh.add_argument("layout", type=Path, help="a layout directory or .tar written by `package`")
     psh.add_argument("ref", help="[oci://]REGISTRY[:PORT]/REPOSITORY[:TAG]")
     psh.add_argument("--tag", help="which image of the layout (default: its only one)")
@@ -300,7 +300,10 @@ def _add_local_loop_commands(sub: argparse._SubParsersAction[argparse.ArgumentPa
 def _registry_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plain-http", action="store_true", default=None,
                         help="talk HTTP, not HTTPS (default for localhost/127.x registries)")
-    parser.add_argument("--username", help="registry user (password from $PROXYWASM_HOST_REGISTRY_PASSWORD)")
+    parser.add_argument("--username", help="registry user (else $PROXYWASM_HOST_REGISTRY_USERNAME, else "
+                                           "~/.docker/config.json)")
+    parser.add_argument("--password", help="its password (else $PROXYWASM_HOST_REGISTRY_PASSWORD, else asked "
+                                           "on a terminal)")
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -416,33 +419,59 @@ def _package(args: argparse.Namespace) -> int:
     return 0
 
 
-def _password() -> str | None:
+def _registry_call(args: argparse.Namespace, what: str) -> tuple[Any, int]:
+    """Run push or pull with the registry flags: (result, 0), or (None, exit code) after one
+    line on stderr: 2 for what the user wrote (a malformed reference, a missing layout, a
+    username without a password), 1 for what the registry said or did."""
+    import getpass
     import os
 
-    return os.environ.get("PROXYWASM_HOST_REGISTRY_PASSWORD")
+    from proxywasm_host.deploy import oci
+
+    ref_text = args.ref
+    try:
+        ref = oci.parse_ref(ref_text)
+    except oci.OciError as exc:
+        return None, _fail(str(exc), 2)
+    password = args.password
+    if args.username and password is None and os.environ.get("PROXYWASM_HOST_REGISTRY_PASSWORD") is None:
+        if not sys.stdin.isatty():
+            return None, _fail(f"--username {args.username}: no password (give --password, set "
+                               "$PROXYWASM_HOST_REGISTRY_PASSWORD, or run from a terminal to be asked)", 2)
+        try:
+            password = getpass.getpass(f"password for {args.username} at {ref.registry}: ")
+        except (EOFError, KeyboardInterrupt):
+            return None, _fail("no password given", 2)
+    try:
+        if what == "push":
+            if not Path(args.layout).exists():
+                return None, _fail(f"{args.layout}: no such layout directory or .tar", 2)
+            result = oci.push(args.layout, ref, tag=args.tag, plain_http=args.plain_http,
+                              username=args.username, password=password)
+        else:
+            result = oci.pull(ref, args.output, plain_http=args.plain_http, username=args.username,
+                              password=password)
+    except oci.OciError as exc:
+        return None, _fail(str(exc), 1)
+    except OSError as exc:
+        return None, _fail(f"{what}: {exc.strerror or exc}", 1)
+    return (ref, result), 0
 
 
 def _push(args: argparse.Namespace) -> int:
-    from proxywasm_host.deploy import oci
-
-    try:
-        ref = oci.parse_ref(args.ref)
-        digest = oci.push(args.layout, ref, tag=args.tag, plain_http=args.plain_http,
-                          username=args.username, password=_password())
-    except oci.OciError as exc:
-        return _fail(str(exc), 1)
+    done, code = _registry_call(args, "push")
+    if done is None:
+        return code
+    ref, digest = done
     print(f"{ref.url}  {digest}")
     return 0
 
 
 def _pull(args: argparse.Namespace) -> int:
-    from proxywasm_host.deploy import oci
-
-    try:
-        pulled = oci.pull(args.ref, args.output, plain_http=args.plain_http, username=args.username,
-                          password=_password())
-    except oci.OciError as exc:
-        return _fail(str(exc), 1)
+    done, code = _registry_call(args, "pull")
+    if done is None:
+        return code
+    _ref, pulled = done
     print(f"{pulled.wasm}  {pulled.manifest_digest}  ({pulled.variant} image)")
     return 0
 

@@ -2,7 +2,7 @@
 
 :func:`package` writes an OCI image layout (a directory, or that directory as a ``.tar``)
 holding one filter; :func:`push` sends a layout to a registry and :func:`pull` fetches one
-back, both through the ``oras`` library (OCI Registry As Storage; ``pip install oras``);
+back, both through :mod:`proxywasm_host.deploy.registry` (the distribution API over ``requests``);
 :func:`extract` takes the module out of an image the way Istio's image fetcher does.
 
 Two image variants (github.com/solo-io/wasm ``spec/``), both accepted by Istio:
@@ -33,6 +33,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -92,7 +93,7 @@ class ImageRef:
 
     @property
     def target(self) -> str:
-        """The reference as oras takes it (``registry/repo:tag`` or ``registry/repo@digest``)."""
+        """``registry/repo:tag`` or ``registry/repo@digest``."""
         base = f"{self.registry}/{self.repository}"
         if self.digest:
             return f"{base}@{self.digest}"
@@ -109,25 +110,46 @@ class ImageRef:
         return host in ("localhost", "::1") or host.startswith("127.")
 
 
+#: distribution's reference grammar (distribution/reference/regexp.go)
+_REPO_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
+_TAG = re.compile(r"[\w][\w.-]{0,127}")
+_REGISTRY = re.compile(r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
+                       r"|\[[0-9a-fA-F:]+\])(?::[0-9]{1,5})?")
+_EXAMPLE = "e.g. 127.0.0.1:5000/filters/hello:v1"
+
+
 def parse_ref(text: str) -> ImageRef:
-    """Parse an image reference; the registry part is required (``host[:port]/repo[:tag]``)."""
+    """Parse an image reference; the registry part is required (``host[:port]/repo[:tag]``).
+    Anything distribution would refuse is refused here, with what is wrong in one line."""
+    if "://" in text and not text.startswith("oci://"):
+        scheme = text.split("://", 1)[0]
+        raise OciError(f"{text!r}: an image reference has no {scheme}:// (write REGISTRY/REPOSITORY:TAG; "
+                       "--plain-http for a registry without TLS)")
     ref = text[len("oci://"):] if text.startswith("oci://") else text
     digest = None
     if "@" in ref:
         ref, digest = ref.split("@", 1)
-        if not digest.startswith("sha256:") or len(digest) != 71:
-            raise OciError(f"{text!r}: a digest must be sha256:<64 hex digits>")
+        if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+            raise OciError(f"{text!r}: a digest must be sha256:<64 lower-case hex digits>")
     registry, slash, rest = ref.partition("/")
     if not slash or not rest or not ("." in registry or ":" in registry or registry == "localhost"):
-        raise OciError(f"{text!r}: expected REGISTRY[:PORT]/REPOSITORY[:TAG], e.g. 127.0.0.1:5000/filters/hello:v1")
+        raise OciError(f"{text!r}: expected REGISTRY[:PORT]/REPOSITORY[:TAG], {_EXAMPLE}")
+    if not _REGISTRY.fullmatch(registry):
+        raise OciError(f"{text!r}: {registry!r} is not a registry HOST[:PORT]")
     tag = None
     last = rest.rsplit("/", 1)[-1]
     if ":" in last:
         rest, tag = rest.rsplit(":", 1)
         if not tag:
             raise OciError(f"{text!r}: empty tag")
+        if not _TAG.fullmatch(tag):
+            raise OciError(f"{text!r}: tag {tag!r} is not valid (letters, digits, _ . -; at most 128; "
+                           "not starting with . or -)")
     if rest != rest.lower():
         raise OciError(f"{text!r}: repository names must be lower case")
+    if not all(_REPO_COMPONENT.fullmatch(part) for part in rest.split("/")) or len(rest) > 255:
+        raise OciError(f"{text!r}: repository {rest!r} is not valid (lower-case letters and digits, "
+                       f"separated by . _ __ or -, components joined by /)")
     return ImageRef(registry, rest, tag, digest)
 
 
@@ -405,30 +427,19 @@ def extract(manifest: dict[str, Any], blob: Any) -> tuple[bytes, dict[str, Any] 
 
 
 # ---------------------------------------------------------------------------------------------
-# registries (through oras)
+# registries (proxywasm_host.deploy.registry: the distribution API over requests)
 # ---------------------------------------------------------------------------------------------
 
 
-def _registry(ref: ImageRef, plain_http: bool | None, username: str | None, password: str | None) -> Any:
-    try:
-        import oras.provider
-    except ImportError:
-        raise OciError("pushing and pulling need the oras library: pip install 'proxywasm-host[server]'") from None
-    import requests
+def _client(ref: ImageRef, plain_http: bool | None, username: str | None, password: str | None,
+            actions: str) -> Any:
+    from proxywasm_host.deploy.registry import RegistryClient, find_credentials
 
     insecure = ref.loopback if plain_http is None else plain_http
-    registry = oras.provider.Registry(hostname=ref.registry, insecure=insecure)
-    # oras retries a failing request 5 times over ~2 minutes: say at once when nothing answers
-    base = f"{'http' if insecure else 'https'}://{ref.registry}/v2/"
-    try:
-        registry.session.get(base, timeout=5)
-    except requests.RequestException as exc:
-        reason = type(exc).__name__
-        hint = "" if insecure else " (a plain-HTTP registry needs --plain-http)"
-        raise OciError(f"cannot reach the registry at {base}: {reason}{hint}") from None
-    if username:
-        registry.login(username=username, password=password or "", hostname=ref.registry)
-    return registry
+    client = RegistryClient(ref.registry, ref.repository, plain_http=insecure,
+                            credentials=find_credentials(ref.registry, username, password), actions=actions)
+    client.check()  # reachable, speaks /v2/, takes the credentials: one clear line otherwise
+    return client
 
 
 def push(
@@ -442,21 +453,22 @@ def push(
 ) -> str:
     """Push the image tagged ``tag`` (default: the layout's only image) to ``ref``; return
     the manifest digest (the same as in the layout: blobs and manifest go up byte for byte).
-    ``plain_http`` defaults to true for loopback registries."""
+    ``plain_http`` defaults to true for loopback registries; credentials: see
+    :func:`proxywasm_host.deploy.registry.find_credentials`."""
     target = parse_ref(ref) if isinstance(ref, str) else ref
     if target.digest:
         raise OciError("push to a tag, not to a digest")
     with read_layout(layout) as lay:
-        digest, _manifest = lay.manifest(tag)
-        source_tag = tag if tag is not None else lay.tags()[0]
-        registry = _registry(target, plain_http, username, password)
-        import oras.layout
-        import requests
-
-        try:
-            oras.layout.Layout(str(lay.root)).push_to_registry(registry, target.target, tag=source_tag)
-        except (requests.RequestException, ValueError) as exc:
-            raise OciError(f"push to {target.target} failed: {exc}") from None
+        digest, manifest = lay.manifest(tag)
+        client = _client(target, plain_http, username, password, "pull,push")
+        for desc in [manifest["config"], *manifest.get("layers", [])]:
+            blob_digest = desc["digest"]
+            if not client.has_blob(blob_digest):
+                client.put_blob(blob_digest, lay.blob(blob_digest))
+        body = lay.blob(digest)
+        sent = client.put_manifest(target.tag or "latest", body, manifest.get("mediaType") or MANIFEST_MEDIA_TYPE)
+        if sent != digest:
+            raise OciError(f"{target.target}: the registry stored manifest {sent}, not {digest}")
     return digest
 
 
@@ -483,23 +495,36 @@ def pull(
     """Fetch an image into ``output/layout`` (an OCI layout) and take the module out of it
     into ``output/plugin.wasm`` (and ``output/runtime-config.json`` when the image has one)."""
     source = parse_ref(ref) if isinstance(ref, str) else ref
+    client = _client(source, plain_http, username, password, "pull")
+    reference = source.digest or source.tag or "latest"
+    body, media_type = client.get_manifest(reference)
+    digest = _digest(body)
+    if source.digest and digest != source.digest:
+        raise OciError(f"{source.target}: the registry sent manifest {digest}")
+    try:
+        manifest = json.loads(body)
+    except ValueError:
+        raise OciError(f"{source.target}: the manifest is not JSON") from None
+    if manifest.get("mediaType", media_type) in (INDEX_MEDIA_TYPE, "application/vnd.docker.distribution.manifest.list.v2+json") \
+            or "manifests" in manifest:
+        raise OciError(f"{source.target}: an image index (multi-platform); a filter image has one manifest")
+    blobs = {digest: body}
+    for desc in [manifest.get("config") or {}, *manifest.get("layers", [])]:
+        if desc.get("digest") and desc["digest"] not in blobs:
+            blobs[desc["digest"]] = client.get_blob(desc["digest"])
     out = Path(output)
     layout_dir = out / "layout"
     if layout_dir.exists():
         shutil.rmtree(layout_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    registry = _registry(source, plain_http, username, password)
-    import oras.layout
-    import requests
-
-    try:
-        oras.layout.NewLayoutFromRegistry(str(layout_dir), registry, source.target, tag=source.tag or "latest")
-    except (requests.RequestException, ValueError, RuntimeError) as exc:
-        raise OciError(f"pull of {source.target} failed: {exc}") from None
+    (layout_dir / "blobs" / "sha256").mkdir(parents=True)
+    for blob_digest, data in blobs.items():
+        (layout_dir / "blobs" / "sha256" / blob_digest.split(":", 1)[1]).write_bytes(data)
+    entry = {"mediaType": manifest.get("mediaType") or media_type or MANIFEST_MEDIA_TYPE, "digest": digest,
+             "size": len(body), "annotations": {REF_NAME: source.tag or "latest"}}
+    (layout_dir / "oci-layout").write_bytes(_json_bytes({"imageLayoutVersion": "1.0.0"}))
+    (layout_dir / "index.json").write_bytes(_json_bytes({"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE,
+                                                          "manifests": [entry]}))
     with read_layout(layout_dir) as lay:
-        digest, manifest = lay.manifest()
-        if source.digest and digest != source.digest:
-            raise OciError(f"{source.target}: the registry sent manifest {digest}")
         module, config, variant = extract(manifest, lay.blob)
     wasm_path = out / PLUGIN_FILE
     wasm_path.write_bytes(module)
