@@ -442,6 +442,7 @@ def _registry_call(args: argparse.Namespace, what: str) -> tuple[Any, int]:
             password = getpass.getpass(f"password for {args.username} at {ref.registry}: ")
         except (EOFError, KeyboardInterrupt):
             return None, _fail("no password given", 2)
+    result: Any
     try:
         if what == "push":
             if not Path(args.layout).exists():
