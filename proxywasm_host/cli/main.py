@@ -30,13 +30,35 @@ from proxywasm_host.runtime.module import inspect_module
 DEFAULT_PSEUDO = ((":authority", "localhost:8080"), (":path", "/"), (":method", "GET"), (":scheme", "http"))
 
 
+_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz")
+
+
 def parse_header(text: str) -> tuple[str, str]:
-    """``'name: value'`` → (name, value); pseudo-headers keep their leading colon."""
+    """``'name: value'`` → (name, value); pseudo-headers keep their leading colon.  The name
+    must be an HTTP token (RFC 9110 §5.1: no spaces, not empty), the value without CR/LF/NUL."""
     start = 1 if text.startswith(":") else 0
     sep = text.find(":", start)
     if sep <= start:
         raise argparse.ArgumentTypeError(f"expected 'name: value', got {text!r}")
-    return text[:sep].strip().lower(), text[sep + 1 :].strip()
+    name, value = text[:sep].strip().lower(), text[sep + 1 :].strip()
+    bare = name[1:] if name.startswith(":") else name
+    if not bare or not set(bare) <= _TOKEN:
+        raise argparse.ArgumentTypeError(f"{text!r}: {name!r} is not a header name (letters, digits, "
+                                         "!#$%&'*+-.^_`|~; no spaces)")
+    if any(c in value for c in "\r\n\0"):
+        raise argparse.ArgumentTypeError(f"{text!r}: a header value cannot hold CR, LF or NUL")
+    return name, value
+
+
+def parse_status(text: str) -> int:
+    """An HTTP status code, 100..599 (what Envoy's codecs accept)."""
+    try:
+        status = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a status code") from None
+    if not 100 <= status <= 599:
+        raise argparse.ArgumentTypeError(f"status {status} is outside 100-599")
+    return status
 
 
 def read_text_arg(value: str | None) -> bytes:
@@ -47,7 +69,9 @@ def read_text_arg(value: str | None) -> bytes:
         try:
             return Path(value[1:]).read_bytes()
         except OSError as exc:
-            raise SystemExit(f"proxywasm-host: cannot read {value[1:]}: {exc.strerror}") from None
+            # a usage error: exit 2, as documented (SystemExit with a message would exit 1)
+            print(f"proxywasm-host: cannot read {value[1:]}: {exc.strerror}", file=sys.stderr)
+            raise SystemExit(2) from None
     return value.encode()
 
 
@@ -75,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-H", "--header", action="append", type=parse_header, default=[], metavar="'NAME: VALUE'")
     run.add_argument("--body", action="append", default=[], help="request body chunk (repeat for several chunks)")
     run.add_argument("--trailer", action="append", type=parse_header, default=[], metavar="'NAME: VALUE'")
-    run.add_argument("--response-status", type=int, default=200)
+    run.add_argument("--response-status", type=parse_status, default=200, help="100-599")
     run.add_argument("--response-header", action="append", type=parse_header, default=[], metavar="'NAME: VALUE'")
     run.add_argument("--response-body", action="append", default=[])
     run.add_argument("--response-trailer", action="append", type=parse_header, default=[], metavar="'NAME: VALUE'")
@@ -136,8 +160,8 @@ def _run(args: argparse.Namespace) -> int:
         body_chunks=tuple(b.encode() for b in args.response_body),
         trailers=tuple(args.response_trailer) or None,
     )
+    host = Host()
     try:
-        host = Host()
         plugin = host.load_plugin(
             PluginSpec.of(
                 args.wasm,
@@ -154,7 +178,13 @@ def _run(args: argparse.Namespace) -> int:
     except FilterTrap as exc:
         print(f"proxywasm-host: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 1
-    except (FilterFailed, HarnessUsageError, ProxyWasmError) as exc:
+    except FilterFailed as exc:
+        # the filter refused its configuration: what it logged says why
+        for entry in host.logs:
+            print(f"[{entry.level.label}] {entry.message.rstrip()}", file=sys.stderr)
+        print(f"proxywasm-host: {exc}", file=sys.stderr)
+        return 1
+    except (HarnessUsageError, ProxyWasmError) as exc:
         print(f"proxywasm-host: {exc}", file=sys.stderr)
         return 1
     if args.json:

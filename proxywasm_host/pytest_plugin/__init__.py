@@ -35,6 +35,10 @@ _HOSTS = pytest.StashKey[list["Host"]]()
 _COVERAGE = pytest.StashKey[dict[str, int]]()
 
 
+#: lines per report section by default (--proxywasm-log-lines)
+DEFAULT_LOG_LINES = 200
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("proxywasm", "proxy-wasm filter testing")
     group.addoption(
@@ -50,6 +54,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         default=False,
         help="show the filter's log lines for passing tests too",
+    )
+    group.addoption(
+        "--proxywasm-log-lines",
+        dest="proxywasm_log_lines",
+        type=int,
+        default=DEFAULT_LOG_LINES,
+        metavar="N",
+        help=f"at most N lines per report section (the last ones; default {DEFAULT_LOG_LINES}, 0: all)",
     )
     group.addoption(
         "--proxywasm-trace",
@@ -151,11 +163,21 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                 lines.append(f"[{entry.level.label:8}] ctx={entry.context_id} {entry.message}")
             for err in plugin.host_errors:
                 lines.append(f"[host-bug] {err}")
+    cap = item.config.getoption("proxywasm_log_lines")
     if lines:
-        report.sections.append(("proxy-wasm filter logs", "\n".join(dict.fromkeys(lines))))
+        report.sections.append(("proxy-wasm filter logs", _capped(list(dict.fromkeys(lines)), cap)))
     traces = [str(r) for host in item.stash.get(_HOSTS, []) if host._observer and host._observer.trace for r in host._observer.trace]
     if traces:
-        report.sections.append(("proxy-wasm hostcall trace", "\n".join(traces)))
+        report.sections.append(("proxy-wasm hostcall trace", _capped(traces, cap)))
+
+
+def _capped(lines: list[str], cap: int) -> str:
+    """The last ``cap`` lines, after a line saying how many earlier ones are not shown (a
+    filter logging per request must not turn one failure report into megabytes)."""
+    if cap > 0 and len(lines) > cap:
+        hidden = len(lines) - cap
+        lines = [f"... {hidden} earlier lines not shown (--proxywasm-log-lines N; 0 shows all)", *lines[-cap:]]
+    return "\n".join(lines)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 
 from proxywasm_host.core.callouts import GrpcCall, HttpCallout
 from proxywasm_host.core.observer import LogEntry
-from proxywasm_host.errors import FilterTrap, HarnessUsageError
+from proxywasm_host.errors import FilterFailed, FilterTrap, HarnessUsageError
 from proxywasm_host.harness.host import Host, HttpStream, Plugin
 from proxywasm_host.net.asgi import run_lifespan
 from proxywasm_host.net.httpserver import HttpServer, Limits
@@ -82,16 +82,24 @@ class FilterServer:
         self.host = host
         self._mono0 = time.monotonic_ns()
         self._clock0 = host.clock.monotonic_ns
-        self.plugin: Plugin = host.load_plugin(
-            config.wasm,
-            root_id=config.root_id,
-            vm_id=config.vm_id,
-            configuration=config.configuration,
-            vm_configuration=config.vm_configuration,
-            failure_policy=config.failure_policy,
-            environment=config.environment,
-        )
         self.name = config.root_id or (Path(config.wasm).stem if isinstance(config.wasm, (str, Path)) else "filter")
+        try:
+            self.plugin: Plugin = host.load_plugin(
+                config.wasm,
+                root_id=config.root_id,
+                vm_id=config.vm_id,
+                configuration=config.configuration,
+                vm_configuration=config.vm_configuration,
+                failure_policy=config.failure_policy,
+                environment=config.environment,
+            )
+        except (FilterFailed, FilterTrap):
+            # the filter refused to start (on_vm_start / on_configure false, or a trap): what it
+            # logged says why, so show it before the caller reports the failure
+            for entry in host.logs:
+                where = f"{self.name} ctx={entry.context_id}" if entry.context_id else self.name
+                self.log(entry.level.label, f"[{where}] {entry.message.rstrip()}", source="wasm")
+            raise
         self.active: set[Exchange] = set()
         self.waiting: set[Exchange] = set()
         self.stats = {"requests": 0, "local_replies": 0, "fail_closed": 0, "upstream_errors": 0, "bad_requests": 0}

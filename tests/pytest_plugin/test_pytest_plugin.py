@@ -143,3 +143,29 @@ def test_readme_example_runs_on_both_backends(pytester: pytest.Pytester, backend
     wasm = str(fixture_wasm(f"hello_world-{RUST_TARGETS[0]}"))
     result = pytester.runpytest_subprocess("--proxywasm-module", wasm, f"--proxywasm-backend={backend}")
     result.assert_outcomes(passed=1)
+
+
+def test_the_log_section_of_a_failure_is_capped(pytester: pytest.Pytester) -> None:
+    """Issue 14.6: a filter logging per request does not turn one failure into megabytes: the
+    report keeps the last N lines (--proxywasm-log-lines, 200 by default) and says how many
+    it left out."""
+    tutorial = str(fixture_wasm(f"hello_world-{RUST_TARGETS[0]}"))
+    pytester.makepyfile(
+        test_many='''
+def test_many(proxywasm_plugin):
+    for i in range(400):
+        stream = proxywasm_plugin.http_stream()
+        stream.send_request_headers({":authority": f"host{i}", ":path": "/"}, end_of_stream=True)
+    assert False
+'''
+    )
+    result = pytester.runpytest_subprocess("--proxywasm-module", tutorial)
+    result.assert_outcomes(failed=1)
+    text = result.stdout.str()
+    section = text.split("proxy-wasm filter logs", 1)[1]
+    shown = [line for line in section.splitlines() if "ctx=" in line]
+    assert len(shown) == 200, len(shown)
+    assert "earlier lines not shown" in section
+    assert "host399" in section and "host0\n" not in section
+    result = pytester.runpytest_subprocess("--proxywasm-module", tutorial, "--proxywasm-log-lines", "0")
+    assert "earlier lines not shown" not in result.stdout.str()
