@@ -25,7 +25,6 @@ import pytest
 
 from proxywasm_host.core.headers import HeaderMap, compare_header_lists, one_or_all
 from proxywasm_host.errors import HarnessUsageError
-from proxywasm_host.http.scenario import PluginSpec
 
 if TYPE_CHECKING:  # the harness (and wasmtime) load when a fixture is first used, not at pytest start
     from proxywasm_host.harness.host import Host, Plugin
@@ -137,6 +136,8 @@ def proxywasm_plugin(request: pytest.FixtureRequest, proxywasm_host: Host) -> Pl
     if marker and marker.args:
         options.setdefault("wasm", marker.args[0])
     wasm = options.pop("wasm", None)
+    from proxywasm_host.http.scenario import PluginSpec
+
     try:
         spec = PluginSpec.of(wasm or "", **options)  # the one parser of the marker's options
     except ValueError as exc:
@@ -289,6 +290,8 @@ def _backend_plugin_spec(request: pytest.FixtureRequest) -> Any:
     unsupported = sorted(k for k in ("properties", "environment") if options.get(k))
     if unsupported:
         pytest.skip(f"--proxywasm-backend=envoy cannot set {', '.join(unsupported)} of the proxywasm marker")
+
+    from proxywasm_host.http.scenario import PluginSpec
 
     try:
         return PluginSpec.of(p, **options)
