@@ -296,3 +296,22 @@ def test_a_panicking_filter_is_loud_and_the_failure_policy_is_offered(policy, fa
     assert f"failure policy {shown}" in log.split("THE FILTER FAILED")[0]  # said at start-up
     assert log.count("THE FILTER FAILED") == 1, log
     assert statuses == [after] * 3, (statuses, log)
+
+
+# ---------------------------------------------------------------------------------------------
+# one request-header normaliser (http/profiles.py) for serve and the profiles
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("te, seen", [("trailers", "trailers"), ("trailers, deflate", "trailers"),
+                                      ("deflate;q=0.5, trailers", "trailers"), ("deflate", None)])
+def test_serve_normalises_te_like_the_profiles(te, seen):
+    """Envoy keeps ``te`` only as ``trailers`` when that is one of its tokens; serve used to keep
+    it only when the whole value was ``trailers``.  Both now use envoy_request_headers."""
+    from proxywasm_host.http.profiles import envoy_request_headers
+
+    profile = dict(envoy_request_headers([(":authority", "localhost"), ("te", te)], protocol="HTTP/1.1"))
+    assert profile.get("te") == seen
+    with serving(HELLO) as srv:
+        headers = get(srv.url + "/headers", headers={"te": te}).json()["headers"]
+    assert headers.get("Te") == seen
