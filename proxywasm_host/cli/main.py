@@ -105,6 +105,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--response-trailer", action="append", type=parse_header, default=[], metavar="'NAME: VALUE'")
     run.add_argument("--wait-ms", type=float, default=0, help="virtual time to let a paused stream resume on ticks")
     run.add_argument("--json", action="store_true", help="print one JSON object")
+    tcp = run.add_argument_group("TCP mode (a network filter in front of tcp_proxy)")
+    tcp.add_argument("--tcp", action="append", metavar="DATA", default=None,
+                     help="run a TCP connection instead of an HTTP exchange: the client sends DATA "
+                     "(repeat for more reads); the upstream echoes what reaches it")
+    tcp.add_argument("--tcp-close", choices=("client", "upstream"), default="client",
+                     help="who ends the connection first (default: the client)")
+    tcp.add_argument("--source", default="127.0.0.1:52400", help="the client's address (source.address)")
+    tcp.add_argument("--no-echo", action="store_true", help="the upstream answers nothing")
 
     _add_local_loop_commands(sub)
     return parser
@@ -126,6 +134,10 @@ def _inspect(args: argparse.Namespace) -> int:
         print(f"ABI version: {report['abi_version'] or 'none (not a proxy-wasm module)'}")
         print(f"allocator:   {report['allocator'] or 'missing'}")
         print(f"start:       {report['start'] or 'none'}")
+        kinds = report.get("filter_kinds") or []
+        where = {"http": "envoy.filters.http.wasm", "network": "envoy.filters.network.wasm (network filter)",
+                 "service": "envoy.bootstrap.wasm (VM-level service)"}
+        print(f"filter kind: {', '.join(f'{k}: {where[k]}' for k in kinds) or 'none (no stream or root callbacks)'}")
         callbacks = [e["name"] for e in report["exports"] if e["name"].startswith(("proxy_on_", "envoy_on_"))]
         print(f"callbacks ({len(callbacks)}): {', '.join(callbacks)}")
         print(f"imports ({len(report['imports'])}):")
@@ -146,6 +158,29 @@ def _print_message(title: str, headers: Sequence[tuple[str, str]], body: bytes,
         print(f"  body: {body!r}")
     for k, v in trailers or []:
         print(f"  trailer {k}: {v}")
+
+
+def _run_tcp(args: argparse.Namespace, plugin: Any) -> int:
+    from proxywasm_host.harness.tcp import TcpScenario
+
+    scenario = TcpScenario(chunks=tuple(c.encode() for c in args.tcp), echo=not args.no_echo, close=args.tcp_close)
+    result = plugin.tcp_exchange(scenario, source_address=args.source)
+    if args.json:
+        print(json.dumps({
+            "upstream_received": result.upstream_received.decode("utf-8", "replace"),
+            "downstream_received": result.downstream_received.decode("utf-8", "replace"),
+            "closed_by": result.closed_by,
+            "cluster": result.cluster,
+            "logs": [{"level": r.level, "message": r.message} for r in result.logs],
+        }, indent=2))
+        return 0
+    print(f"cluster: {result.cluster or 'none (the filter held the connection)'}")
+    print(f"upstream received: {result.upstream_received!r}")
+    print(f"client received:   {result.downstream_received!r}")
+    print(f"closed by: {result.closed_by or 'nobody (the connection is still open)'}")
+    for record in result.logs:
+        print(f"[{record.level}] {record.message}")
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -171,6 +206,8 @@ def _run(args: argparse.Namespace) -> int:
                 vm_configuration=read_text_arg(args.vm_config),
             )
         )
+        if args.tcp is not None:
+            return _run_tcp(args, plugin)
         result = plugin.exchange(request, response, wait_ms=args.wait_ms)
     except ModuleLoadError as exc:
         print(f"proxywasm-host: load error: {exc}", file=sys.stderr)

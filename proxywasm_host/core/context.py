@@ -129,6 +129,10 @@ class Context:
     def filter_state(self, key: bytes) -> bytes | None:
         return None
 
+    def set_envoy_filter_state(self, path: str, value: bytes, span: int) -> Status:
+        """Envoy's ``set_envoy_filter_state`` foreign function; no stream info: NOT_FOUND."""
+        return Status.NOT_FOUND
+
 
 class RootContext(Context):
     """One per plugin: owns ticks, callouts and the plugin's configuration."""

@@ -96,6 +96,13 @@ def lookup(host: AbiHost, ctx: Context, raw_path: bytes) -> tuple[Status, bytes]
         segments = [s.decode("utf-8", "surrogateescape") for s in parts]
     if not segments:
         return Status.NOT_FOUND, b""
+    if segments[0] == "filter_state" and len(segments) >= 2:
+        # Envoy's filter_state attribute: an object set with set_envoy_filter_state (its
+        # serialized bytes) or a wasm.* property written with proxy_set_property
+        state = ctx.filter_state(segments[1].encode("utf-8", "surrogateescape"))
+        if state is None or len(segments) > 2:
+            return Status.NOT_FOUND, b""
+        return Status.OK, bytes(state)
     found, value = ctx.stream_property(segments)
     if not found:
         root = ctx.root

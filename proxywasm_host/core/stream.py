@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from proxywasm_host.core.context import Context, RootContext
+from proxywasm_host.core.filter_state import set_envoy_filter_state
 from proxywasm_host.core.headers import HeaderMap
 from proxywasm_host.core.properties import Int, Timestamp, UInt, _navigate
 from proxywasm_host.core.text import to_text as _s
@@ -277,6 +278,9 @@ class HttpContext(Context):
 
     def filter_state(self, key: bytes) -> bytes | None:
         return None if self._filter_state is None else self._filter_state.get(key)
+
+    def set_envoy_filter_state(self, path: str, value: bytes, span: int) -> Status:
+        return set_envoy_filter_state(self.filter_state_data, path, value)
 
     def stream_property(self, segments: list[str]) -> tuple[bool, Any]:
         """The longest attribute path (at most 3 segments) that prefixes ``segments``, navigated

@@ -68,6 +68,7 @@ class Vm:
         host.delivery = self
         #: told of every callback this VM runs (the differential runner records them)
         self.call_observer: CallObserver | None = call_observer
+        host.wake = self._wake
         self._depth = 0
         #: export name -> runtime.export(name), asked once per name
         self._exports: dict[str, Callable[..., int | None] | None] = {}
@@ -138,6 +139,11 @@ class Vm:
                 root = host.contexts.get(root_id)
                 if isinstance(root, RootContext):
                     self.call(root, "proxy_on_queue_ready", root_id, token)
+
+    def _wake(self) -> None:
+        """Notifications another VM posted to this one (a shared queue this VM owns)."""
+        if self._depth == 0 and self.failed is None:
+            self.flush()
 
     # -- VM start and plugin start (docs/abi-notes.md §2.5, §7.1) ------------------------
     def start_vm(self) -> None:

@@ -50,6 +50,7 @@ from proxywasm_host.http.scenario import (
 from proxywasm_host.runtime.module import CompiledModule, WasmInstance
 
 if TYPE_CHECKING:
+    from proxywasm_host.harness.tcp import TcpConnection, TcpResult, TcpScenario
     from proxywasm_host.http.profiles import StreamProfile
 
 WasmSource = Union[str, Path, bytes, CompiledModule]  # noqa: UP007 (a runtime alias: Python 3.10 cannot | these)
@@ -139,7 +140,7 @@ class Host:
         self.shared = SharedState()
         self.log_level = log_level
         self.random_seed = random_seed
-        self._vms: dict[tuple[str, str, bytes], Vm] = {}
+        self._vms: dict[tuple[Any, ...], Vm] = {}
         self.plugins: list[Plugin] = []
         self._observer: HostcallObserver | None = None
         if trace or allowed_hostcalls is not None or coverage is not None:
@@ -197,6 +198,7 @@ class Host:
         environment: Mapping[str, str] | None = None,
         foreign_functions: Mapping[str, Callable[[bytes], bytes | None]] | None = None,
         failure_policy: str = "fail_closed",
+        _service: bool = False,
     ) -> Plugin:
         """Start a plugin like Envoy does: reuse or start its VM, then create and configure its root.
 
@@ -222,7 +224,9 @@ class Host:
             )
         compiled = wasm if isinstance(wasm, CompiledModule) else CompiledModule.load(wasm)
         vm_config = _bytes(vm_configuration)
-        key = (compiled.sha256, vm_id, vm_config)
+        key: tuple[Any, ...] = (compiled.sha256, vm_id, vm_config)
+        if _service:  # the singleton's own VM (Envoy: on the main thread, apart from the workers')
+            key += ("service", len(self._vms))
         vm = self._vms.get(key)
         if vm is None or vm.failed is not None:
             abi = AbiHost(
@@ -261,6 +265,33 @@ class Host:
         plugin = Plugin(self, vm, root, compiled)
         plugin._load_args = (compiled, dict(environment or {}), dict(foreign_functions or {}))
         self.plugins.append(plugin)
+        return plugin
+
+    def load_service(
+        self,
+        wasm: WasmSource,
+        *,
+        root_id: str = "",
+        configuration: str | bytes = b"",
+        vm_configuration: str | bytes = b"",
+        vm_id: str = "",
+        name: str = "",
+        properties: Mapping[str | Sequence[str], Any] | None = None,
+        environment: Mapping[str, str] | None = None,
+        foreign_functions: Mapping[str, Callable[[bytes], bytes | None]] | None = None,
+    ) -> Plugin:
+        """Start a VM-level service, as Envoy's ``envoy.bootstrap.wasm`` with
+        ``singleton: true`` does: the module in a VM of its own, a root context (VM start,
+        configure) and nothing per stream. Its ticks fire with :meth:`advance_time`; its
+        shared data and queues are those of this host's plugins with the same ``vm_id``
+        namespace rules (e.g. a service draining a queue HTTP filters fill, delivered after
+        the enqueuing callback returns). The returned plugin opens no streams."""
+        plugin = self.load_plugin(
+            wasm, root_id=root_id, configuration=configuration, vm_configuration=vm_configuration, vm_id=vm_id,
+            name=name, properties=properties, environment=environment, foreign_functions=foreign_functions,
+            _service=True,
+        )
+        plugin.is_service = True
         return plugin
 
     def _reload(self, plugin: Plugin) -> None:
@@ -341,10 +372,14 @@ class Plugin:
         self.module = module
         #: every open stream and the most recent completed ones (STREAM_HISTORY)
         self.streams: list[HttpStream] = []
+        #: every TCP connection opened with tcp_connection()
+        self.connections: list[TcpConnection] = []
         self._streams_scanned = 0  # streams before this index were open at the last trim
         self._streams_full_scan_at = 2 * STREAM_HISTORY
         self._old_traps: list[FilterTrap] = []
         self.reloads = 0
+        #: True for a VM-level service (Host.load_service): root context only, no streams
+        self.is_service = False
         self._load_args: tuple[CompiledModule, dict[str, str], dict[str, Any]] = (module, {}, {})
 
     @property
@@ -361,6 +396,11 @@ class Plugin:
 
     def http_stream(self, *, attributes: Mapping[str | Sequence[str], Any] | None = None) -> HttpStream:
         """Open a new HTTP stream; its context is created when the request headers arrive."""
+        if self.is_service:
+            raise HarnessUsageError(
+                "this plugin is a VM-level service (Host.load_service, Envoy's envoy.bootstrap.wasm): it has a "
+                "root context only and gets no streams; load it with Host.load_plugin to use it as an HTTP filter"
+            )
         if self.root.deleted:
             raise HarnessUsageError("this plugin was shut down; load it again to open new streams")
         if self.vm.failed is not None and self.root.plugin.failure_policy == "fail_reload":
@@ -375,6 +415,46 @@ class Plugin:
             self._trim_streams()
         streams.append(stream)
         return stream
+
+    def tcp_connection(
+        self,
+        *,
+        source_address: str = "127.0.0.1:52400",
+        destination_address: str = "127.0.0.1:10000",
+        upstream_addresses: Mapping[str, str] | None = None,
+        default_cluster: str = "upstream",
+        attributes: Mapping[str | Sequence[str], Any] | None = None,
+    ) -> TcpConnection:
+        """Open a client connection through this plugin as a network filter (Envoy's
+        ``envoy.filters.network.wasm`` in front of ``tcp_proxy``): creates the context and
+        calls ``proxy_on_new_connection``. ``default_cluster`` is tcp_proxy's cluster (the
+        filter may pick another with filter state ``envoy.tcp_proxy.cluster``);
+        ``upstream_addresses`` gives each cluster's host (``upstream.address``). Raises
+        :class:`~proxywasm_host.errors.HarnessUsageError` for a module without network callbacks."""
+        from proxywasm_host.harness.tcp import new_connection
+
+        if self.is_service:
+            raise HarnessUsageError("this plugin is a VM-level service (Host.load_service): it gets no connections")
+        if self.root.deleted:
+            raise HarnessUsageError("this plugin was shut down; load it again to open new connections")
+        if self.vm.failed is not None and self.root.plugin.failure_policy == "fail_reload":
+            self.host._reload(self)
+        conn = new_connection(
+            self,
+            source_address=source_address,
+            destination_address=destination_address,
+            upstream_addresses=upstream_addresses,
+            default_cluster=default_cluster,
+            attributes=attributes,
+        )
+        self.connections.append(conn)
+        return conn
+
+    def tcp_exchange(self, scenario: TcpScenario, **kwargs: Any) -> TcpResult:
+        """Run one :class:`~proxywasm_host.harness.tcp.TcpScenario` through this network filter."""
+        from proxywasm_host.harness.tcp import run_tcp_scenario
+
+        return run_tcp_scenario(self, scenario, **kwargs)
 
     def _trim_streams(self) -> None:
         """Drop completed streams but the most recent: a long run (Hypothesis, a benchmark)

@@ -195,6 +195,17 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         tr.write_line(f"{title}: {len(used)}/{len(names)} host functions called")
         for name in names:
             tr.write_line(f"  {counts.get(name, 0):>8}  {name}")
+    from proxywasm_host.core.network import NETWORK_CALLBACKS
+
+    tr.write_line(f"network callbacks: {sum(1 for n in NETWORK_CALLBACKS if counts.get('callback:' + n))}/"
+                  f"{len(NETWORK_CALLBACKS)} delivered")
+    for name in NETWORK_CALLBACKS:
+        tr.write_line(f"  {counts.get('callback:' + name, 0):>8}  {name}")
+    foreign = sorted(k for k in counts if k.startswith("foreign:"))
+    if foreign:
+        tr.write_line("foreign functions called (proxy_call_foreign_function):")
+        for key in foreign:
+            tr.write_line(f"  {counts[key]:>8}  {key.split(':', 1)[1]}")
 
 
 def _as_pairs(value: Any) -> list[tuple[str, str]] | None:

@@ -35,6 +35,7 @@ from proxywasm_host.core.guest import (
     WasmTrap,
 )
 from proxywasm_host.core.hostcalls import AbiHost
+from proxywasm_host.core.network import NETWORK_CALLBACKS
 from proxywasm_host.core.spec import HOSTCALLS, detect_abi, imports_for
 from proxywasm_host.core.types import AbiVersion
 from proxywasm_host.core.vm import guest_exports
@@ -472,6 +473,33 @@ class WasmInstance:
         raise WasmTrap(self._deadline_text(text))
 
 
+#: the callbacks that make a module an HTTP filter (its stream callbacks)
+HTTP_CALLBACKS = (
+    "proxy_on_request_headers",
+    "proxy_on_request_body",
+    "proxy_on_request_trailers",
+    "proxy_on_response_headers",
+    "proxy_on_response_body",
+    "proxy_on_response_trailers",
+)
+
+
+def filter_kinds(export_names: set[str] | frozenset[str]) -> list[str]:
+    """What Envoy can load the module as, from its exports: ``http``
+    (envoy.filters.http.wasm), ``network`` (envoy.filters.network.wasm: it exports the
+    network callbacks), or ``service`` only (a root context and nothing per stream:
+    envoy.bootstrap.wasm). The Rust and Go SDKs export both stream kinds; which one a
+    module really serves is decided by the stream contexts its root creates."""
+    kinds = []
+    if any(n in export_names for n in HTTP_CALLBACKS):
+        kinds.append("http")
+    if any(n in export_names for n in NETWORK_CALLBACKS):
+        kinds.append("network")
+    if not kinds and "proxy_on_context_create" in export_names:
+        kinds.append("service")
+    return kinds
+
+
 def inspect_module(source: str | Path, *, cache_dir: CacheDirArg = None) -> dict[str, Any]:
     """Describe a module without running it: ABI, exports, imports and what the host lacks."""
     path = Path(source)
@@ -501,6 +529,7 @@ def inspect_module(source: str | Path, *, cache_dir: CacheDirArg = None) -> dict
                 report["abi_version"] = version.value
         report["exports"].append(entry)
     names = {e.name for e in module.exports}
+    report["filter_kinds"] = filter_kinds(names)
     report["allocator"] = next((n for n in ("malloc", "proxy_on_memory_allocate") if n in names), None)
     if "_initialize" in names:
         report["start"] = "_initialize" + (" + main" if "main" in names else " + __main_void" if "__main_void" in names else "")

@@ -86,3 +86,30 @@ def test_inspect() -> None:
     bad = run_cli("inspect", str(WAT / "unknown_import.wat"))
     assert bad.returncode == 1
     assert "MISSING env.proxy_make_coffee" in bad.stdout
+
+
+def test_inspect_names_the_filter_kinds() -> None:
+    """A module exporting the network callbacks can be a network filter; one without them
+    is HTTP only; a root-only module is a VM-level service."""
+    go = json.loads(run_cli("inspect", str(fixture_wasm("go_network-wasip1")), "--json").stdout)
+    assert go["filter_kinds"] == ["http", "network"]  # the Go SDK exports both kinds
+    http_only = run_cli("inspect", str(WAT / "callback_recorder.wat"))
+    assert "filter kind: http: envoy.filters.http.wasm" in http_only.stdout
+    assert "network" not in http_only.stdout.split("filter kind:")[1].splitlines()[0]
+    tcp = json.loads(run_cli("inspect", str(WAT / "tcp_pauser.wat"), "--json").stdout)
+    assert tcp["filter_kinds"] == ["network"]
+
+
+def test_run_tcp_mode() -> None:
+    proc = run_cli(
+        "run", str(fixture_wasm("tcp_routing-wasm32-wasip1")), "--config", "backend_a,backend_b",
+        "--tcp", "hello", "--tcp", "quit", "--source", "10.0.0.7:1234", "--json",
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["cluster"] == "backend_b"
+    assert out["upstream_received"] == "hello" and out["downstream_received"] == "HELLO"
+    assert out["closed_by"] == "filter"
+    assert "closing on quit" in [r["message"] for r in out["logs"]]
+    refused = run_cli("run", str(WAT / "callback_recorder.wat"), "--tcp", "x")
+    assert refused.returncode == 1 and "is not a network filter" in refused.stderr

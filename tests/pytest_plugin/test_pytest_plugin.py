@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from conftest import REPO, RUST_TARGETS, fixture_wasm
 
@@ -169,3 +171,29 @@ def test_many(proxywasm_plugin):
     assert "host399" in section and "host0\n" not in section
     result = pytester.runpytest_subprocess("--proxywasm-module", tutorial, "--proxywasm-log-lines", "0")
     assert "earlier lines not shown" not in result.stdout.str()
+
+
+def test_coverage_counts_network_callbacks_and_foreign_functions(pytester: pytest.Pytester) -> None:
+    routing = str(Path(__file__).resolve().parents[2] / "fixtures" / "wasm" / "tcp_routing-wasm32-wasip1.wasm")
+    pytester.makepyfile(
+        test_tcp=f'''
+def test_route(proxywasm_host):
+    plugin = proxywasm_host.load_plugin({routing!r}, configuration="a,b")
+    conn = plugin.tcp_connection()
+    conn.send_downstream(b"x")
+    conn.send_upstream(b"y")
+'''
+    )
+    result = pytester.runpytest_subprocess("--proxywasm-coverage")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "network callbacks: 3/5 delivered",
+            "*1  proxy_on_new_connection",
+            "*1  proxy_on_downstream_data",
+            "*1  proxy_on_upstream_data",
+            "*0  proxy_on_downstream_connection_close",
+            "foreign functions called (proxy_call_foreign_function):",
+            "*1  set_envoy_filter_state",
+        ]
+    )

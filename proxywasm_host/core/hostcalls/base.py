@@ -114,6 +114,8 @@ class AbiHostBase:
         self.deferred: list[Callable[[], None]] = []
         #: on_queue_ready notifications posted to this VM: (root id, token)
         self.posted_queue_ready: list[tuple[int, int]] = []
+        #: set by the Vm: delivers this VM's posted notifications when another VM posted them
+        self.wake: Callable[[], None] | None = None
         self.random = random.Random(random_seed)
         #: cluster name -> optional URL of a real upstream; None accepts every name
         self.clusters: dict[str, str | None] | None = None

@@ -6,6 +6,7 @@ import zlib
 from collections.abc import Callable
 
 from proxywasm_host.core.callouts import GrpcCall, HttpCallout
+from proxywasm_host.core.filter_state import parse_filter_state_args
 from proxywasm_host.core.hostcalls.base import AbiHostBase
 from proxywasm_host.core.spec import MASK32, hostcall
 from proxywasm_host.core.text import decode_pairs_text
@@ -145,6 +146,12 @@ class CalloutCalls(AbiHostBase):
         name = self.read(name_ptr, name_len).decode("utf-8", "surrogateescape")
         args = self.read(args_ptr, args_len)
         fn = self.foreign_functions.get(name)
+        observer = self.observer
+        if observer is not None and observer.coverage is not None:
+            key = f"foreign:{name}"
+            observer.coverage[key] = observer.coverage.get(key, 0) + 1
+        if fn is None and name == "set_envoy_filter_state":
+            return self._set_envoy_filter_state(args, ret_ptr_ptr, ret_size_ptr)
         if fn is None:
             builtin = ENVOY_FOREIGN_FUNCTIONS.get(name)
             if builtin is None:
@@ -157,6 +164,15 @@ class CalloutCalls(AbiHostBase):
         if ret_ptr_ptr:
             return self.return_bytes(ret_ptr_ptr, ret_size_ptr, result)
         return _OK
+
+    def _set_envoy_filter_state(self, args: bytes, ret_ptr_ptr: int, ret_size_ptr: int) -> int:
+        """Envoy's ``set_envoy_filter_state``: protobuf SetEnvoyFilterStateArguments (path,
+        value, span); unparsable: BAD_ARGUMENT; then the (effective) context's filter state."""
+        parsed = parse_filter_state_args(args)
+        status = _BAD_ARGUMENT if parsed is None else self.active.set_envoy_filter_state(*parsed)
+        if ret_ptr_ptr:  # Envoy writes the (empty) results even on error
+            self.return_bytes(ret_ptr_ptr, ret_size_ptr, b"")
+        return status
 
     # -- Envoy / emscripten extras ---------------------------------------------------------
     @hostcall("envoy_resolve_dns")

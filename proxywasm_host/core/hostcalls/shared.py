@@ -80,6 +80,10 @@ class SharedCalls(AbiHostBase):
         queue.items.append(value)
         owner_host, root_id = queue.owner
         owner_host.posted_queue_ready.append((root_id, token))
+        if owner_host is not self and owner_host.wake is not None:
+            # another VM (e.g. a VM-level service) owns the queue: Envoy posts the
+            # notification to it; here it runs once this guest call has returned
+            self.deferred.append(owner_host.wake)
         return _OK
 
     @hostcall("proxy_dequeue_shared_queue")
