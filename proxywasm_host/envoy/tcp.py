@@ -12,6 +12,7 @@ every chunk a read of its own, as the in-process scenario delivers them.
 
 from __future__ import annotations
 
+import dataclasses
 import select
 import socket
 import time
@@ -151,8 +152,7 @@ def run_tcp_scenario_in_envoy(
     names = (DEFAULT_CLUSTER, *[c for c in scenario.clusters if c != DEFAULT_CLUSTER])
     servers = {name: TcpUpstream(echo=scenario.echo).start() for name in names}
     if scenario.configuration and not plugin.configuration:
-        plugin = PluginSpec(plugin.wasm, plugin.root_id, scenario.configuration, plugin.vm_configuration,
-                            plugin.vm_id, plugin.name)
+        plugin = dataclasses.replace(plugin, configuration=scenario.configuration)
     config = render_tcp_config(plugin, clusters={n: s.port for n, s in servers.items()})
     proc = EnvoyProcess(config, envoy=envoy, startup_timeout=startup_timeout)
     try:
