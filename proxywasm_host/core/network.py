@@ -7,7 +7,7 @@ through :class:`~proxywasm_host.core.vm.Vm`, and keeps what reached each side.
 
 What it reproduces (Envoy ``source/extensions/common/wasm/context.cc`` ``onNewConnection``,
 ``onData``, ``onWrite``, ``onEvent``, ``onCloseTCP``; ``source/common/network/filter_manager_impl.cc``;
-the tcp_proxy filter; ABI_FACTS §7.5):
+the tcp_proxy filter; docs/abi-notes.md §7.5):
 
 - a new connection creates the context (``proxy_on_context_create``) and calls
   ``proxy_on_new_connection``; Continue lets tcp_proxy connect upstream (to the cluster in
