@@ -131,7 +131,10 @@ def _inspect(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
     else:
         print(f"{report['file']}  ({report['size']} bytes, sha256 {report['sha256'][:16]}…)")
-        print(f"ABI version: {report['abi_version'] or 'none (not a proxy-wasm module)'}")
+        if report.get("other_host"):
+            print(f"ABI version: {report['other_host']}'s (Envoy 1.40 cannot load it; see the problem below)")
+        else:
+            print(f"ABI version: {report['abi_version'] or 'none (not a proxy-wasm module)'}")
         print(f"allocator:   {report['allocator'] or 'missing'}")
         print(f"start:       {report['start'] or 'none'}")
         kinds = report.get("filter_kinds") or []

@@ -42,6 +42,21 @@ def marker_version(marker: str) -> str:
     return ".".join(marker[len(ABI_MARKER_PREFIX) :].split("_"))
 
 
+#: ABI markers of other proxy-wasm hosts, known by name so a refusal says what the module is
+#: for: marker -> (host, what that host adds; docs/abi-notes.md §2.1)
+OTHER_HOSTS_ABIS: dict[str, tuple[str, str]] = {
+    "proxy_abi_version_0_2_100": (
+        "Higress",
+        "the ABI of Higress's Envoy and its Go SDK (github.com/higress-group/proxy-wasm-go-sdk): "
+        "ABI 0.2.x plus the host functions proxy_redis_init, proxy_redis_call, "
+        "proxy_inject_encoded_data_to_filter_chain, proxy_get_upstream_hosts, "
+        "proxy_set_upstream_override_host, the callback proxy_on_redis_call_response and buffer "
+        "type 9 (the Redis reply). Envoy 1.40 cannot load it (it knows only 0.1.0, 0.2.0, 0.2.1) "
+        "and neither can this host yet",
+    ),
+}
+
+
 def detect_abi(function_exports: Iterable[str]) -> tuple[AbiVersion | None, list[str]]:
     """The ABI version a module speaks, as Envoy decides it: the first marker export this
     host knows; with all the markers found (for messages when none is known)."""

@@ -36,7 +36,7 @@ from proxywasm_host.core.guest import (
 )
 from proxywasm_host.core.hostcalls import AbiHost
 from proxywasm_host.core.network import NETWORK_CALLBACKS
-from proxywasm_host.core.spec import HOSTCALLS, detect_abi, imports_for
+from proxywasm_host.core.spec import HOSTCALLS, OTHER_HOSTS_ABIS, detect_abi, imports_for
 from proxywasm_host.core.types import AbiVersion
 from proxywasm_host.core.vm import guest_exports
 from proxywasm_host.errors import ModuleLoadError
@@ -241,6 +241,9 @@ class CompiledModule:
         version, markers = detect_abi(name for name, (kind, _ps, _rs) in self.export_types.items() if kind == "func")
         if version is not None:
             return version
+        other = next((OTHER_HOSTS_ABIS[m] for m in markers if m in OTHER_HOSTS_ABIS), None)
+        if other is not None:
+            raise ModuleLoadError(f"{self.origin}: a module for {other[0]}: {other[1]}")
         if markers:
             raise ModuleLoadError(
                 f"{self.origin}: unknown Proxy-Wasm ABI version {markers[0]!r} "
@@ -530,6 +533,7 @@ def inspect_module(source: str | Path, *, cache_dir: CacheDirArg = None) -> dict
         report["exports"].append(entry)
     names = {e.name for e in module.exports}
     report["filter_kinds"] = filter_kinds(names)
+    report["other_host"] = next((OTHER_HOSTS_ABIS[n][0] for n in names if n in OTHER_HOSTS_ABIS), None)
     report["allocator"] = next((n for n in ("malloc", "proxy_on_memory_allocate") if n in names), None)
     if "_initialize" in names:
         report["start"] = "_initialize" + (" + main" if "main" in names else " + __main_void" if "__main_void" in names else "")

@@ -113,3 +113,17 @@ def test_run_tcp_mode() -> None:
     assert "closing on quit" in [r["message"] for r in out["logs"]]
     refused = run_cli("run", str(WAT / "callback_recorder.wat"), "--tcp", "x")
     assert refused.returncode == 1 and "is not a network filter" in refused.stderr
+
+
+def test_a_higress_module_is_named_as_such() -> None:
+    """Higress's ABI marker (proxy_abi_version_0_2_100, its Go SDK's) is refused with what it
+    is, not as an unknown version: Envoy 1.40 cannot run it, nor can this host yet."""
+    inspected = run_cli("inspect", str(WAT / "higress_redis.wat"))
+    assert inspected.returncode == 1
+    assert "ABI version: Higress's (Envoy 1.40 cannot load it" in inspected.stdout
+    assert "MISSING env.proxy_redis_call" in inspected.stdout
+    report = json.loads(run_cli("inspect", str(WAT / "higress_redis.wat"), "--json").stdout)
+    assert report["other_host"] == "Higress" and report["abi_version"] is None
+    ran = run_cli("run", str(WAT / "higress_redis.wat"))
+    assert ran.returncode == 2
+    assert "a module for Higress" in ran.stderr and "proxy_redis_call" in ran.stderr
