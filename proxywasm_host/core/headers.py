@@ -25,6 +25,20 @@ _NAMES: dict[str, bytes] = {}
 _NAMES_MAX = 2048
 
 
+#: (name, value) bytes -> the same as text, for the entries read back again and again (every
+#: exchange's result decodes what went past the filter).  Bounded, like _NAMES.
+_TEXT: dict[Pair, tuple[str, str]] = {}
+_TEXT_MAX = 4096
+
+
+def _text(pair: Pair) -> tuple[str, str]:
+    text = (_s(pair[0]), _s(pair[1]))
+    if len(_TEXT) >= _TEXT_MAX:
+        _TEXT.clear()
+    _TEXT[pair] = text
+    return text
+
+
 def _entry(item: Sequence[str | bytes]) -> Pair:
     """One (name, value) entry the general way (bytes, lists, lone surrogates)."""
     if isinstance(item, (str, bytes)) or len(item) != 2:
@@ -97,7 +111,12 @@ class HeaderMap:
     # -- test-author conveniences (str) -------------------------------------------------
     def items(self) -> list[tuple[str, str]]:
         """All entries, in order, as text."""
-        try:  # the usual case: all valid UTF-8 (see _s), decoded inline
+        text = _TEXT.get
+        try:  # the usual case: entries seen before (the same few headers again and again)
+            return [text(pair) or _text(pair) for pair in self._pairs]
+        except TypeError:  # an unhashable value (a bytearray a test put in): not remembered
+            pass
+        try:  # all valid UTF-8 (see _s), decoded inline
             return [(k.decode(), v.decode()) for k, v in self._pairs]
         except UnicodeDecodeError:
             return [(_s(k), _s(v)) for k, v in self._pairs]

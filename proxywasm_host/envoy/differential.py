@@ -277,6 +277,29 @@ def inprocess_callback_trace(
     return out
 
 
+def _takes_profile(plugin: Any) -> bool:
+    """Whether ``plugin.exchange`` takes ``profile``: asked once per class (inspect.signature
+    took longer than the exchange itself), unless the instance has an exchange of its own."""
+    exchange = plugin.exchange
+    if getattr(exchange, "__func__", None) is getattr(type(plugin), "exchange", None):
+        return _class_takes_profile(type(plugin))
+    import inspect
+
+    return "profile" in inspect.signature(exchange).parameters
+
+
+_TAKES_PROFILE: dict[type, bool] = {}
+
+
+def _class_takes_profile(plugin_type: Any) -> bool:
+    known = _TAKES_PROFILE.get(plugin_type)
+    if known is None:
+        import inspect
+
+        known = _TAKES_PROFILE[plugin_type] = "profile" in inspect.signature(plugin_type.exchange).parameters
+    return known
+
+
 def exchange_with_profile(
     plugin: Any,
     request: HttpRequest,
@@ -287,10 +310,8 @@ def exchange_with_profile(
 ) -> ExchangeResult:
     """``plugin.exchange`` with a stream profile applied exactly once (whether or not
     ``Plugin.exchange`` takes a ``profile`` argument itself)."""
-    import inspect
-
     prof = get_profile(profile).resolve(request, response)
-    if "profile" in inspect.signature(plugin.exchange).parameters:
+    if _takes_profile(plugin):
         result: ExchangeResult = plugin.exchange(request, response, wait_ms=wait_ms, profile=prof)
         return result
     req, resp = prof.apply(request, response)

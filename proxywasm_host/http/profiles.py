@@ -89,6 +89,7 @@ Pure functions, no I/O.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Union
@@ -119,6 +120,10 @@ DEFAULT_REQUEST_ID = "00000000-0000-4000-8000-000000000000"
 #: Connection-specific headers Envoy's codecs remove from both directions.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"})
 
+#: what Envoy drops from a request before the filter: hop-by-hop headers, ``x-envoy-internal``,
+#: and ``te`` unless it names ``trailers``
+_DROPPED_REQUEST = HOP_BY_HOP | {"te", "x-envoy-internal"}
+
 HTTP1 = "HTTP/1.1"
 HTTP2 = "HTTP/2"
 _PSEUDO_DEFAULT_ORDER = (":method", ":scheme", ":authority", ":path")
@@ -128,6 +133,8 @@ Pairs = list[tuple[str, str]]
 
 
 def _protocol(protocol: str) -> str:
+    if protocol == HTTP1 or protocol == HTTP2:  # the usual case: one of the two constants
+        return protocol
     p = protocol.upper().replace("HTTP/", "").replace("H", "")
     if p in ("1", "1.1", "11"):
         return HTTP1
@@ -173,13 +180,6 @@ def split_pseudo_headers(headers: HeaderInput) -> tuple[dict[str, str], list[str
     return pseudo, order, regular
 
 
-def _first(pairs: Sequence[tuple[str, str]], name: str) -> str | None:
-    for k, v in pairs:
-        if k.lower() == name:
-            return v
-    return None
-
-
 def envoy_request_headers(
     headers: HeaderInput,
     *,
@@ -194,31 +194,56 @@ def envoy_request_headers(
     order, names in any case.  See the module documentation for the rules.
     """
     proto = _protocol(protocol)
-    pseudo, order, regular = split_pseudo_headers(headers)
-    host = _first(regular, "host")
-    values = {
-        ":method": pseudo.get(":method", "GET"),
-        ":path": pseudo.get(":path", "/"),
-        ":scheme": pseudo.get(":scheme", "http"),
-        ":authority": pseudo.get(":authority", host if host is not None else "localhost"),
-    }
+    # One pass over the client's headers (an exchange runs this once per request): the
+    # pseudo-headers (last value wins), and the regular ones cleaned (see _clean) as they go
+    pseudo: dict[str, str] = {}
+    order: list[str] = []
+    body: Pairs = []
+    host = xfp = None
+    has_request_id = False
+    for name, value in header_list(headers):
+        lname = name.lower()
+        if name[:1] == ":":
+            if lname not in pseudo:
+                order.append(lname)
+            pseudo[lname] = value
+            continue
+        if lname in _DROPPED_REQUEST:
+            if lname == "te":
+                te = _te(value)
+                if te is not None:
+                    body.append((lname, te))
+            continue  # hop-by-hop, x-envoy-internal
+        if lname == "host":
+            if host is None:
+                host = value
+        elif lname == "x-forwarded-proto":
+            if xfp is None:
+                xfp = value
+        elif lname == "x-request-id":
+            has_request_id = True
+        body.append((lname, value))
+    authority = pseudo.get(":authority", host if host is not None else "localhost")
     if proto == HTTP1:
         # The client sends Host (the test's, else :authority); Envoy turns it into :authority.
+        out = [
+            (":authority", host if host is not None else authority),
+            (":path", pseudo.get(":path", "/")),
+            (":method", pseudo.get(":method", "GET")),
+            (":scheme", xfp if xfp is not None and xfp.lower() in ("http", "https") else "http"),
+        ]
         if host is not None:
-            values[":authority"] = host
-        body = [(k, v) for k, v in _clean(regular) if k != "host"]
-        xfp = _first(body, "x-forwarded-proto")
-        values[":scheme"] = xfp if xfp is not None and xfp.lower() in ("http", "https") else "http"
-        out = [(k, values[k]) for k in _PSEUDO_H1_ORDER]
+            body = [(k, v) for k, v in body if k != "host"]
     else:
-        names = order + [k for k in _PSEUDO_DEFAULT_ORDER if k not in pseudo]
-        out = [(k, values.get(k, pseudo.get(k, ""))) for k in names]
-        body = [(k, v) for k, v in _clean(regular) if not (k == "host" and v == values[":authority"])]
-    body = [(k, v) for k, v in body if k != "x-envoy-internal"]
+        values = {":method": "GET", ":path": "/", ":scheme": "http", **pseudo, ":authority": authority}
+        out = [(k, values[k]) for k in order]
+        out += [(k, values[k]) for k in _PSEUDO_DEFAULT_ORDER if k not in pseudo]
+        if host is not None:
+            body = [(k, v) for k, v in body if not (k == "host" and v == authority)]
     out += body
-    if _first(body, "x-forwarded-proto") is None:
+    if xfp is None:
         out.append(("x-forwarded-proto", "http"))
-    if _first(body, "x-request-id") is None:
+    if not has_request_id:
         out.append(("x-request-id", request_id))
     return out
 
@@ -232,6 +257,8 @@ def envoy_request_body(
     """(body chunks, trailers) as the filter receives them; the last chunk carries
     ``end_of_stream`` unless trailers follow.  Empty chunks are never sent."""
     proto = _protocol(protocol)
+    if not body_chunks and trailers is None:
+        return (), None
     chunks = tuple(bytes(c) for c in body_chunks if c)
     tr = None if trailers is None else tuple((k.lower(), v) for k, v in header_list(trailers))
     if proto == HTTP1:
@@ -265,9 +292,11 @@ def envoy_response_headers(
     else:
         out = _clean(pairs)
     # The router sets the header (an upstream's own value is replaced in place).
-    if any(k == "x-envoy-upstream-service-time" for k, _ in out):
-        return [(k, upstream_service_time if k == "x-envoy-upstream-service-time" else v) for k, v in out]
-    return out + [("x-envoy-upstream-service-time", upstream_service_time)]
+    for k, _ in out:
+        if k == "x-envoy-upstream-service-time":
+            return [(k, upstream_service_time if k == "x-envoy-upstream-service-time" else v) for k, v in out]
+    out.append(("x-envoy-upstream-service-time", upstream_service_time))
+    return out
 
 
 def envoy_response_body(
@@ -281,15 +310,46 @@ def envoy_response_body(
     every non-empty chunk, then an empty end-of-stream event unless trailers
     end the stream.  An HTTP/1.1 upstream sends no trailers, and for a 204 or
     304 no body at all (the response headers carry ``end_of_stream``)."""
-    chunks = tuple(bytes(c) for c in body_chunks if c)
-    tr = None if trailers is None else tuple((k.lower(), v) for k, v in header_list(trailers))
+    if not body_chunks and trailers is None:
+        chunks: tuple[bytes, ...] = ()
+        tr = None
+    else:
+        chunks = tuple(bytes(c) for c in body_chunks if c)
+        tr = None if trailers is None else tuple((k.lower(), v) for k, v in header_list(trailers))
     if _protocol(upstream_protocol) == HTTP1:
         tr = None
         if status < 200 or status in (204, 304):
             return (), None  # no body on the wire: the headers end the stream
     if tr is None:
-        return chunks + (b"",), None
+        return (*chunks, b""), None
     return chunks, tr
+
+
+#: (headers, body chunks, trailers) as the filter receives them
+Events = tuple[Sequence[tuple[str, str]], Sequence[bytes], Sequence[tuple[str, str]] | None]
+_MEMO_MAX = 512
+
+
+def _plain(pairs: object) -> bool:
+    return type(pairs) is tuple and all(
+        type(p) is tuple and len(p) == 2 and type(p[0]) is str and type(p[1]) is str for p in pairs
+    )
+
+
+def _remember(memo: dict[HttpRequest | HttpResponse, Events], key: HttpRequest | HttpResponse,
+              headers: Pairs, chunks: tuple[bytes, ...], trailers: tuple[tuple[str, str], ...] | None) -> None:
+    """Keep the events of ``key`` when it holds only exact str/bytes values: then an equal key
+    (a lookup matches by ==) always has the same events (True == 1, but "True" != "1")."""
+    if not (_plain(key.headers) and (key.trailers is None or _plain(key.trailers))
+            and type(key.body_chunks) is tuple and all(type(c) is bytes for c in key.body_chunks)):
+        return
+    try:
+        hash(key)
+    except TypeError:
+        return
+    if len(memo) >= _MEMO_MAX:
+        memo.clear()
+    memo[key] = (tuple(headers), chunks, trailers)
 
 
 @dataclass(frozen=True)
@@ -321,7 +381,16 @@ class StreamProfile:
         trailers = (request is not None and request.trailers is not None) or (
             response is not None and response.trailers is not None
         )
-        return dataclasses.replace(self, protocol=HTTP2 if trailers else HTTP1)
+        return self._as_http2 if trailers else self._as_http1
+
+    # made once per profile (an exchange resolves its profile every time)
+    @functools.cached_property
+    def _as_http1(self) -> StreamProfile:
+        return dataclasses.replace(self, protocol=HTTP1)
+
+    @functools.cached_property
+    def _as_http2(self) -> StreamProfile:
+        return dataclasses.replace(self, protocol=HTTP2)
 
     @property
     def http2(self) -> bool:
@@ -333,24 +402,70 @@ class StreamProfile:
             return self.resolve(request).apply_request(request)
         if self.protocol is None:
             return request
-        headers = envoy_request_headers(request.headers, protocol=self.protocol, request_id=self.request_id)
-        chunks, trailers = envoy_request_body(request.body_chunks, request.trailers, protocol=self.protocol)
-        return HttpRequest(headers=tuple(headers), body_chunks=chunks, trailers=trailers)
+        headers, chunks, trailers = self.request_events(request)
+        return HttpRequest(tuple(headers), tuple(chunks), None if trailers is None else tuple(trailers))
 
     def apply_response(self, response: HttpResponse) -> HttpResponse:
         """The upstream's response as Envoy delivers it to the filter."""
         if self.protocol is None:
             return response
+        headers, chunks, trailers = self.response_events(response)
+        return HttpResponse(
+            response.status, tuple(headers), tuple(chunks), None if trailers is None else tuple(trailers)
+        )
+
+    # What :meth:`apply_request` / :meth:`apply_response` hold, as plain values: what
+    # ``Plugin.exchange`` delivers (no HttpRequest/HttpResponse made in between).  Call them
+    # on the resolved profile; ``raw`` gives the input as it is.
+    def request_events(self, request: HttpRequest) -> Events:
+        """(headers, body chunks, trailers) of ``request`` as the filter receives them."""
+        protocol = self.protocol
+        if protocol is None:
+            return request.headers, request.body_chunks, request.trailers
+        if protocol == "auto":
+            return self.resolve(request).request_events(request)
+        memo = self._memo
+        try:
+            hit = memo.get(request)
+        except TypeError:  # something unhashable in it (a list): not remembered
+            hit = None
+        if hit is not None:
+            return list(hit[0]), hit[1], hit[2]
+        headers = envoy_request_headers(request.headers, protocol=protocol, request_id=self.request_id)
+        chunks, trailers = envoy_request_body(request.body_chunks, request.trailers, protocol=protocol)
+        _remember(memo, request, headers, chunks, trailers)
+        return headers, chunks, trailers
+
+    def response_events(self, response: HttpResponse) -> Events:
+        """(headers without ``:status``, body chunks, trailers) of the upstream's ``response``
+        as the filter receives them."""
+        if self.protocol is None:
+            return response.headers, response.body_chunks, response.trailers
+        memo = self._memo
+        try:
+            hit = memo.get(response)
+        except TypeError:
+            hit = None
+        if hit is not None:
+            return list(hit[0]), hit[1], hit[2]
+        status = response.status
         headers = envoy_response_headers(
             response.headers,
             upstream_service_time=self.upstream_service_time,
             upstream_protocol=self.upstream_protocol,
-            status=response.status,
+            status=status,
         )
         chunks, trailers = envoy_response_body(
-            response.body_chunks, response.trailers, upstream_protocol=self.upstream_protocol, status=response.status
+            response.body_chunks, response.trailers, upstream_protocol=self.upstream_protocol, status=status
         )
-        return HttpResponse(status=response.status, headers=tuple(headers), body_chunks=chunks, trailers=trailers)
+        _remember(memo, response, headers, chunks, trailers)
+        return headers, chunks, trailers
+
+    @functools.cached_property
+    def _memo(self) -> dict[HttpRequest | HttpResponse, Events]:
+        """The events of the requests and responses seen last (an exchange run again and again
+        with the same request: a parametrized test, a benchmark, a fuzzer's corpus)."""
+        return {}
 
     def apply(self, request: HttpRequest, response: HttpResponse) -> tuple[HttpRequest, HttpResponse]:
         prof = self.resolve(request, response)

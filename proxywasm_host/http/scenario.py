@@ -26,6 +26,13 @@ def header_list(headers: HeaderInput) -> HeaderList:
     if headers is None:
         return ()
     items = headers.items() if isinstance(headers, dict) else headers
+    if type(items) is tuple:
+        # the usual case (an HttpRequest's own headers): (str, str) tuples, returned as they are
+        for item in items:
+            if type(item) is not tuple or len(item) != 2 or type(item[0]) is not str or type(item[1]) is not str:
+                break
+        else:
+            return items
     out = []
     for item in items:
         if len(item) != 2:
