@@ -178,9 +178,10 @@ class CompiledModule:
         *,
         cache_dir: CacheDirArg = False,
         _module: wasmtime.Module | None = None,
+        _sha256: str | None = None,
     ) -> None:
         self.origin = origin
-        self.sha256 = hashlib.sha256(wasm).hexdigest()
+        self.sha256 = _sha256 or hashlib.sha256(wasm).hexdigest()  # (load has it already)
         self.size = len(wasm)
         if _module is not None:
             self.module, meta, self.cache_status = _module, describe(_module), "disabled"
@@ -233,7 +234,7 @@ class CompiledModule:
         key = hashlib.sha256(wasm).hexdigest()
         cached = _module_cache.get(key)
         if cached is None:
-            cached = _module_cache[key] = cls(wasm, origin, cache_dir=cache_dir)
+            cached = _module_cache[key] = cls(wasm, origin, cache_dir=cache_dir, _sha256=key)
         return cached
 
     # -- validation as cpp-host/Envoy (V8) do it ------------------------------------------
