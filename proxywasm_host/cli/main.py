@@ -132,7 +132,8 @@ def _inspect(args: argparse.Namespace) -> int:
     else:
         print(f"{report['file']}  ({report['size']} bytes, sha256 {report['sha256'][:16]}…)")
         if report.get("other_host"):
-            print(f"ABI version: {report['other_host']}'s (Envoy 1.40 cannot load it; see the problem below)")
+            version = report["abi_version"] or "unknown"
+            print(f"ABI version: {version}, {report['other_host']}'s (Envoy 1.40 cannot load it)")
         else:
             print(f"ABI version: {report['abi_version'] or 'none (not a proxy-wasm module)'}")
         print(f"allocator:   {report['allocator'] or 'missing'}")

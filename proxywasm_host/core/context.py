@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from proxywasm_host.core.headers import HeaderMap
+from proxywasm_host.core.higress import REDIS_CALL_RESPONSE
 from proxywasm_host.core.types import BufferType, MapType, Status
 
 if TYPE_CHECKING:
@@ -79,6 +80,11 @@ class Context:
             if host.call_data is not None:
                 return Status.OK, host.call_data
             return Status.NOT_FOUND, None
+        if buffer_type == REDIS_CALL_RESPONSE and host.last_buffer_type == REDIS_CALL_RESPONSE:
+            root = self.root
+            if root is not None and root.redis_reply is not None:
+                return Status.OK, root.redis_reply
+            return Status.NOT_FOUND, None
         if buffer_type == BufferType.GRPC_CALL_MESSAGE:
             root = self.root
             if root is not None and root.grpc_message is not None:
@@ -133,6 +139,14 @@ class Context:
         """Envoy's ``set_envoy_filter_state`` foreign function; no stream info: NOT_FOUND."""
         return Status.NOT_FOUND
 
+    def inject_encoded_data(self, data: bytes, end_stream: bool) -> Status:
+        """Higress's proxy_inject_encoded_data_to_filter_chain; no HTTP stream: BAD_ARGUMENT."""
+        return Status.BAD_ARGUMENT
+
+    def set_upstream_override_host(self, host: str) -> Status:
+        """Higress's proxy_set_upstream_override_host; no HTTP stream: BAD_ARGUMENT."""
+        return Status.BAD_ARGUMENT
+
 
 class RootContext(Context):
     """One per plugin: owns ticks, callouts and the plugin's configuration."""
@@ -153,6 +167,8 @@ class RootContext(Context):
         self.grpc_message: bytes | None = None
         self.status_code = 0
         self.status_message = b""
+        # set only during proxy_on_redis_call_response (Higress)
+        self.redis_reply: bytes | None = None
 
     @property
     def root(self) -> RootContext:

@@ -164,6 +164,7 @@ class HttpContext(Context):
         self._filter_state: dict[bytes, bytes] | None = None
         self._attributes: dict[tuple[str, ...], Any] | None = dict(attributes) if attributes else None
         self.request_time_ns = host.clock.wall_ns
+        self.upstream_override_host: str | None = None  # Higress's proxy_set_upstream_override_host
         host.register(self)
 
     @property
@@ -278,6 +279,18 @@ class HttpContext(Context):
 
     def filter_state(self, key: bytes) -> bytes | None:
         return None if self._filter_state is None else self._filter_state.get(key)
+
+    def inject_encoded_data(self, data: bytes, end_stream: bool) -> Status:
+        """Higress: bytes for the client, after this filter (they join what it forwarded)."""
+        resp = self.response
+        resp.forwarded_body += data
+        resp.forwarded_bytes += len(data)
+        return _OK
+
+    def set_upstream_override_host(self, host: str) -> Status:
+        """Higress: the upstream host this request should go to (kept for the test)."""
+        self.upstream_override_host = host
+        return _OK
 
     def set_envoy_filter_state(self, path: str, value: bytes, span: int) -> Status:
         return set_envoy_filter_state(self.filter_state_data, path, value)

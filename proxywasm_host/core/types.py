@@ -142,10 +142,17 @@ class AbiVersion(str, enum.Enum):
     V0_1_0 = "0.1.0"
     V0_2_0 = "0.2.0"
     V0_2_1 = "0.2.1"
+    #: Higress's ABI: 0.2.x plus its Redis and upstream host functions (not Envoy's)
+    V0_2_100 = "0.2.100"
 
     @property
     def marker(self) -> str:
         return "proxy_abi_version_" + self.value.replace(".", "_")
+
+    @property
+    def envoy_loads(self) -> bool:
+        """Whether Envoy (1.40) loads modules of this ABI (0.2.100 is Higress's own)."""
+        return self is not AbiVersion.V0_2_100
 
     @classmethod
     def from_marker(cls, name: str) -> AbiVersion | None:

@@ -15,6 +15,7 @@ from proxywasm_host.core.callouts import GrpcCall, HttpCallout
 from proxywasm_host.core.context import Context, PluginConfig, RootContext
 from proxywasm_host.core.guest import GuestRuntime, WasmTrap
 from proxywasm_host.core.headers import HeaderMap
+from proxywasm_host.core.higress import RedisCall
 from proxywasm_host.core.hostcalls import AbiHost
 from proxywasm_host.core.observer import LogEntry
 from proxywasm_host.core.spec import ABI_TABLE
@@ -209,6 +210,10 @@ class Vm:
             if call.root_context_id == root.id:
                 call.state = "cancelled"
                 del self.host.grpc_calls[token]
+        for token, redis in list(self.host.redis_calls.items()):
+            if redis.root_context_id == root.id:
+                redis.state = "cancelled"
+                del self.host.redis_calls[token]
 
     def dns_answers(self, root: RootContext, token: int, answers: list[tuple[str, int]]) -> None:
         if root.deleted or self.failed is not None:
@@ -224,6 +229,18 @@ class Vm:
             self.host.call_data = None
 
     # -- callouts ---------------------------------------------------------------------------
+    def redis_response(self, call: RedisCall, status: int, reply: bytes) -> None:
+        """proxy_on_redis_call_response(root, token, status, size) (Higress); the reply is
+        buffer type 9 during the call only."""
+        root = self._root(call.root_context_id)
+        self.host.redis_calls.pop(call.token, None)
+        root.redis_reply = reply
+        try:
+            self.call(root, "proxy_on_redis_call_response", root.id, call.token, status & 0xFFFFFFFF, len(reply))
+        finally:
+            root.redis_reply = None
+        self.flush()
+
     def _root(self, root_id: int) -> RootContext:
         root = self.host.contexts.get(root_id)
         if not isinstance(root, RootContext) or root.deleted:

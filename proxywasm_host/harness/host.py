@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Union
 from proxywasm_host.core.callouts import GrpcCall, HttpCallout
 from proxywasm_host.core.context import PluginConfig, RootContext
 from proxywasm_host.core.headers import HeaderMap
+from proxywasm_host.core.higress import RedisCall
 from proxywasm_host.core.hostcalls import AbiHost
 from proxywasm_host.core.observer import (
     Fault,
@@ -104,6 +105,7 @@ class Host:
         memory_limit_bytes: int = 1 << 30,
         raise_on_trap: bool = True,
         call_observer: CallObserver | None = None,
+        redis: Mapping[str, str | None] | None = None,
     ) -> None:
         """``clusters``: upstream names ``proxy_http_call``/``proxy_grpc_*`` may target. ``None``
         (default) accepts any name; otherwise unknown names get Envoy's status. A mapping may
@@ -129,6 +131,9 @@ class Host:
             for name, answers in (dns or {}).items()
         }
         self.callout_router = callout_router
+        #: Higress's Redis calls: cluster -> "host:port" of a real Redis server (its reply
+        #: answers the call) or None (the test answers with plugin.redis_call().respond())
+        self.redis = dict(redis or {})
         self.callback_deadline_s = callback_deadline_s
         self.memory_limit_bytes = memory_limit_bytes
         self.raise_on_trap = raise_on_trap
@@ -244,6 +249,7 @@ class Host:
             abi.dns = self.dns
             abi.observer = self._observer
             abi.on_http_callout = self._route_callout
+            abi.on_redis_call = self._route_redis
             vm = Vm(abi, WasmInstance(compiled, abi, deadline_s=self.callback_deadline_s,
                                       memory_limit=self.memory_limit_bytes),
                     call_observer=self.call_observer)
@@ -325,6 +331,19 @@ class Host:
         from proxywasm_host.net.forward import forward_callout
 
         forward_callout(callout, url)
+
+    def _route_redis(self, call: RedisCall) -> None:
+        """Send a Higress Redis call to the real server its cluster names, if any."""
+        address = self.redis.get(call.cluster)
+        if address is None:
+            return  # the test answers it
+        from proxywasm_host.net.redis_forward import forward_redis_call
+
+        username, password = "", ""
+        for vm in self._vms.values():
+            if vm.host.redis_calls.get(call.token) is call:
+                username, password, _timeout = vm.host.redis_clusters.get(call.cluster, ("", "", 0))
+        forward_redis_call(call, address, username=username, password=password)
 
     # -- time ------------------------------------------------------------------------------
     @property
@@ -520,6 +539,23 @@ class Plugin:
             raise HarnessUsageError(
                 f"{len(pending)} HTTP callouts are pending ({[c.token for c in pending]}); pass the token you mean"
             )
+        return pending[0]
+
+    @property
+    def redis_calls(self) -> list[RedisCall]:
+        """Every Redis call (Higress's ``proxy_redis_call``) this plugin made, in order."""
+        return [c for c in self.vm.host.redis_history if c.root_context_id == self.root.id]
+
+    def redis_call(self, token: int | None = None) -> RedisCall:
+        """The pending Redis call with ``token`` (or the only pending one)."""
+        pending = [c for c in self.redis_calls if c.pending]
+        if token is not None:
+            for c in pending:
+                if c.token == token:
+                    return c
+            raise HarnessUsageError(f"no pending Redis call with token {token}; pending: {[c.token for c in pending]}")
+        if len(pending) != 1:
+            raise HarnessUsageError(f"{len(pending)} Redis calls are pending ({[c.token for c in pending]}); pass the token")
         return pending[0]
 
     @property

@@ -248,7 +248,7 @@ class CompiledModule:
         if markers:
             raise ModuleLoadError(
                 f"{self.origin}: unknown Proxy-Wasm ABI version {markers[0]!r} "
-                f"(this host, like Envoy, knows {', '.join(v.marker for v in AbiVersion)})"
+                f"(this host knows {', '.join(v.marker for v in AbiVersion)}; Envoy 1.40 the first three)"
             )
         raise ModuleLoadError(
             f"{self.origin}: missing Proxy-Wasm ABI version: the module exports no "

@@ -257,7 +257,7 @@ def test_readme_network_and_service_examples_run(monkeypatch: pytest.MonkeyPatch
 
     repo = Path(__file__).resolve().parents[2]
     readme = (repo / "README.md").read_text()
-    section = readme[readme.index("### Network (TCP) filters") : readme.index("## The CLI")]
+    section = readme[readme.index("### Network (TCP) filters") : readme.index("### Higress modules")]
     blocks = re.findall(r"```python\n(.*?)```", section, re.S)
     assert len(blocks) == 2
     monkeypatch.chdir(repo)

@@ -19,12 +19,13 @@ from __future__ import annotations
 from proxywasm_host.core.hostcalls.basics import BasicCalls
 from proxywasm_host.core.hostcalls.callouts import ENVOY_FOREIGN_FUNCTIONS, CalloutCalls
 from proxywasm_host.core.hostcalls.data import DataCalls
+from proxywasm_host.core.hostcalls.higress import HigressCalls
 from proxywasm_host.core.hostcalls.shared import SharedCalls
 from proxywasm_host.core.hostcalls.streams import StreamCalls
 from proxywasm_host.core.hostcalls.wasi import WasiCalls
 
 
-class AbiHost(BasicCalls, DataCalls, StreamCalls, SharedCalls, CalloutCalls, WasiCalls):
+class AbiHost(BasicCalls, DataCalls, StreamCalls, SharedCalls, CalloutCalls, HigressCalls, WasiCalls):
     """ABI state of one VM instance plus the implementation of every hostcall."""
 
 

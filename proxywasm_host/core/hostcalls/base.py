@@ -10,6 +10,7 @@ from proxywasm_host.core import codec
 from proxywasm_host.core.callouts import GrpcCall, HttpCallout
 from proxywasm_host.core.context import Context, PluginConfig, RootContext
 from proxywasm_host.core.guest import NO_GUEST, Guest, GuestMemoryError, MemoryAccess
+from proxywasm_host.core.higress import REDIS_CALL_RESPONSE, RedisCall
 from proxywasm_host.core.observer import HostcallObserver, LogEntry
 from proxywasm_host.core.spec import _U32, _U64, MASK32, MASK64
 from proxywasm_host.core.state import Clock, Metric, SharedState
@@ -54,12 +55,15 @@ class Delivery(Protocol):
     def dns_answers(self, root: RootContext, token: int, answers: list[tuple[str, int]]) -> None:
         """envoy_on_resolve_dns."""
 
+    def redis_response(self, call: RedisCall, status: int, reply: bytes) -> None:
+        """proxy_on_redis_call_response (Higress's ABI)."""
+
 
 class _NoDelivery:
     def _fail(self, *args: object) -> None:
         raise RuntimeError("AbiHost has no VM to deliver callbacks (a Vm attaches itself as AbiHost.delivery)")
 
-    root_done = http_response = grpc_event = dns_answers = _fail
+    root_done = http_response = grpc_event = dns_answers = redis_response = _fail
 
 
 _NO_DELIVERY: Delivery = _NoDelivery()
@@ -132,6 +136,15 @@ class AbiHostBase:
         self.call_data: bytes | None = None
         #: every HTTP/gRPC callout ever dispatched in this VM, in order
         self.callout_history: list[HttpCallout | GrpcCall] = []
+        #: Higress (ABI 0.2.100): clusters set up with proxy_redis_init -> (username, password,
+        #: timeout ms); Redis calls by token, and every one in order
+        self.redis_clusters: dict[str, tuple[str, str, int]] = {}
+        self.redis_calls: dict[int, RedisCall] = {}
+        self.redis_history: list[RedisCall] = []
+        self._next_redis_token = 7
+        self.on_redis_call: Callable[[RedisCall], None] | None = None
+        #: the highest buffer type this ABI knows (Higress adds 9, the Redis reply)
+        self.last_buffer_type = REDIS_CALL_RESPONSE if abi_version is AbiVersion.V0_2_100 else _LAST_BUFFER_TYPE
 
     # -- context bookkeeping -----------------------------------------------------------
     def allocate_context_id(self) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from proxywasm_host.core.headers import HeaderMap
 from proxywasm_host.core.hostcalls.base import (
-    _LAST_BUFFER_TYPE,
     _LAST_MAP_TYPE,
     AbiHostBase,
 )
@@ -30,7 +29,7 @@ class DataCalls(AbiHostBase):
 
     @hostcall("proxy_get_buffer_bytes")
     def proxy_get_buffer_bytes(self, buffer_type: int, start: int, max_size: int, ret_ptr_ptr: int, ret_size_ptr: int) -> int:
-        if buffer_type > _LAST_BUFFER_TYPE:
+        if buffer_type > self.last_buffer_type:
             return _BAD_ARGUMENT
         status, buf = self.active.get_buffer(buffer_type)
         if status != _OK or buf is None:
@@ -44,7 +43,7 @@ class DataCalls(AbiHostBase):
 
     @hostcall("proxy_get_buffer_status")
     def proxy_get_buffer_status(self, buffer_type: int, ret_size_ptr: int, ret_flags_ptr: int) -> int:
-        if buffer_type > _LAST_BUFFER_TYPE:
+        if buffer_type > self.last_buffer_type:
             return _BAD_ARGUMENT
         status, buf = self.active.get_buffer(buffer_type)
         if status != _OK or buf is None:
@@ -54,7 +53,7 @@ class DataCalls(AbiHostBase):
 
     @hostcall("proxy_set_buffer_bytes")
     def proxy_set_buffer_bytes(self, buffer_type: int, start: int, size: int, data_ptr: int, data_len: int) -> int:
-        if buffer_type > _LAST_BUFFER_TYPE:
+        if buffer_type > self.last_buffer_type:
             return _BAD_ARGUMENT
         data = self.read(data_ptr, data_len)
         return self.active.set_buffer(buffer_type, start, size, data)
