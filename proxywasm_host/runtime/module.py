@@ -266,7 +266,11 @@ class CompiledModule:
                 if spec is None:
                     other = HOSTCALLS.get(name)
                     if other is not None and module in ("env", "wasi_snapshot_preview1", "wasi_unstable"):
-                        versions = ", ".join(sorted(v.value for v in other.abis))
+                        envoy = sorted(v.value for v in other.abis if v.envoy_loads)
+                        if envoy:
+                            versions = ", ".join(envoy)
+                        else:  # a Higress function in a module of an Envoy ABI
+                            versions = "0.2.100 (Higress's, not Envoy's)"
                         problem = f"{module}.{name} exists only in ABI {versions}, not in {self.abi_version.value}"
                     else:
                         problem = f"{module}.{name} is not provided by this host (nor by Envoy)"

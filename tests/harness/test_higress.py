@@ -145,3 +145,16 @@ def test_readme_higress_example_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     namespace: dict[str, object] = {}
     exec(block, namespace)
     assert ("x-redis", "PONG") in namespace["stream"].upstream_request.headers  # type: ignore[attr-defined]
+
+
+def test_higress_functions_do_not_link_for_envoy_abis(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from proxywasm_host.errors import ModuleLoadError
+
+    wat = tmp_path / "redis_in_021.wat"
+    wat.write_text(
+        '(module (import "env" "proxy_redis_call" (func (param i32 i32 i32 i32 i32) (result i32)))'
+        ' (memory (export "memory") 1) (func (export "proxy_abi_version_0_2_1"))'
+        ' (func (export "malloc") (param i32) (result i32) (i32.const 1024)))'
+    )
+    with pytest.raises(ModuleLoadError, match=r"proxy_redis_call exists only in ABI 0\.2\.100 \(Higress's, not Envoy's\), not in 0\.2\.1"):
+        Host().load_plugin(wat)
