@@ -182,8 +182,11 @@ def test_h2_max_concurrent_streams_is_advertised_and_held():
         assert settings is not None and settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] == 3
 
 
-def test_shutdown_with_an_open_http2_connection_is_quick_and_clean():
-    """Issue 14.6: Ctrl-C with an idle HTTP/2 connection open: no traceback, no 5 s wait."""
+@pytest.mark.parametrize("path", ["/get", "/delay/8"])
+def test_shutdown_with_an_open_http2_connection_is_quick_and_clean(path):
+    """Issue 14.6: Ctrl-C with an HTTP/2 connection open (idle after a request, or with a
+    request in flight): GOAWAY, in-flight requests get --graceful 1 s, no traceback.  (Before,
+    with a request in flight, serve did not exit at all within a minute.)"""
     import h2.connection
     import h2.events
 
@@ -192,16 +195,21 @@ def test_shutdown_with_an_open_http2_connection_is_quick_and_clean():
         sock = _connect(port)
         conn = h2.connection.H2Connection()
         conn.initiate_connection()
-        conn.send_headers(1, [(":method", "GET"), (":path", "/get"), (":scheme", "http"), (":authority", "x")],
+        conn.send_headers(1, [(":method", "GET"), (":path", path), (":scheme", "http"), (":authority", "x")],
                           end_stream=True)
         sock.sendall(conn.data_to_send())
+        sock.settimeout(0.5)
         ended = False
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + (1.0 if path != "/get" else 10)
         while not ended and time.monotonic() < deadline:
-            for event in conn.receive_data(sock.recv(65536)):
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                continue
+            for event in conn.receive_data(data):
                 ended = ended or isinstance(event, h2.events.StreamEnded)
             sock.sendall(conn.data_to_send())
-        assert ended
+        assert ended == (path == "/get")
         start = time.monotonic()
         proc.send_signal(2)
         code = proc.wait(15)
@@ -213,7 +221,7 @@ def test_shutdown_with_an_open_http2_connection_is_quick_and_clean():
     time.sleep(0.2)
     log = "".join(lines)
     assert code in (0, 130), log
-    assert took < 2.5, (took, log)
+    assert took < 3.5, (took, log)
     assert "Traceback" not in log, log
 
 
