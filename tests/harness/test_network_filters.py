@@ -265,3 +265,15 @@ def test_readme_network_and_service_examples_run(monkeypatch: pytest.MonkeyPatch
     exec("from proxywasm_host.http.scenario import HttpRequest\n" + "\n".join(blocks), namespace)
     assert namespace["conn"].closed_by == "downstream"  # type: ignore[attr-defined]
     assert namespace["service"].log_messages("info") == ["singleton started", "drained /a"]  # type: ignore[attr-defined]
+
+
+def test_service_opens_grpc_streams_from_its_root() -> None:
+    """A VM-level service makes callouts from its root context like any plugin root: the
+    grpc_callout fixture opens its server stream at VM start and answers each message."""
+    host = Host()
+    service = host.load_service(fixture_wasm("grpc_callout-wasm32-wasip1"), vm_id="svc")
+    (stream,) = service.grpc_calls
+    assert stream.streaming and (stream.service, stream.method) == ("pkg.Events", "Watch")
+    stream.send_message(b"hello")
+    assert "stream message hello" in service.log_messages("info")
+    assert stream.sent_messages[-1] == b"ack"
