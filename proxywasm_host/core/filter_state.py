@@ -8,13 +8,24 @@ from typing import Any
 
 from proxywasm_host.core.types import Status
 
+
+def _ip_port(value: bytes) -> bool:
+    host, sep, port = value.decode("utf-8", "replace").rpartition(":")
+    return bool(sep and host and port.isdigit() and int(port) < 65536)
+
+
 #: Envoy's filter-state object factories a wasm filter can name in set_envoy_filter_state
-#: (registry key -> check of the bytes; None accepts any).  Unknown keys are NOT_FOUND.
+#: (registry key -> check of the bytes; None accepts any), from Envoy's "well known filter
+#: state objects" (docs/root/configuration/advanced/well_known_filter_state.rst) and the
+#: set_filter_state filter's generic "envoy.string". Unknown keys are NOT_FOUND.
 ENVOY_FILTER_STATE_FACTORIES: dict[str, Any] = {
     "envoy.tcp_proxy.cluster": None,
+    "envoy.udp_proxy.cluster": None,
     "envoy.network.upstream_server_name": None,
     "envoy.network.application_protocols": None,
     "envoy.network.upstream_subject_alt_names": None,
+    "envoy.network.transport_socket.original_dst_address": _ip_port,
+    "envoy.filters.listener.original_dst.local_ip": _ip_port,
     "envoy.tcp_proxy.per_connection_idle_timeout_ms": lambda b: b.isdigit(),
     "envoy.string": None,
 }

@@ -277,3 +277,13 @@ def test_service_opens_grpc_streams_from_its_root() -> None:
     stream.send_message(b"hello")
     assert "stream message hello" in service.log_messages("info")
     assert stream.sent_messages[-1] == b"ack"
+
+
+def test_filter_state_factories_check_their_values() -> None:
+    from proxywasm_host.core.filter_state import set_envoy_filter_state
+
+    store: dict[bytes, bytes] = {}
+    assert set_envoy_filter_state(store, "envoy.network.transport_socket.original_dst_address", b"10.0.0.1:80") == Status.OK
+    assert set_envoy_filter_state(store, "envoy.network.transport_socket.original_dst_address", b"nowhere") == Status.BAD_ARGUMENT
+    assert set_envoy_filter_state(store, "envoy.udp_proxy.cluster", b"dns") == Status.OK
+    assert store == {b"envoy.network.transport_socket.original_dst_address": b"10.0.0.1:80", b"envoy.udp_proxy.cluster": b"dns"}
