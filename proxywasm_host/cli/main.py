@@ -217,7 +217,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"proxywasm-host: load error: {exc}", file=sys.stderr)
         return 2
     except FilterTrap as exc:
-        print(f"proxywasm-host: {str(exc).splitlines()[0]}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"trap": exc.to_json_dict()}, indent=2, ensure_ascii=False))
+        print(f"proxywasm-host: {exc}", file=sys.stderr)
         return 1
     except FilterFailed as exc:
         # the filter refused its configuration: what it logged says why
@@ -443,7 +445,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ModuleLoadError as exc:
         return _fail(f"load error: {exc}", 2)
     except (FilterFailed, FilterTrap) as exc:
-        return _fail(f"the filter did not start: {str(exc).splitlines()[0]}", 1)
+        return _fail(f"the filter did not start: {exc}", 1)
     except OSError as exc:
         return _fail(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", 2)
     except KeyboardInterrupt:

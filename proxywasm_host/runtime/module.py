@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,8 +54,12 @@ MAX_MEMORY_BYTES = 1 << 30
 EPOCH_TICK_S = 0.01
 DEFAULT_DEADLINE_S = 10.0
 
+#: Trap backtraces name source file:line from the module's DWARF (wasmtime reads this
+#: variable when the engine's Config is made); WASMTIME_BACKTRACE_DETAILS=0 turns it off.
+BACKTRACE_DETAILS = os.environ.get("WASMTIME_BACKTRACE_DETAILS", "1") != "0"
+
 #: every engine setting that changes compiled code (part of the on-disk cache key)
-ENGINE_SETTINGS: dict[str, object] = {"epoch_interruption": True}
+ENGINE_SETTINGS: dict[str, object] = {"epoch_interruption": True, "backtrace_details": BACKTRACE_DETAILS}
 
 _engine_lock = threading.Lock()
 _engine: wasmtime.Engine | None = None
@@ -67,6 +72,7 @@ def engine() -> wasmtime.Engine:
     global _engine
     with _engine_lock:
         if _engine is None:
+            os.environ["WASMTIME_BACKTRACE_DETAILS"] = "1" if ENGINE_SETTINGS["backtrace_details"] else "0"
             config = wasmtime.Config()
             config.epoch_interruption = bool(ENGINE_SETTINGS["epoch_interruption"])
             _engine = wasmtime.Engine(config)

@@ -142,20 +142,22 @@ class FilterServer:
         while self._traps_seen < len(traps):
             trap = traps[self._traps_seen]
             self._traps_seen += 1
-            summary = str(trap).splitlines()[0]
+            summary = trap.headline
+            # the whole report (panic message, trap, backtrace), indented under the headline
+            report = "    " + trap.describe().replace("\n", "\n    ")
             policy = self.config.failure_policy
             if self._traps_seen == 1:
                 # the first failure, loudly: from here on every request is affected
                 bar = "!" * 78
                 self.log("critical", bar, source="wasm")
-                self.log("critical", f"[{self.name}] THE FILTER FAILED: {summary}", source="wasm")
+                self.log("critical", f"[{self.name}] THE FILTER FAILED: {summary}\n{report}", source="wasm")
                 self.log("critical", f"failure policy {policy}: {FAILURE_POLICIES[policy]}"
                                      + ("" if policy != "fail_closed" else
                                         " (--failure-policy fail_open or fail_reload to keep serving)"),
                          source="wasm")
                 self.log("critical", bar, source="wasm")
             else:
-                self.log("critical", f"[{self.name}] filter trapped: {summary} (failure policy {policy})",
+                self.log("critical", f"[{self.name}] filter trapped: {summary} (failure policy {policy})\n{report}",
                          source="wasm")
 
     # -- running filter code -------------------------------------------------------------------

@@ -52,12 +52,12 @@ def test_local_reply_has_no_upstream_request() -> None:
     assert out["local_reply"]["status"] == 403
 
 
-def test_trap_exits_non_zero_with_one_line() -> None:
+def test_trap_exits_non_zero_with_the_whole_report() -> None:
     proc = run_cli("run", str(WAT / "trap_in_headers.wat"))
     assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines() == [
-        "proxywasm-host: filter trapped in proxy_on_request_headers (context 2): panicked at src/lib.rs:7:9: boom"
-    ]
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0] == "proxywasm-host: filter trapped in proxy_on_request_headers (context 2)"
+    assert lines[1:3] == ["  panicked at src/lib.rs:7:9: boom", "  wasm trap: wasm `unreachable` instruction executed"]
 
 
 def test_load_error_exits_non_zero_naming_the_import() -> None:

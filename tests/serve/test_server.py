@@ -310,6 +310,9 @@ def test_trap_fails_closed_and_the_server_keeps_serving():
         assert get(srv.url + "/headers").status_code == 503
         time.sleep(0.05)
         assert "filter trapped" in srv.out.text and "boom: x-panic requested" in srv.out.text
+        # the whole report: what trapped and the filter's frames, not only the first line
+        assert "wasm trap: wasm `unreachable` instruction executed" in srv.out.text
+        assert "<panic::PanicFilter as proxy_wasm::traits::HttpContext>::on_http_request_headers" in srv.out.text
     with serving(fixture("panic"), failure_policy="fail_reload") as srv:
         assert get(srv.url + "/headers", headers={"x-panic": "1"}).status_code == 503
         assert get(srv.url + "/headers").json()["headers"]["X-Survived"] == "yes"  # a fresh VM
