@@ -3,6 +3,7 @@
     proxywasm-host inspect FILTER.wasm [--json]
     proxywasm-host run FILTER.wasm -H ':authority: localhost:8080' [--json]
     proxywasm-host serve FILTER.wasm [--port 8080] [--upstream URL] [--cluster NAME=URL]
+    proxywasm-host fuzz FILTER.wasm [--seed N] [--max-examples N] [--json] [--envoy]
     proxywasm-host build | package | push | pull | istio ...   (see docs/serve.md)
 """
 
@@ -269,6 +270,10 @@ def _label_arg(text: str) -> tuple[str, str]:
 
 
 def _add_local_loop_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from proxywasm_host.cli.fuzz import add_fuzz_command
+
+    add_fuzz_command(sub)
+
     srv = sub.add_parser("serve", help="a real local HTTP/1.1 + h2c proxy running every request through the filter")
     srv.add_argument("wasm", help="the filter (.wasm), or an oci://REGISTRY/REPO:TAG image to pull first")
     srv.add_argument("--host", default="localhost", help="address to listen on (localhost: 127.0.0.1 and ::1)")

@@ -7,6 +7,7 @@ Fixtures
                           compiled once per session
     ``proxywasm_plugin``  that module (or the one the ``proxywasm`` marker names) loaded
                           and configured in the test's host
+    ``proxywasm_fuzz``    fuzz that filter with generated exchanges (:mod:`proxywasm_host.fuzz`)
 
 Marker
     ``@pytest.mark.proxywasm(wasm=..., root_id=..., configuration=..., vm_configuration=...,
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,7 @@ from proxywasm_host.core.headers import HeaderMap, compare_header_lists, one_or_
 from proxywasm_host.errors import HarnessUsageError
 
 if TYPE_CHECKING:  # the harness (and wasmtime) load when a fixture is first used, not at pytest start
+    from proxywasm_host.fuzz import FuzzReport
     from proxywasm_host.harness.host import Host, Plugin
     from proxywasm_host.runtime.module import CompiledModule
 
@@ -126,6 +128,23 @@ def proxywasm_host(request: pytest.FixtureRequest) -> Iterator[Host]:
     )
     request.node.stash.setdefault(_HOSTS, []).append(host)
     yield host
+
+
+@pytest.fixture
+def proxywasm_fuzz(request: pytest.FixtureRequest) -> Callable[..., FuzzReport]:
+    """Fuzz the test's filter (``--proxywasm-module`` or the ``proxywasm`` marker)::
+
+        def test_survives_anything(proxywasm_fuzz):
+            proxywasm_fuzz()                                   # traps, stuck streams, bad headers
+            proxywasm_fuzz(invariant=lambda ex, result: ...)   # and your own property
+
+    Keyword arguments go to :func:`proxywasm_host.fuzz.fuzz` (``max_examples``, ``seed``,
+    ``header_names``, ``hostile``, ``protocol`` ...).  A failure fails the test with the
+    smallest failing exchange and a ready-to-paste regression test; otherwise the report
+    is returned."""
+    from proxywasm_host.pytest_plugin.fuzzing import fuzz_runner
+
+    return fuzz_runner(request)
 
 
 @pytest.fixture

@@ -102,6 +102,11 @@ PANIC_CASES = (
     Case("panic", _req(AUTHORITY, (":path", "/"), ("x-panic", "1"))),
     Case("after-panic", _req(AUTHORITY, (":path", "/"))),
 )
+TENANT_CASES = (
+    Case("tenant-one", _req(AUTHORITY, (":path", "/"), ("x-tenant-id", "acme"))),
+    Case("tenant-list", _req(AUTHORITY, (":path", "/"), ("x-tenant-id", "acme, globex"))),
+    Case("after-tenant-list", _req(AUTHORITY, (":path", "/"))),
+)
 CALLOUT_CASES = (
     Case("callout-allow", _req(AUTHORITY, (":path", "/api")), callout=HttpResponse(200, (), (b"ok",))),
     Case("callout-deny", _req(AUTHORITY, (":path", "/api")), callout=HttpResponse(403, (), (b"no",))),
@@ -168,6 +173,11 @@ def _groups() -> list[Group]:
         rust("done_later", (GET,))
         rust("busy_loop", (GET,))
         rust("memory_hog", (GET,))
+    # issue 15's fixtures (fixtures/rust-fuzz, wasm32-unknown-unknown only)
+    one = "wasm32-unknown-unknown"
+    groups.append(Group(f"panic_debug-{one}", f"panic_debug-{one}", _spec(f"panic_debug-{one}"), (GET,) + PANIC_CASES))
+    for name in ("tenant", "tenant_fixed"):
+        groups.append(Group(f"{name}-{one}", f"{name}-{one}", _spec(f"{name}-{one}"), TENANT_CASES))
     # Go (each Envoy start costs seconds: few scenarios)
     groups.append(Group("go_hello_world-wasip1", "go_hello_world-wasip1", _spec("go_hello_world-wasip1"), (GET, HEADERS, H2_TRAILERS)))
     groups.append(Group("go_callout-wasip1", "go_callout-wasip1", _spec("go_callout-wasip1"), CALLOUT_CASES[:2], callouts=True))

@@ -47,7 +47,9 @@ def test_trap_names_callback_context_and_panic_message() -> None:
     assert err.context_id == stream.context_id == 2
     assert err.panic_message == "panicked at src/lib.rs:7:9: boom"
     assert "unreachable" in err.trap_message
-    assert "proxy_on_request_headers (context 2): panicked at src/lib.rs:7:9: boom" in str(err)
+    assert err.headline == "filter trapped in proxy_on_request_headers (context 2): panicked at src/lib.rs:7:9: boom"
+    assert str(err).splitlines()[:2] == [
+        "filter trapped in proxy_on_request_headers (context 2)", "  panicked at src/lib.rs:7:9: boom"]
     # Envoy (fail_open=false) answers the stream with 503 and sends no more callbacks.
     assert stream.local_response is not None and stream.local_response.status_code == 503
     assert stream.local_response.details == "wasm_fail_stream"

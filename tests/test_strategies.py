@@ -1,0 +1,138 @@
+"""proxywasm_host.strategies: what they generate is what Envoy accepts, delivered as Envoy
+delivers it, and they compose with a user's own strategies."""
+
+from __future__ import annotations
+
+import re
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from proxywasm_host import strategies as pst
+from proxywasm_host.http.profiles import get_profile
+
+FAST = settings(max_examples=60, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9a-z]+$")
+
+
+@FAST
+@given(pst.exchanges())
+def test_delivered_request_is_what_envoy_gives_a_filter(exchange: pst.Exchange) -> None:
+    request, response = get_profile(exchange.profile).apply(exchange.request, exchange.response)
+    names = [k for k, _ in request.headers]
+    pseudo = [n for n in names if n.startswith(":")]
+    assert sorted(pseudo) == [":authority", ":method", ":path", ":scheme"]
+    assert names[: len(pseudo)] == pseudo  # pseudo-headers first
+    for name, value in request.headers:
+        assert name.startswith(":") or TOKEN.match(name), name  # lower-case tokens
+        assert not any(c in value for c in "\r\n\0") and value == value.strip(" \t")
+    if exchange.protocol == pst.HTTP1:
+        assert request.trailers is None and "host" not in names
+    assert all(k == k.lower() for k, _ in response.headers)
+    assert response.status >= 200
+
+
+@FAST
+@given(pst.http_requests(protocol=pst.HTTP2))
+def test_http2_requests_have_lower_case_names_and_pseudo_headers(request: pst.HttpRequest) -> None:
+    names = [k for k, _ in request.headers]
+    assert names[:4] == [":method", ":scheme", ":authority", ":path"]
+    assert all(k == k.lower() for k in names)
+
+
+@FAST
+@given(pst.body_chunks(pst.bodies()))
+def test_chunks_are_non_empty_pieces(chunks: tuple[bytes, ...]) -> None:
+    assert all(chunks)
+
+
+def test_body_chunks_rejoin_to_the_body() -> None:
+    @FAST
+    @given(st.data())
+    def check(data: st.DataObject) -> None:
+        body = data.draw(st.binary(min_size=1, max_size=50))
+        chunks = data.draw(pst.body_chunks(st.just(body)))
+        assert b"".join(chunks) == body
+
+    check()
+
+
+def seen(strategy: st.SearchStrategy[object], n: int, **checks: object) -> dict[str, bool]:
+    """Which of the predicates ``checks`` some of ``n`` generated examples met (no shrinking)."""
+    found = dict.fromkeys(checks, False)
+
+    @settings(max_examples=n, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(strategy)
+    def run(example: object) -> None:
+        for name, pred in checks.items():
+            found[name] = found[name] or bool(pred(example))  # type: ignore[operator]
+
+    run()
+    return found
+
+
+def test_generates_duplicates_casing_lists_and_trailers() -> None:
+    found = seen(
+        pst.exchanges(), 300,
+        duplicates=lambda e: len({k.lower() for k, _ in e.request.headers}) < len(e.request.headers),
+        casing=lambda e: any(k != k.lower() for k, _ in e.request.headers),
+        list_values=lambda e: any("," in v for _, v in e.request.headers[3:]),
+        trailers=lambda e: e.request.trailers is not None and e.protocol == pst.HTTP2,
+        chunks=lambda e: len(e.request.body_chunks) > 1,
+        http1=lambda e: e.protocol == pst.HTTP1,
+        http2=lambda e: e.protocol == pst.HTTP2,
+    )
+    assert all(found.values()), found
+
+
+def test_hostile_adds_non_utf8_bytes_and_huge_values() -> None:
+    found = seen(
+        pst.exchanges(hostile=True), 300,
+        non_utf8=lambda e: any(any(0xDC80 <= ord(c) <= 0xDCFF for c in v) for _, v in e.request.headers),
+        huge=lambda e: any(len(v) > 1024 for _, v in e.request.headers),
+        many=lambda e: len(e.request.headers) > 20,
+    )
+    assert all(found.values()), found
+
+    @FAST
+    @given(pst.header_values())
+    def never_hostile(v: str) -> None:
+        assert all(0x20 <= ord(c) < 0x7F or c == "\t" for c in v)
+
+    never_hostile()
+
+
+def test_composes_with_user_strategies() -> None:
+    mine = pst.header_lists(names=st.just("x-mine"), values=st.sampled_from(["1", "2"]), min_size=1, max_size=2)
+
+    @FAST
+    @given(pst.exchanges(requests=pst.http_requests(protocol=pst.HTTP2, headers=mine, with_trailers=False)))
+    def check(exchange: pst.Exchange) -> None:
+        regular = [h for h in exchange.request.headers if not h[0].startswith(":") and h[0] != "content-length"]
+        assert regular and all(h[0] == "x-mine" and h[1] in ("1", "2") for h in regular)
+        assert exchange.request.trailers is None
+
+    check()
+
+
+def test_extra_header_names_are_generated_often() -> None:
+    hits = []
+
+    @settings(max_examples=100, database=None, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(pst.http_requests(extra_header_names=["x-learned"]))
+    def count(request: pst.HttpRequest) -> None:
+        hits.append(any(k.lower() == "x-learned" for k, _ in request.headers))
+
+    count()
+    assert sum(hits) >= 20
+
+
+@FAST
+@given(pst.exchanges())
+def test_to_python_round_trips(ex: pst.Exchange) -> None:
+    from proxywasm_host import HttpRequest, HttpResponse
+
+    request, response, _profile = eval(
+        "(" + ex.to_python().replace("profile=", "") + ")", {"HttpRequest": HttpRequest, "HttpResponse": HttpResponse})
+    assert (request, response) == (ex.request, ex.response)
