@@ -83,8 +83,48 @@ def request_headers(given: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], 
     return tuple(pseudo + [(k, v) for k, v in given if not k.startswith(":")])
 
 
+#: documented in README.md ("Exit status") and in ``proxywasm-host --help``
+EXIT_STATUS = (
+    "exit status: 0 success; 1 the filter failed (it trapped, refused to start, or fuzz found a failing "
+    "exchange); 2 usage error, or the module or a file could not be loaded"
+)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from proxywasm_host import __version__
+
+    try:
+        wasmtime = version("wasmtime")
+    except PackageNotFoundError:  # pragma: no cover - wasmtime is a dependency
+        wasmtime = "?"
+    return f"proxywasm-host {__version__} (wasmtime {wasmtime}, Python {sys.version.split()[0]})"
+
+
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's "(default: X)", left out where there is no default to speak of."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if (action.default in (None, False, "", []) or action.default is argparse.SUPPRESS
+                or "default" in (action.help or "")):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Every option's default in ``--help`` (an option without a help text gets just that)."""
+    parser.formatter_class = _DefaultsFormatter
+    for action in parser._actions:
+        if (action.help is None and action.option_strings and action.default not in (None, False, "", [])
+                and action.default is not argparse.SUPPRESS):
+            action.help = "(default: %(default)s)"
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="proxywasm-host", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="proxywasm-host", description=__doc__.split("\n\n")[0],
+                                     epilog=EXIT_STATUS)
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
 
     ins = sub.add_parser("inspect", help="show ABI version, exports, imports and what the host cannot provide")
@@ -116,6 +156,13 @@ def _parser() -> argparse.ArgumentParser:
     tcp.add_argument("--no-echo", action="store_true", help="the upstream answers nothing")
 
     _add_local_loop_commands(sub)
+    # every default in every --help (a help text that already names its default is left alone)
+    for command in sub.choices.values():
+        _show_defaults(command)
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for inner in action.choices.values():
+                    _show_defaults(inner)
     return parser
 
 
