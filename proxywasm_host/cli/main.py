@@ -93,13 +93,13 @@ EXIT_STATUS = (
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
-    from proxywasm_host import __version__
+    def of(package: str) -> str:
+        try:
+            return version(package)
+        except PackageNotFoundError:  # pragma: no cover - run from a source tree without installing
+            return "?"
 
-    try:
-        wasmtime = version("wasmtime")
-    except PackageNotFoundError:  # pragma: no cover - wasmtime is a dependency
-        wasmtime = "?"
-    return f"proxywasm-host {__version__} (wasmtime {wasmtime}, Python {sys.version.split()[0]})"
+    return f"proxywasm-host {of('proxywasm-host')} (wasmtime {of('wasmtime')}, Python {sys.version.split()[0]})"
 
 
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
