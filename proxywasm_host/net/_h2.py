@@ -59,6 +59,8 @@ class _H2(_Connection):
                 self._start_stream(1, upgrade[1], ended=True)
             else:
                 conn.initiate_connection()
+            if limits.h2_window > 65535:  # the connection's window too, not only each stream's
+                conn.increment_flow_control_window(limits.h2_window - 65535)
             await self.flush()
             data = initial
             headers_deadline = _deadline(limits.request_headers_timeout)
