@@ -98,7 +98,14 @@ class GrpcCall:
     context_id: int
     state: str = "open"  # half_closed | cancelled | closed
     local_end_stream: bool = False
+    dispatched_at_ns: int = 0  # the host's monotonic clock when the filter opened it
+    routed: bool = field(default=False, repr=False, compare=False)  # handed to a router / real server
     _deliver: Callable[..., None] | None = field(default=None, repr=False)
+
+    @property
+    def pending(self) -> bool:
+        """Open or half-closed: the filter may still get callbacks for it."""
+        return self.state in ("open", "half_closed")
 
     @property
     def message(self) -> bytes:
@@ -135,3 +142,13 @@ class GrpcCall:
         deliver = self._check_open("close")
         self.state = "closed"
         deliver(self, "close", (status, message.encode()))
+
+    def time_out(self) -> None:
+        """A unary call's ``timeout_ms`` passed without an answer: Envoy's gRPC client closes
+        it itself with UNAVAILABLE (14), ``proxy_get_status`` message ``upstream request
+        timeout{response_timeout}`` (measured on Envoy 1.40; a gRPC server that enforces the
+        deadline Envoy sends it answers DEADLINE_EXCEEDED (4) first, as a real server does
+        here too).  ``Host.advance_time`` calls it when the deadline passes."""
+        if self.streaming:
+            raise HarnessUsageError("a gRPC stream has no timeout; close() it with the status you want")
+        self.close(14, "upstream request timeout{response_timeout}")

@@ -1,9 +1,11 @@
 """An Envoy-like HTTP header map: ordered, duplicates allowed, names lower-cased.
 
-Operations mirror what Envoy does behind the proxy-wasm header hostcalls
-(docs/abi-notes.md §5.4): ``get`` returns the first value, ``add`` appends,
-``replace`` (Envoy ``setCopy``) overwrites the first entry and drops the rest
-or appends when absent, ``remove`` drops every entry of the name.
+Operations mirror what Envoy 1.40 does behind the proxy-wasm header hostcalls
+(docs/abi-notes.md §5.4; measured: docs/conformance.md, issue 12 table): ``get`` returns the
+first value, ``add`` appends, ``replace`` removes every entry of the name and appends
+the new one at the end (it does not keep the old position), ``remove`` drops every
+entry of the name.  Like Envoy's header map, pseudo-headers (``:authority`` ...) stay
+in front: one that is added or replaced goes to the end of the pseudo-header block.
 """
 
 from __future__ import annotations
@@ -54,6 +56,14 @@ def _entry(item: Sequence[str | bytes]) -> Pair:
     return _b(name).lower(), _b(value)
 
 
+def _with_pseudo(pairs: tuple[Pair, ...], name: bytes, value: bytes) -> tuple[Pair, ...]:
+    """``pairs`` with the pseudo-header entry inserted after the last pseudo-header."""
+    end = 0
+    while end < len(pairs) and pairs[end][0][:1] == b":":
+        end += 1
+    return pairs[:end] + ((name, value),) + pairs[end:]
+
+
 class HeaderMap:
     """Mutable ordered multimap of header name/value bytes."""
 
@@ -76,7 +86,11 @@ class HeaderMap:
         return list(self._pairs)
 
     def set_pairs(self, pairs: Iterable[Pair]) -> None:
-        self._pairs = tuple([(k.lower(), v) for k, v in pairs])
+        # Envoy clears the map and adds each pair: pseudo-headers end up in front
+        entries = [(k.lower(), v) for k, v in pairs]
+        if any(k[:1] == b":" for k, _ in entries[1:]):
+            entries = [e for e in entries if e[0][:1] == b":"] + [e for e in entries if e[0][:1] != b":"]
+        self._pairs = tuple(entries)
 
     def get(self, name: bytes) -> bytes | None:
         name = name.lower()
@@ -86,22 +100,21 @@ class HeaderMap:
         return None
 
     def add(self, name: bytes, value: bytes) -> None:
-        self._pairs += ((name.lower(), value),)
+        name = name.lower()
+        if name[:1] == b":":
+            self._pairs = _with_pseudo(self._pairs, name, value)
+        else:
+            self._pairs += ((name, value),)
 
     def replace(self, name: bytes, value: bytes) -> None:
+        """Envoy ``setCopy``: every entry of ``name`` goes, the new one is appended (a
+        pseudo-header at the end of the pseudo-header block)."""
         name = name.lower()
-        out: list[Pair] = []
-        done = False
-        for k, v in self._pairs:
-            if k == name:
-                if not done:
-                    out.append((k, value))
-                    done = True
-            else:
-                out.append((k, v))
-        if not done:
-            out.append((name, value))
-        self._pairs = tuple(out)
+        kept = tuple([(k, v) for k, v in self._pairs if k != name])
+        if name[:1] == b":":
+            self._pairs = _with_pseudo(kept, name, value)
+        else:
+            self._pairs = kept + ((name, value),)
 
     def remove(self, name: bytes) -> None:
         name = name.lower()

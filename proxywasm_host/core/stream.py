@@ -91,6 +91,7 @@ class Direction:
         "name", "headers", "trailers", "buffer", "_forwarded_headers", "forwarded_body", "forwarded_bytes",
         "forwarded_trailers", "end_received", "end_forwarded", "stopped", "queued_trailers",
         "continue_requested", "maps_released", "body_writable", "trailers_creatable", "headers_received",
+        "headers_released", "received_pairs",
     )
 
     def __init__(self, name: str) -> None:
@@ -111,6 +112,10 @@ class Direction:
         self.body_writable = False
         self.trailers_creatable = False
         self.headers_received = False
+        # Envoy forgets the header map when the headers callback returns Continue: later
+        # callbacks get BAD_ARGUMENT for it (docs/conformance.md, issue 12)
+        self.headers_released = False
+        self.received_pairs: tuple[tuple[bytes, bytes], ...] = ()  # the headers as they arrived
 
     # What went past the filter is kept as the header map's immutable pairs, not as a second
     # HeaderMap: two fewer objects per stream for Python's GC to count and collect, and
@@ -214,7 +219,9 @@ class HttpContext(Context):
             if d.trailers is None and d.trailers_creatable and for_write:
                 d.trailers = HeaderMap()
             return (_OK, d.trailers) if d.trailers is not None else (_BAD_ARGUMENT, None)
-        return (_OK, d.headers) if d.headers is not None else (_BAD_ARGUMENT, None)
+        if d.headers is None or d.headers_released:
+            return _BAD_ARGUMENT, None
+        return _OK, d.headers
 
     def get_buffer(self, buffer_type: int) -> tuple[Status, bytes | bytearray | None]:
         if buffer_type == BufferType.HTTP_REQUEST_BODY:
@@ -261,8 +268,10 @@ class HttpContext(Context):
     def send_local_response(
         self, status: int, details: bytes, body: bytes, headers: list[tuple[bytes, bytes]], grpc_status: int
     ) -> Status:
-        if self._local_in_flight or self.completed:
-            return Status.OK  # Envoy ignores a local reply sent while one is being encoded
+        if self._local_in_flight or self.completed or self._pending_local is not None:
+            # Envoy ignores a local reply sent while one is being encoded, and a second one
+            # in the same callback: the client gets the first (docs/conformance.md, issue 12)
+            return Status.OK
         self._pending_local = LocalResponse(
             status_code=status,
             body=bytes(body),
@@ -296,15 +305,20 @@ class HttpContext(Context):
         return set_envoy_filter_state(self.filter_state_data, path, value)
 
     def stream_property(self, segments: list[str]) -> tuple[bool, Any]:
-        """The longest attribute path (at most 3 segments) that prefixes ``segments``, navigated
-        into for the rest.  Only the attribute asked for is computed (see _ATTRIBUTES): a
-        filter may read properties on every request, and rebuilding every attribute (both
-        header dicts included) for each lookup cost ~13 µs."""
+        """The longest attribute path that prefixes ``segments``, navigated into for the rest.
+        User-supplied attributes win over the stream's own and may be any number of segments
+        deep (Envoy's metadata paths are four and more: ``metadata.filter_metadata.<filter>.<key>``);
+        the stream's own attributes are at most 3 deep.  Only the attribute asked for is
+        computed (see _ATTRIBUTES): a filter may read properties on every request, and
+        rebuilding every attribute (both header dicts included) for each lookup cost ~13 µs."""
         user = self._attributes
+        if user is not None:
+            for length in range(len(segments), 0, -1):
+                key = tuple(segments[:length])
+                if key in user:
+                    return _navigate(user[key], segments[length:])
         for length in range(min(len(segments), 3), 0, -1):
             key = tuple(segments[:length])
-            if user is not None and key in user:  # user-supplied attributes win over the stream's own
-                return _navigate(user[key], segments[length:])
             if length == 2 and len(segments) == 3 and key in _HEADER_MAPS:
                 # request.headers.<name>: that header alone, not the dict of all of them
                 hmap = _HEADER_MAPS[key](self)
@@ -408,6 +422,7 @@ class HttpContext(Context):
         headers = HeaderMap(pairs)  # first: malformed headers raise with the stream untouched
         d.headers_received = True
         d.headers = headers
+        d.received_pairs = headers._pairs
         d.end_received = end_of_stream
         vm = self.vm
         if not self.created and vm.failed is None:
@@ -422,6 +437,7 @@ class HttpContext(Context):
             return None
         if self._pending_local is None and not self._reset_requested:
             if result in _HEADERS_GO_ON:  # Envoy treats ContinueAndEndStream as Continue
+                d.headers_released = True
                 self._forward_headers(d)
             else:
                 d.stopped = _HEADERS
@@ -592,17 +608,20 @@ class HttpContext(Context):
                 if d.stopped is not None:
                     self._resume(d)
 
+    def is_grpc_request(self) -> bool:
+        """Envoy's test (``Grpc::Common::isGrpcRequestHeaders``) on the request headers as they
+        arrived: ``content-type`` is ``application/grpc``, optionally followed by ``+...`` or ``;...``."""
+        for k, v in self.request.received_pairs:
+            if k == b"content-type":
+                return v.startswith(b"application/grpc") and (len(v) == 16 or v[16:17] in (b"+", b";"))
+        return False
+
     def _apply_local_reply(self, reply: LocalResponse) -> None:
         self.local_response = reply
         self.request.stopped = None
-        headers: list[tuple[str, str]] = [(":status", str(reply.status_code))]
-        headers += reply.headers
-        if reply.body:
-            headers.append(("content-length", str(len(reply.body))))
-            if not any(k == "content-type" for k, _ in reply.headers):
-                headers.append(("content-type", "text/plain"))
-        if reply.grpc_status is not None:
-            headers.append(("grpc-status", str(reply.grpc_status)))
+        grpc = self.is_grpc_request()
+        headers = local_reply_headers(reply, grpc=grpc)
+        body = b"" if grpc else reply.body  # (a gRPC reply carries it in grpc-message)
         resp = self.response
         if resp._forwarded_headers is not None:
             # Response already started downstream: Envoy can only reset the stream.
@@ -615,8 +634,8 @@ class HttpContext(Context):
             resp.trailers = None
             resp.buffer = bytearray()
             resp.forwarded_headers = resp.headers.copy()
-            resp.forwarded_body = bytearray(reply.body)
-            resp.forwarded_bytes = len(reply.body)
+            resp.forwarded_body = bytearray(body)
+            resp.forwarded_bytes = len(body)
             resp.forwarded_trailers = None
             resp.stopped = None
             self._end(resp)
@@ -625,9 +644,9 @@ class HttpContext(Context):
         self._local_in_flight = True
         try:
             resp.headers_received = False
-            self.receive_headers(resp, headers, end_of_stream=not reply.body)
-            if reply.body and not self.completed:
-                resp.buffer += reply.body
+            self.receive_headers(resp, headers, end_of_stream=not body)
+            if body and not self.completed:
+                resp.buffer += body
                 resp.end_received = True
                 if resp.stopped != _HEADERS:
                     self._deliver_body(resp)
@@ -639,9 +658,9 @@ class HttpContext(Context):
         gRPC status UNAVAILABLE, details wasm_fail_stream; no more callbacks."""
         if self.completed:
             return
-        self.local_response = LocalResponse(503, b"", [], "wasm_fail_stream", 14)
+        self.local_response = reply = LocalResponse(503, b"", [], "wasm_fail_stream", 14)
         resp = self.response
-        resp.forwarded_headers = HeaderMap([(":status", "503")])
+        resp.forwarded_headers = HeaderMap(local_reply_headers(reply, grpc=self.is_grpc_request()))
         resp.forwarded_body = bytearray()
         self.request.stopped = self.response.stopped = None
         self.completed = True
@@ -670,6 +689,51 @@ class HttpContext(Context):
         self._call("proxy_on_delete", args)
         self.deleted = True
         self.host.forget(self)
+
+
+# ----------------------------------------------------------------------------------------
+# Local replies (Envoy's Utility::sendLocalReply as measured: docs/conformance.md, issue 12 table)
+# ----------------------------------------------------------------------------------------
+def local_reply_headers(reply: LocalResponse, *, grpc: bool) -> list[tuple[str, str]]:
+    """The response headers Envoy makes of a local reply.  To a gRPC request: ``:status
+    200``, the filter's headers, ``content-type: application/grpc``, ``grpc-status`` (the
+    filter's, else mapped from the HTTP status) and ``grpc-message`` (the body,
+    percent-encoded, when there is one); the body is not sent.  To any other request: the
+    status, the filter's headers, ``content-length`` and ``content-type: text/plain`` when
+    there is a body; a gRPC status is ignored."""
+    if grpc:
+        code = reply.grpc_status if reply.grpc_status is not None else http_to_grpc_status(reply.status_code)
+        headers = [(":status", "200"), *reply.headers]
+        # content-type is an inline header in Envoy: set in place when the filter gave one
+        for i, (k, _) in enumerate(headers):
+            if k == "content-type":
+                headers[i] = ("content-type", "application/grpc")
+                break
+        else:
+            headers.append(("content-type", "application/grpc"))
+        headers.append(("grpc-status", str(code)))
+        if reply.body:
+            headers.append(("grpc-message", grpc_percent_encode(reply.body)))
+        return headers
+    headers = [(":status", str(reply.status_code)), *reply.headers]
+    if reply.body:
+        headers.append(("content-length", str(len(reply.body))))
+        if not any(k == "content-type" for k, _ in reply.headers):
+            headers.append(("content-type", "text/plain"))
+    return headers
+
+
+#: Envoy's Grpc::Utility::httpToGrpcStatus (the gRPC spec's HTTP -> gRPC mapping)
+_HTTP_TO_GRPC = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
+
+
+def http_to_grpc_status(http_status: int) -> int:
+    return _HTTP_TO_GRPC.get(http_status, 2)  # 2 = UNKNOWN
+
+
+def grpc_percent_encode(data: bytes) -> str:
+    """Envoy's ``grpc-message`` encoding: bytes outside ' '..'~', and '%', become %XX."""
+    return "".join(chr(b) if 0x20 <= b <= 0x7E and b != 0x25 else f"%{b:02X}" for b in data)
 
 
 # ----------------------------------------------------------------------------------------

@@ -135,7 +135,9 @@ class Vm:
         while host.deferred or host.posted_queue_ready:
             while host.deferred:
                 host.deferred.pop(0)()
-            while host.posted_queue_ready and self.failed is None:
+            if self.failed is not None:
+                host.posted_queue_ready.clear()  # a failed VM gets no more callbacks
+            while host.posted_queue_ready:
                 root_id, token = host.posted_queue_ready.pop(0)
                 root = host.contexts.get(root_id)
                 if isinstance(root, RootContext):

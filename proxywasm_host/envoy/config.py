@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from proxywasm_host.envoy.process import WASM_FILTER
 from proxywasm_host.http.scenario import (
@@ -74,7 +75,7 @@ def render_envoy_config(
     upstream_port: int,
     http2: bool,
     access_log: bool = True,
-    clusters: Mapping[str, int] | None = None,
+    clusters: Mapping[str, int | str] | None = None,
 ) -> dict[str, Any]:
     """A static bootstrap running the scenario's plugin in front of one upstream.
 
@@ -91,7 +92,10 @@ def render_envoy_config(
 
     ``clusters`` (an addition) maps more cluster names to 127.0.0.1 ports:
     targets for the module's ``proxy_http_call`` (e.g. ``{"auth_cluster":
-    8081}``).  They speak HTTP/1.1, Envoy's default for a cluster.
+    8081}``).  They speak HTTP/1.1, Envoy's default for a cluster.  A value
+    ``"grpc://host:port"`` declares an HTTP/2 cluster (what Envoy's gRPC
+    client needs) for the module's ``proxy_grpc_call``/``proxy_grpc_stream``;
+    ``"http://host:port"`` an HTTP/1.1 one on another host.
     """
     plugin = scenario.plugin if isinstance(scenario, Scenario) else scenario
     cluster: dict[str, Any] = {
@@ -159,23 +163,41 @@ def render_envoy_config(
                     ],
                 }
             ],
-            "clusters": [cluster] + [_static_cluster(name, port) for name, port in (clusters or {}).items()],
+            "clusters": [cluster] + [_cluster_entry(name, target) for name, target in (clusters or {}).items()],
         },
     }
 
 
-def _static_cluster(name: str, port: int) -> dict[str, Any]:
+def _cluster_entry(name: str, target: int | str) -> dict[str, Any]:
+    if isinstance(target, int):
+        return _static_cluster(name, target)
+    parts = urlsplit(target)
+    if parts.scheme not in ("grpc", "http") or not parts.port:
+        raise ValueError(f"cluster {name!r}: {target!r} is not a port, http://host:port or grpc://host:port")
+    return _static_cluster(name, parts.port, address=parts.hostname or "127.0.0.1", http2=parts.scheme == "grpc")
+
+
+def _static_cluster(name: str, port: int, *, address: str = "127.0.0.1", http2: bool = False) -> dict[str, Any]:
     if name == "upstream":
         raise ValueError("the cluster name 'upstream' is the route's own upstream; pick another name")
-    return {
+    cluster: dict[str, Any] = {
         "name": name,
         "type": "STATIC",
         "connect_timeout": "2s",
         "load_assignment": {
             "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket_address(port)}}]}],
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                "socket_address": {"address": address, "port_value": int(port)}}}}]}],
         },
     }
+    if http2:  # Envoy's gRPC client needs an HTTP/2 cluster
+        cluster["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        }
+    return cluster
 
 
 # --------------------------------------------------------------------------

@@ -471,7 +471,12 @@ class DifferentialRunner:
     :class:`ReceivedRequest`); one real :class:`UpstreamServer` per name
     serves both backends (Envoy gets a cluster pointing at it, the
     in-process host ``Host(clusters={name: url})``), and what it received
-    from each backend is compared.
+    from each backend is compared.  A value ``"grpc://host:port"`` names a
+    real gRPC server the caller runs (e.g. grpcio): Envoy gets an HTTP/2
+    cluster pointing at it, the in-process host sends the module's gRPC calls
+    there too (:mod:`proxywasm_host.net.grpc_forward`).  Only the declared
+    clusters exist on either side: a call to another name fails on both as
+    Envoy fails it.
     """
 
     def __init__(
@@ -512,7 +517,10 @@ class DifferentialRunner:
         from proxywasm_host.harness.host import Host
 
         started = time.monotonic()
+        grpc_targets = {n: t for n, t in self.cluster_responses.items() if isinstance(t, str)}
         for name, response in self.cluster_responses.items():
+            if name in grpc_targets:
+                continue  # a real gRPC server the caller runs: both sides talk to it
             server = UpstreamServer(response)
             server.start()
             self.servers[name] = server
@@ -520,6 +528,7 @@ class DifferentialRunner:
         # in-process
         clusters: dict[str, str | None] = {"upstream": None}
         clusters.update({name: s.url for name, s in self.servers.items()})
+        clusters.update(grpc_targets)
         self.recorder = _CallRecorder()
         self.host = Host(trace=True, clusters=clusters, call_observer=self.recorder)
         self.recorder.host = self.host
@@ -538,7 +547,7 @@ class DifferentialRunner:
             self.plugin,
             upstream_http2=self.upstream_http2,
             envoy=self.envoy_binary,
-            clusters={name: s for name, s in self.servers.items()},
+            clusters={**{name: s for name, s in self.servers.items()}, **grpc_targets},
         )
         envoy_logs: list[tuple[str, str]] = []
         envoy_trace: list[CallbackTrace] = []

@@ -56,7 +56,8 @@ def _local_reply_from(
 
     Detection (reliable): the trace shows ``env.proxy_send_local_response(...)``
     returning 0, and the access log's ``%RESPONSE_CODE_DETAILS%`` is not
-    ``via_upstream``.  Status, gRPC status (``-1``/``u32::MAX`` -> None) and
+    ``via_upstream``.  The first such call is the reply (Envoy ignores a
+    second one in the same stream: the client gets the first).  Status, gRPC status (``-1``/``u32::MAX`` -> None) and
     the sizes come from the call's arguments, details from the access log,
     body from the downstream response.  The headers the module passed cannot
     be read out of its memory from outside; Envoy puts them right after
@@ -66,7 +67,10 @@ def _local_reply_from(
     on_response_headers rewrote them).  When no prefix matches, the fallback
     is the downstream headers minus those Envoy adds to a local reply (date,
     server, content-length, content-type: text/plain, and on HTTP/1.1
-    ``connection: close`` when the request body was not read).
+    ``connection: close`` when the request body was not read; to a gRPC request
+    content-type: application/grpc, grpc-status and grpc-message).  The body
+    is what the client got: none for a gRPC request (the text is in
+    grpc-message).
 
     A stream failed because the VM failed (``%RESPONSE_CODE_DETAILS%`` is
     ``wasm_fail_stream``) is Envoy's own local reply (``Context::failStream``:
@@ -83,13 +87,15 @@ def _local_reply_from(
         # The VM failed (a trap now or earlier) and the filter is fail-closed:
         # Envoy's Context::failStream sends this local reply itself, 503 with
         # gRPC status UNAVAILABLE (14), no body, no module headers.
-        return LocalReply(status_code=response.status, body=response.body, headers=[], details=details, grpc_status=14)
+        # (To a gRPC request the client gets 200 + grpc-status 14: the call was still 503.)
+        return LocalReply(status_code=503, body=response.body, headers=[], details=details, grpc_status=14)
     call = None
     for i, line in enumerate(trace):
         if "env.proxy_send_local_response(" in line and "[vm->host]" in line:
             ok = any("env.proxy_send_local_response return: 0" in later for later in trace[i + 1 : i + 3])
             if ok:
                 call = line
+                break  # Envoy sends the first; a second one in the same stream is ignored
     if call is None:
         return None
     args = [a.strip() for a in call.split("proxy_send_local_response(", 1)[1].rstrip(")").split(",")]
@@ -101,7 +107,7 @@ def _local_reply_from(
         return None
     grpc_status = None if grpc == 0xFFFFFFFF or grpc > 0xFFFF else grpc
     headers: list[tuple[str, str]] | None = None
-    if headers_size == 0:
+    if 0 <= headers_size <= 4:  # nothing, or a serialized map of 0 pairs (its count)
         headers = []
     elif headers_size > 0:
         for n in range(1, len(response.headers) + 1):
@@ -116,13 +122,14 @@ def _local_reply_from(
             (k, v)
             for k, v in response.headers
             if k.lower() not in ("date", "server", "content-length")
-            and not (k.lower() == "content-type" and v == "text/plain")
+            and not (k.lower() == "content-type" and v in ("text/plain", "application/grpc"))
+            and k.lower() not in ("grpc-status", "grpc-message")
             and not (k.lower() == "connection" and v == "close")
         ]
     return LocalReply(status_code=status, body=response.body, headers=headers, details=details, grpc_status=grpc_status)
 
 
-ClusterTarget = Union[int, UpstreamServer, HttpResponse, Callable[[ReceivedRequest], HttpResponse]]  # noqa: UP007 (a runtime alias: Python 3.10 cannot | these)
+ClusterTarget = Union[int, str, UpstreamServer, HttpResponse, Callable[[ReceivedRequest], HttpResponse]]  # noqa: UP007 (a runtime alias: Python 3.10 cannot | these)
 
 
 class EnvoyRunner:
@@ -146,7 +153,9 @@ class EnvoyRunner:
         upstream_chunk_gap: float = 0.02,
     ):
         """``clusters``: more clusters for the module's HTTP callouts, by name.
-        A value is a port (a server already listening on 127.0.0.1), an
+        A value is a port (a server already listening on 127.0.0.1), a
+        ``"grpc://host:port"`` URL (a gRPC server the test started: an HTTP/2
+        cluster, for the module's gRPC calls), an
         :class:`UpstreamServer` (started by the caller), or what such a server
         answers (an :class:`HttpResponse` or a callable taking the
         :class:`ReceivedRequest`): the runner then starts the server itself
@@ -180,9 +189,9 @@ class EnvoyRunner:
         self.upstream = UpstreamServer(HttpResponse(), chunk_gap=self.upstream_chunk_gap)
         self.upstream.start()
         try:
-            ports: dict[str, int] = {}
+            ports: dict[str, int | str] = {}
             for name, target in self.clusters.items():
-                if isinstance(target, int):
+                if isinstance(target, (int, str)):  # a port, or "grpc://host:port" (HTTP/2 cluster)
                     ports[name] = target
                     continue
                 if isinstance(target, UpstreamServer):

@@ -98,6 +98,7 @@ class Host:
         clusters: Mapping[str, str | None] | Iterable[str] | None = None,
         dns: Mapping[str, Sequence[str | tuple[str, int]]] | None = None,
         callout_router: Callable[[HttpCallout], None] | None = None,
+        grpc_router: Callable[[GrpcCall], None] | None = None,
         trace: bool = False,
         allowed_hostcalls: Iterable[str] | None = None,
         coverage: dict[str, int] | None = None,
@@ -108,11 +109,18 @@ class Host:
         redis: Mapping[str, str | None] | None = None,
     ) -> None:
         """``clusters``: upstream names ``proxy_http_call``/``proxy_grpc_*`` may target. ``None``
-        (default) accepts any name; otherwise unknown names get Envoy's status. A mapping may
-        give a real ``http://host:port`` URL: callouts to it are sent there and answered with
-        the real response. ``callout_router`` replaces that: it gets every dispatched
+        (default) accepts any name (the permissive mode); otherwise an undeclared name gets
+        Envoy's status (BAD_ARGUMENT for an HTTP call, PARSE_FAILURE for gRPC) and
+        :attr:`Plugin.notices` says how to declare it. A mapping may give a real
+        ``http://host:port`` URL: callouts to it are sent there and answered with the real
+        response; or ``grpc://host:port``: gRPC calls to it go to that gRPC server
+        (grpcio; see :mod:`proxywasm_host.net.grpc_forward`). ``callout_router`` replaces the
+        HTTP forwarding: it gets every dispatched
         :class:`~proxywasm_host.core.callouts.HttpCallout` right after the dispatching guest call
-        returns and answers it (now or later) with ``respond``/``fail``/``time_out``.
+        returns and answers it (now or later) with ``respond``/``fail``/``time_out``;
+        ``grpc_router`` does the same for every :class:`~proxywasm_host.core.callouts.GrpcCall`
+        (``respond``/``close``/``send_message``/...; a unary call left open times out on the
+        virtual clock).
 
         ``trace`` records every hostcall (see :attr:`hostcall_trace`); ``allowed_hostcalls``
         turns on strict mode (any other hostcall fails the callback with
@@ -134,6 +142,7 @@ class Host:
         #: Higress's Redis calls: cluster -> "host:port" of a real Redis server (its reply
         #: answers the call) or None (the test answers with plugin.redis_call().respond())
         self.redis = dict(redis or {})
+        self.grpc_router = grpc_router
         self.callback_deadline_s = callback_deadline_s
         self.memory_limit_bytes = memory_limit_bytes
         self.raise_on_trap = raise_on_trap
@@ -250,6 +259,7 @@ class Host:
             abi.observer = self._observer
             abi.on_http_callout = self._route_callout
             abi.on_redis_call = self._route_redis
+            abi.on_grpc_call = self._route_grpc
             vm = Vm(abi, WasmInstance(compiled, abi, deadline_s=self.callback_deadline_s,
                                       memory_limit=self.memory_limit_bytes),
                     call_observer=self.call_observer)
@@ -345,6 +355,36 @@ class Host:
                 username, password, _timeout = vm.host.redis_clusters.get(call.cluster, ("", "", 0))
         forward_redis_call(call, address, username=username, password=password)
 
+    def _route_grpc(self, call: GrpcCall) -> None:
+        """A gRPC call opened (or a stream half-closed): hand it to the grpc_router once, or
+        send it to the real gRPC server its cluster names (a unary call at once, a stream
+        once the filter half-closed it)."""
+        if call.routed:
+            return  # (a stream's half-close after it was routed)
+        if self.grpc_router is not None:
+            call.routed = True
+            self.grpc_router(call)
+            return
+        url = (self.clusters or {}).get(call.cluster)
+        if url is None or not call.pending:
+            return  # the test answers it
+        if not url.startswith("grpc://"):
+            raise HarnessUsageError(
+                f"gRPC {'stream' if call.streaming else 'call'} to cluster {call.cluster!r}, which maps to {url!r}: "
+                f"a gRPC cluster needs a grpc://host:port URL"
+            )
+        if call.streaming and not call.local_end_stream:
+            return  # sent with all its messages once the filter half-closes it
+        call.routed = True
+        from proxywasm_host.net.grpc_forward import forward_grpc
+
+        forward_grpc(call, url)
+
+    @property
+    def notices(self) -> list[str]:
+        """What the host refused and how to change that (e.g. a call to an undeclared cluster)."""
+        return [n for vm in self._vms.values() for n in vm.host.notices]
+
     # -- time ------------------------------------------------------------------------------
     @property
     def now_ns(self) -> int:
@@ -352,7 +392,8 @@ class Host:
         return self.clock.wall_ns
 
     def advance_time(self, milliseconds: float = 0, *, seconds: float = 0) -> int:
-        """Move the virtual clock forward, firing every tick that falls due; return ticks fired."""
+        """Move the virtual clock forward, firing every tick, HTTP callout timeout and gRPC call
+        timeout that falls due; return how many fired."""
         delta = int(round((milliseconds + seconds * 1000) * 1_000_000))
         if delta < 0:
             raise HarnessUsageError("advance_time() takes a non-negative duration; time cannot go back")
@@ -370,6 +411,10 @@ class Host:
                     if callout.pending and callout.timeout_ms:
                         deadline = callout.dispatched_at_ns + callout.timeout_ms * 1_000_000
                         events.append((deadline, -callout.token, callout.time_out))
+                for call in list(vm.host.grpc_calls.values()):
+                    if not call.streaming and call.state == "open" and call.timeout_ms:
+                        deadline = call.dispatched_at_ns + (call.timeout_ms & 0xFFFFFFFF) * 1_000_000
+                        events.append((deadline, -call.token, call.time_out))
             due = [e for e in events if e[0] <= target]
             if not due:
                 break
@@ -520,7 +565,9 @@ class Plugin:
 
     @property
     def http_callouts(self) -> list[HttpCallout]:
-        """Every ``proxy_http_call`` this plugin dispatched (answered ones included), in order."""
+        """The ``proxy_http_call`` callouts this plugin dispatched, in order: every pending one and the
+        most recent finished ones (at least ``CALLOUT_HISTORY`` = 200 per VM; older finished
+        ones are forgotten, as streams are)."""
         return [c for c in self.vm.host.callout_history if isinstance(c, HttpCallout) and c.root_context_id == self.root.id]
 
     @property
@@ -560,7 +607,8 @@ class Plugin:
 
     @property
     def grpc_calls(self) -> list[GrpcCall]:
-        """Every gRPC call and stream this plugin opened, in order."""
+        """The gRPC calls and streams this plugin opened, in order: every open one and the most
+        recent finished ones (bounded like :attr:`http_callouts`)."""
         return [c for c in self.vm.host.callout_history if isinstance(c, GrpcCall) and c.root_context_id == self.root.id]
 
     def tick(self) -> None:
@@ -588,6 +636,12 @@ class Plugin:
     @property
     def host_errors(self) -> list[str]:
         return list(self.vm.host.host_errors)
+
+    @property
+    def notices(self) -> list[str]:
+        """What the host refused in this plugin's VM and how to change that, e.g. a call to a
+        cluster the test did not declare (Envoy refuses it the same way)."""
+        return list(self.vm.host.notices)
 
     def shutdown(self) -> bool:
         """Envoy's plugin teardown: on_done (and on_delete unless the plugin asks to wait)."""
@@ -652,14 +706,18 @@ class Plugin:
             if e.root_id == root_id or e.root_id == 0
         ] if len(host_logs) > log_mark else []
         local = context.local_response
+        down = stream.downstream_response
+        # A local reply's body is what the client got (a gRPC request gets none: the text
+        # travels in grpc-message), as the Envoy backend reports it.
+        local_body = b"" if local is None else (local.body if down is None else down.body)
         return prof.apply_result(
             ExchangeResult(
                 self.abi_version,
                 stream.upstream_request,
-                stream.downstream_response,
+                down,
                 None
                 if local is None
-                else LocalReply(local.status_code, local.body, list(local.headers), local.details, local.grpc_status),
+                else LocalReply(local.status_code, local_body, list(local.headers), local.details, local.grpc_status),
                 logs,
             )
         )

@@ -72,7 +72,8 @@ def reference_attributes(self: HttpContext) -> dict[tuple[str, ...], Any]:
 
 def reference_lookup(ctx: HttpContext, segments: list[str]) -> tuple[bool, Any]:
     attrs = reference_attributes(ctx)
-    for length in range(min(len(segments), 3), 0, -1):
+    # the stream's own attributes are at most 3 segments deep, user-supplied ones any depth
+    for length in range(len(segments), 0, -1):
         key = tuple(segments[:length])
         if key in attrs:
             return _navigate(attrs[key], segments[length:])

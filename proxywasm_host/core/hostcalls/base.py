@@ -32,6 +32,9 @@ _LOG_LEVELS = tuple(LogLevel)  # _LOG_LEVELS[n] is LogLevel(n) without the enum 
 _CRITICAL = int(LogLevel.CRITICAL)
 _pack_u32 = _U32.pack_into
 
+#: callout_history keeps every pending callout and at least this many of the most recent ones
+CALLOUT_HISTORY = 200
+
 
 class Delivery(Protocol):
     """Runs the callbacks an AbiHost defers or is answered for: implemented by the Vm."""
@@ -105,6 +108,8 @@ class AbiHostBase:
         self.observer: HostcallObserver | None = None
         self.logs: list[LogEntry] = []
         self.host_errors: list[str] = []
+        #: what the host refused and how the test can change that (e.g. an undeclared cluster)
+        self.notices: list[str] = []
         self.metrics: dict[int, Metric] = {}
         self._metric_ids = {MetricType.COUNTER: 4, MetricType.GAUGE: 5, MetricType.HISTOGRAM: 6}
         self.metrics_by_name: dict[tuple[MetricType, str], int] = {}
@@ -129,12 +134,16 @@ class AbiHostBase:
         self._next_grpc_call = 5
         self._next_grpc_stream = 6
         self.on_http_callout: Callable[[HttpCallout], None] | None = None
+        #: called (after the guest call returns) when a gRPC call/stream opens, and when the
+        #: filter half-closes a stream
+        self.on_grpc_call: Callable[[GrpcCall], None] | None = None
         #: name -> [(address, ttl seconds)] for envoy_resolve_dns; unknown names fail (size 0)
         self.dns: dict[str, list[tuple[str, int]]] = {}
         self._next_dns_token = 2
         #: CallData (buffer type 8) exposed only during envoy_on_resolve_dns
         self.call_data: bytes | None = None
-        #: every HTTP/gRPC callout ever dispatched in this VM, in order
+        #: the HTTP/gRPC callouts dispatched in this VM, in order: every pending one and at
+        #: least the CALLOUT_HISTORY most recent (see record_callout)
         self.callout_history: list[HttpCallout | GrpcCall] = []
         #: Higress (ABI 0.2.100): clusters set up with proxy_redis_init -> (username, password,
         #: timeout ms); Redis calls by token, and every one in order
@@ -145,6 +154,20 @@ class AbiHostBase:
         self.on_redis_call: Callable[[RedisCall], None] | None = None
         #: the highest buffer type this ABI knows (Higress adds 9, the Redis reply)
         self.last_buffer_type = REDIS_CALL_RESPONSE if abi_version is AbiVersion.V0_2_100 else _LAST_BUFFER_TYPE
+        self._history_trim_at = 2 * CALLOUT_HISTORY
+
+    def record_callout(self, call: HttpCallout | GrpcCall) -> None:
+        """Add a dispatched callout to :attr:`callout_history`, bounded as Plugin.streams is:
+        a long run (Hypothesis, a benchmark, a test loop reading ``grpc_calls[-1]``) must
+        not keep every call ever made, or each read walks all of them.  Finished calls but
+        the CALLOUT_HISTORY most recent are dropped when the list has doubled (O(1) per
+        call, also with many pending)."""
+        history = self.callout_history
+        history.append(call)
+        if len(history) >= self._history_trim_at:
+            keep = CALLOUT_HISTORY
+            history[:] = [c for c in history[:-keep] if c.pending] + history[-keep:]
+            self._history_trim_at = max(2 * CALLOUT_HISTORY, 2 * len(history))
 
     # -- context bookkeeping -----------------------------------------------------------
     def allocate_context_id(self) -> int:

@@ -23,8 +23,19 @@ class CalloutCalls(AbiHostBase):
 
 
     # -- callouts (docs/abi-notes.md §5.6) --------------------------------------------------
-    def cluster_known(self, name: str) -> bool:
-        return self.clusters is None or name in self.clusters
+    def cluster_known(self, name: str, hostcall: str = "proxy_http_call") -> bool:
+        """Whether ``name`` is a cluster of this host: every name when no clusters were declared
+        (the permissive mode), else only the declared ones.  A refused name is explained in
+        :attr:`notices` (Envoy answers BAD_ARGUMENT for an HTTP call, PARSE_FAILURE for gRPC)."""
+        if self.clusters is None or name in self.clusters:
+            return True
+        self.notices.append(
+            f"{hostcall} to cluster {name!r}, which this host does not declare: refused as Envoy refuses "
+            f"an unknown cluster. Declare it: Host(clusters={{{name!r}: None}}) to answer its calls from the "
+            f"test, or {{{name!r}: 'http://host:port'}} / {{{name!r}: 'grpc://host:port'}} to send them to a real "
+            "server (DifferentialRunner/compare: clusters={...}); Host(clusters=None) accepts every name"
+        )
+        return False
 
     @hostcall("proxy_http_call")
     def proxy_http_call(
@@ -65,7 +76,7 @@ class CalloutCalls(AbiHostBase):
             _deliver=self.delivery.http_response,
         )
         self.http_callouts[token] = callout
-        self.callout_history.append(callout)
+        self.record_callout(callout)
         self.write_u32(ret_token_ptr, token)
         if self.on_http_callout is not None:
             self.deferred.append(lambda: self.on_http_callout(callout))  # type: ignore[misc]
@@ -77,7 +88,7 @@ class CalloutCalls(AbiHostBase):
         service = self.read(*svc).decode("utf-8", "surrogateescape")
         meth = self.read(*method).decode("utf-8", "surrogateescape")
         metadata = decode_pairs_text(self.read_pairs(*md))
-        if not self.cluster_known(cluster):
+        if not self.cluster_known(cluster, "proxy_grpc_stream" if streaming else "proxy_grpc_call"):
             return Status.PARSE_FAILURE
         root = self.active.root
         if root is None:
@@ -87,11 +98,18 @@ class CalloutCalls(AbiHostBase):
         else:
             token, self._next_grpc_call = self._next_grpc_call, self._next_grpc_call + 4
         call = GrpcCall(token, streaming, cluster, service, meth, metadata, [message] if message is not None else [],
-                        timeout_ms, root.id, self.active.id, _deliver=self.delivery.grpc_event)
+                        timeout_ms, root.id, self.active.id, dispatched_at_ns=self.clock.monotonic_ns,
+                        _deliver=self.delivery.grpc_event)
         self.grpc_calls[token] = call
-        self.callout_history.append(call)
+        self.record_callout(call)
         self.write_u32(ret_token_ptr, token)  # written only on success (Envoy)
+        self._notify_grpc(call)
         return _OK
+
+    def _notify_grpc(self, call: GrpcCall) -> None:
+        hook = self.on_grpc_call
+        if hook is not None:
+            self.deferred.append(lambda: hook(call))
 
     @hostcall("proxy_grpc_call")
     def proxy_grpc_call(self, up_ptr: int, up_len: int, svc_ptr: int, svc_len: int, m_ptr: int, m_len: int, md_ptr: int, md_len: int, msg_ptr: int, msg_len: int, timeout_ms: int, ret_token_ptr: int) -> int:
@@ -113,8 +131,9 @@ class CalloutCalls(AbiHostBase):
         if call is None or call.state in ("cancelled", "closed"):
             return _NOT_FOUND
         call.sent_messages.append(message)
-        if end_stream:
+        if end_stream and not call.local_end_stream:
             call.local_end_stream = True
+            self._notify_grpc(call)
         return _OK
 
     @hostcall("proxy_grpc_cancel")
@@ -135,7 +154,9 @@ class CalloutCalls(AbiHostBase):
         if call is None or call.state in ("cancelled", "closed"):
             return _NOT_FOUND
         if call.streaming:
-            call.local_end_stream = True  # half-close: messages may still arrive
+            if not call.local_end_stream:
+                call.local_end_stream = True  # half-close: messages may still arrive
+                self._notify_grpc(call)
         else:
             call.state = "cancelled"
         return _OK
