@@ -6,8 +6,9 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from concurrent import futures
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -49,7 +50,7 @@ class GrpcServer:
     def url(self) -> str:
         return f"grpc://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> "GrpcServer":
+    def __enter__(self) -> GrpcServer:
         self.server.start()
         return self
 
@@ -79,7 +80,7 @@ class BlackHole:
                 return
             self.held.append(conn)
 
-    def __enter__(self) -> "BlackHole":
+    def __enter__(self) -> BlackHole:
         threading.Thread(target=self._accept, daemon=True).start()
         return self
 

