@@ -469,6 +469,11 @@ def proxywasm_exchange(request: pytest.FixtureRequest, proxywasm_backend: str) -
 
     if proxywasm_backend == "inprocess":
         plugin: Plugin = request.getfixturevalue("proxywasm_plugin")
+        if request.getfixturevalue("proxywasm_clusters") is None:
+            # The exchange API behaves like Envoy: no cluster exists unless the test declares
+            # it (proxywasm_clusters), so a call to another name fails on both backends alike
+            # (Plugin.notices says how to declare it).  Host() alone stays permissive.
+            plugin.vm.host.clusters = {}
 
         def exchange_inprocess(
             req: HttpRequest, resp: HttpResponse = HttpResponse(), *, http2: bool = False, wait_ms: float = 1000

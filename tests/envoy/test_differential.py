@@ -312,3 +312,18 @@ def test_grpc_filter_exchange_test_runs_unchanged_on_both_backends(pytester: pyt
     pytester.makeini(f"[pytest]\nproxywasm_module = {fixture_wasm(f'probe-{RUST_TARGETS[0]}')}\n")
     result = pytester.runpytest_subprocess(f"--proxywasm-backend={backend}")
     result.assert_outcomes(passed=4)
+
+
+def test_exchange_without_declared_clusters_refuses_callouts_like_envoy(pytester: pytest.Pytester) -> None:
+    """No proxywasm_clusters: the in-process exchange has no clusters, as Envoy has none."""
+    pytester.makepyfile(test_user_nocluster="""
+from proxywasm_host.http.scenario import HttpRequest
+
+
+def test_callout(proxywasm_exchange, proxywasm_plugin):
+    result = proxywasm_exchange(HttpRequest(((":authority", "a"), (":path", "/"), ("x-probe", "callouts"))))
+    assert [r.message for r in result.logs if "dispatch" in r.message] == ["dispatch 0 failed: BadArgument"]
+    assert "Host(clusters={'auth_cluster': None})" in proxywasm_plugin.notices[0]
+""")
+    pytester.makeini(f"[pytest]\nproxywasm_module = {fixture_wasm(f'probe-{RUST_TARGETS[0]}')}\n")
+    pytester.runpytest_subprocess().assert_outcomes(passed=1)
