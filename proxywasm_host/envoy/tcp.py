@@ -161,7 +161,7 @@ def run_tcp_scenario_in_envoy(
         client = _Client(proc.listener_port, source_ip)
         host_ip, host_port = client.sock.getsockname()[:2]
         source = f"{host_ip}:{host_port}"
-        _settle(client, servers, settle)
+        _settle(client, servers, max(settle, scenario.wait_ms / 1000))
         closed_by: str | None = None
         for chunk in scenario.chunks:
             if client.eof:

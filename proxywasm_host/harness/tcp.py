@@ -154,6 +154,9 @@ class TcpScenario:
     #: plugin configuration and the clusters tcp_proxy may route to (besides "upstream")
     configuration: bytes = b""
     clusters: tuple[str, ...] = ()
+    #: time (ms) the client waits after connecting before it sends (virtual time in-process:
+    #: ticks fire; a real Envoy run waits at least this long)
+    wait_ms: float = 0
 
     def __post_init__(self) -> None:
         if self.close not in ("client", "upstream"):
@@ -196,6 +199,8 @@ def run_tcp_scenario(
         upstream_addresses=upstream_addresses,
     )
     ctx = conn.context
+    if scenario.wait_ms:
+        plugin.host.advance_time(scenario.wait_ms)
 
     def echo_new(before: int) -> None:
         new = bytes(ctx.to_upstream[before:])

@@ -57,3 +57,22 @@ def test_network_filter_agrees_with_envoy(fixture: str, source_ip: str, scenario
     envoy = run.result.comparable()
     assert envoy["upstream_received"], f"nothing reached Envoy's upstream; Envoy log:\n{run.log[-3000:]}"
     assert ours.comparable() == envoy
+
+
+def test_connection_held_then_resumed_from_a_tick_agrees_with_envoy(tmp_path: Path) -> None:
+    """proxy_continue_stream(DOWNSTREAM) through proxy_set_effective_context from the root's
+    tick: Envoy starts tcp_proxy then (fixtures/wat/tcp_resume_on_tick.wat)."""
+    import wasmtime
+
+    wasm = tmp_path / "tcp_resume_on_tick.wasm"
+    wasm.write_bytes(wasmtime.wat2wasm((REPO / "fixtures" / "wat" / "tcp_resume_on_tick.wat").read_text()))
+    scenario = TcpScenario(chunks=(b"hello", b"world"), wait_ms=300)
+    run = run_tcp_scenario_in_envoy(PluginSpec(wasm), scenario)
+    ours = Host().load_plugin(wasm).tcp_exchange(
+        scenario,
+        source_address=run.source_address,
+        destination_address=run.destination_address,
+        upstream_addresses=run.upstream_addresses,
+    )
+    assert [r.message for r in run.result.logs][:3] == ["held", "resumed", "downstream data"]
+    assert ours.comparable() == run.result.comparable()

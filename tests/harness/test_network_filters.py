@@ -287,3 +287,14 @@ def test_filter_state_factories_check_their_values() -> None:
     assert set_envoy_filter_state(store, "envoy.network.transport_socket.original_dst_address", b"nowhere") == Status.BAD_ARGUMENT
     assert set_envoy_filter_state(store, "envoy.udp_proxy.cluster", b"dns") == Status.OK
     assert store == {b"envoy.network.transport_socket.original_dst_address": b"10.0.0.1:80", b"envoy.udp_proxy.cluster": b"dns"}
+
+
+def test_tick_resumes_a_held_connection_through_the_effective_context() -> None:
+    plugin = Host().load_plugin(WAT / "tcp_resume_on_tick.wat")
+    conn = plugin.tcp_connection()
+    conn.send_downstream(b"early")  # not read: tcp_proxy is not connected yet
+    assert not conn.connected_upstream and plugin.tick_period_ms == 100
+    plugin.host.advance_time(100)
+    assert conn.connected_upstream and conn.upstream_received == b"early"
+    assert plugin.log_messages("info") == ["held", "resumed", "downstream data"]
+    assert plugin.tick_period_ms == 0
