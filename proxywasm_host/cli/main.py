@@ -362,6 +362,7 @@ def _add_local_loop_commands(sub: argparse._SubParsersAction[argparse.ArgumentPa
     bld.add_argument("--target", default="wasm32-unknown-unknown")
     bld.add_argument("--debug", action="store_true", help="a debug build (default: --release)")
     bld.add_argument("--package", "-p", help="the workspace member to build")
+    bld.add_argument("--json", action="store_true", help="print {\"artifacts\": [paths]} as JSON")
     bld.set_defaults(handler=_build, cargo_args=[])  # `build ... -- ARGS`: more cargo arguments
 
     pkg = sub.add_parser("package", help="write the filter as an OCI image (layout directory or .tar)")
@@ -371,6 +372,7 @@ def _add_local_loop_commands(sub: argparse._SubParsersAction[argparse.ArgumentPa
     pkg.add_argument("--abi-version", action="append", default=[], help="default: the module's proxy_abi_version_* export")
     pkg.add_argument("--variant", choices=["compat", "oci"], default="compat")
     pkg.add_argument("-o", "--output", type=Path, help="layout directory, or FILE.tar (default: ./NAME-TAG.oci)")
+    pkg.add_argument("--json", action="store_true", help="print what was written as JSON")
     pkg.set_defaults(handler=_package)
 
     psh = sub.add_parser("push", help="push a packaged filter to an OCI registry")
@@ -378,12 +380,14 @@ def _add_local_loop_commands(sub: argparse._SubParsersAction[argparse.ArgumentPa
     psh.add_argument("ref", help="[oci://]REGISTRY[:PORT]/REPOSITORY[:TAG]")
     psh.add_argument("--tag", help="which image of the layout (default: its only one)")
     _registry_args(psh)
+    psh.add_argument("--json", action="store_true", help="print the pushed reference and digest as JSON")
     psh.set_defaults(handler=_push)
 
     pll = sub.add_parser("pull", help="pull a filter image and take the module out of it")
     pll.add_argument("ref", help="[oci://]REGISTRY[:PORT]/REPOSITORY[:TAG|@sha256:...]")
     pll.add_argument("-o", "--output", type=Path, default=Path("."), help="directory for plugin.wasm (default: .)")
     _registry_args(pll)
+    pll.add_argument("--json", action="store_true", help="print what was pulled as JSON")
     pll.set_defaults(handler=_pull)
 
     ist = sub.add_parser("istio", help="emit an Istio WasmPlugin, or an Envoy bootstrap, for the filter")
@@ -517,6 +521,9 @@ def _build(args: argparse.Namespace) -> int:
         artifacts = build(args.crate, target=args.target, release=not args.debug, package=args.package, extra_args=extra)
     except BuildError as exc:
         return _fail(str(exc), exc.returncode)
+    if args.json:
+        print(json.dumps({"artifacts": [str(p) for p in artifacts]}, indent=2))
+        return 0
     for path in artifacts:
         print(path)
     return 0
@@ -540,6 +547,11 @@ def _package(args: argparse.Namespace) -> int:
                              abi_versions=args.abi_version or None, variant=args.variant)
     except (oci.OciError, OSError) as exc:
         return _fail(str(exc), 2)
+    if args.json:
+        print(json.dumps({"path": str(result.path), "tag": result.tag, "manifest_digest": result.manifest_digest,
+                          "variant": result.variant, "manifest": result.manifest,
+                          "runtime_config": result.runtime_config}, indent=2))
+        return 0
     print(f"{result.path}  {result.manifest_digest}  (tag {result.tag}, {result.variant} image)")
     return 0
 
@@ -589,6 +601,9 @@ def _push(args: argparse.Namespace) -> int:
     if done is None:
         return code
     ref, digest = done
+    if args.json:
+        print(json.dumps({"ref": ref.url, "manifest_digest": digest}, indent=2))
+        return 0
     print(f"{ref.url}  {digest}")
     return 0
 
@@ -598,6 +613,10 @@ def _pull(args: argparse.Namespace) -> int:
     if done is None:
         return code
     _ref, pulled = done
+    if args.json:
+        print(json.dumps({"ref": pulled.ref.url, "wasm": str(pulled.wasm), "manifest_digest": pulled.manifest_digest,
+                          "variant": pulled.variant, "runtime_config": pulled.runtime_config}, indent=2))
+        return 0
     print(f"{pulled.wasm}  {pulled.manifest_digest}  ({pulled.variant} image)")
     return 0
 

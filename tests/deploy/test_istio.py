@@ -189,3 +189,10 @@ def test_build_failures(tmp_path):
     assert out.returncode == 1 and "cdylib" in out.stderr
     out = cli("build", str(tmp_path / "nowhere"), env=env)
     assert out.returncode == 2 and "no Cargo.toml" in out.stderr
+
+
+def test_build_json(tmp_path):
+    env = {**os.environ, "CARGO": str(_fake_cargo(tmp_path))}
+    out = cli("build", str(tmp_path), "--json", env=env)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"artifacts": [str(tmp_path / "target/wasm32-unknown-unknown/release/my_filter.wasm")]}

@@ -261,3 +261,21 @@ def test_registry_errors_are_reported(registry, tmp_path):
     assert out.returncode == 1 and "cannot reach the registry" in out.stderr
     out = cli("push", str(tmp_path / "nowhere"), f"{registry}/filters/x:v1")
     assert out.returncode == 2 and "no such layout" in out.stderr
+
+
+def test_package_push_pull_json(registry, tmp_path):
+    layout = tmp_path / "layout"
+    out = cli("package", str(HELLO), "--tag", "hello:json", "-o", str(layout), "--json")
+    assert out.returncode == 0, out.stderr
+    packaged = json.loads(out.stdout)
+    assert packaged["path"] == str(layout) and packaged["tag"] == "json" and packaged["variant"] == "compat"
+    assert packaged["manifest_digest"].startswith("sha256:") and packaged["manifest"]["layers"]
+    ref = f"{registry}/filters/hello-json:v1"
+    out = cli("push", str(layout), ref, "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"ref": f"oci://{ref}", "manifest_digest": packaged["manifest_digest"]}
+    out = cli("pull", f"oci://{ref}", "-o", str(tmp_path / "pulled"), "--json")
+    assert out.returncode == 0, out.stderr
+    pulled = json.loads(out.stdout)
+    assert pulled["wasm"] == str(tmp_path / "pulled" / "plugin.wasm")
+    assert pulled["manifest_digest"] == packaged["manifest_digest"] and pulled["variant"] == "compat"
