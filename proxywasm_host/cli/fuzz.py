@@ -27,9 +27,13 @@ def read_text_arg(value: str | None) -> bytes:
     return value.encode()
 
 
-def add_fuzz_command(sub: Any) -> None:
-    from proxywasm_host.fuzz import DEFAULT_MAX_EXAMPLES, DEFAULT_WAIT_MS
+#: proxywasm_host.fuzz's defaults, spelled here so that building the parser does not import
+#: Hypothesis (tests/fuzz/test_fuzz.py holds them equal)
+DEFAULT_MAX_EXAMPLES = 400
+DEFAULT_WAIT_MS = 10_000.0
 
+
+def add_fuzz_command(sub: Any) -> None:
     fz = sub.add_parser(
         "fuzz",
         help="drive generated exchanges through the filter; report the smallest one that makes it fail",

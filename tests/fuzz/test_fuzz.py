@@ -163,3 +163,15 @@ def test_cli_fuzz_replays_in_envoy() -> None:
     envoy = json.loads(proc.stdout)["envoy"]
     assert envoy["ran"] is True
     assert "x-tenant-id names 2 tenants" in envoy["summary"]
+
+
+def test_cli_defaults_are_the_fuzzers() -> None:
+    import sys
+
+    from proxywasm_host import fuzz as fz
+    from proxywasm_host.cli import fuzz as cli_fuzz
+
+    assert (cli_fuzz.DEFAULT_MAX_EXAMPLES, cli_fuzz.DEFAULT_WAIT_MS) == (fz.DEFAULT_MAX_EXAMPLES, fz.DEFAULT_WAIT_MS)
+    proc = subprocess.run([sys.executable, "-c", "import sys; from proxywasm_host.cli.main import _parser; _parser(); "
+                           "print('hypothesis' in sys.modules)"], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.stdout.strip() == "False", "building the CLI parser imports Hypothesis"
