@@ -12,6 +12,10 @@ fresh host, as Envoy would deliver them; an exchange *fails* when the filter
 * breaks an invariant you give, a callable ``(exchange, result) -> None`` that raises
   ``AssertionError`` (``invariant``).
 
+Property paths the filter asks for that the host has no value for (a plugin's own
+properties, not Envoy's attributes) get generated values from the next round on, passed as
+the plugin's ``properties``.
+
 Hypothesis shrinks a failing exchange to the smallest one that still fails the same way.
 The fuzzer watches the filter's hostcalls and *learns* what it asks for: header names it
 reads (``proxy_get_header_map_value``), property paths and shared-data keys.  A learned
@@ -33,6 +37,7 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
 import proxywasm_host.strategies as pst
+from proxywasm_host.core.types import Status
 from proxywasm_host.errors import FilterTrap
 from proxywasm_host.harness.host import Host
 from proxywasm_host.http.scenario import ExchangeResult, HeaderPair
@@ -49,6 +54,10 @@ DEFAULT_WAIT_MS = 10_000.0
 FIRST_ROUND = 60
 
 _KINDS: dict[str, type[FuzzFailure]] = {}
+#: Envoy's attribute namespaces: a filter reading one the host lacks is not asking for config
+_ATTRIBUTES = frozenset({"request", "response", "source", "destination", "connection", "upstream", "xds", "node",
+                         "metadata", "filter_state", "plugin_name", "plugin_root_id", "plugin_vm_id", "listener_direction",
+                         "listener_metadata", "route_name", "route_metadata", "cluster_name", "cluster_metadata"})
 _TOKEN_RE = re.compile(r"^:?[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 #: map types of the request/response header and trailer maps (ABI MapType)
 _HEADER_MAPS = {0: "request", 1: "request", 2: "response", 3: "response"}
@@ -64,12 +73,15 @@ class FuzzFailure(AssertionError):
             sub = _KINDS[kind] = type(f"FuzzFailure[{kind}]", (FuzzFailure,), {})
         return super().__new__(sub)
 
-    def __init__(self, kind: str, message: str, exchange: pst.Exchange, trap: FilterTrap | None = None) -> None:
+    def __init__(self, kind: str, message: str, exchange: pst.Exchange, trap: FilterTrap | None = None,
+                 properties: dict[str, str] | None = None) -> None:
         super().__init__(f"{kind}: {message}")
         self.kind = kind
         self.message = message
         self.exchange = exchange
         self.trap = trap
+        #: plugin properties the fuzzer gave (paths the filter asked for and the host lacked)
+        self.properties = dict(properties or {})
 
 
 @dataclass
@@ -79,6 +91,8 @@ class Learned:
     request_headers: set[str] = field(default_factory=set)
     response_headers: set[str] = field(default_factory=set)
     properties: set[str] = field(default_factory=set)
+    #: the property paths among them the host had no value for (the fuzzer generates values)
+    missing_properties: set[str] = field(default_factory=set)
     shared_data: set[str] = field(default_factory=set)
 
     def size(self) -> int:
@@ -89,6 +103,7 @@ class Learned:
             "request_headers": sorted(self.request_headers),
             "response_headers": sorted(self.response_headers),
             "properties": sorted(self.properties),
+            "missing_properties": sorted(self.missing_properties),
             "shared_data": sorted(self.shared_data),
         }
 
@@ -124,7 +139,8 @@ class FuzzReport:
             f"def test_fuzz_{self.failure.kind.replace('-', '_')}_seed_{self.seed}():",
             f"    # found by: proxywasm-host fuzz {self.wasm} --seed {self.seed}",
             (f"    plugin = Host().load_plugin({self.wasm!r}, root_id={self.root_id!r}, "
-             f"configuration={self.configuration!r})"),
+             f"configuration={self.configuration!r}"
+             + (f", properties={self.failure.properties!r}" if self.failure.properties else "") + ")"),
             "    result = plugin.exchange(",
             body + f",\n        wait_ms={DEFAULT_WAIT_MS!r},",
             "    )",
@@ -147,8 +163,10 @@ class FuzzReport:
         if self.failure is None:
             return f"no failure: {head}"
         text = [f"FAILED ({self.failure.kind}) after {head}", "", "smallest failing exchange:",
-                pst_indent(self.failure.exchange.to_python(), 2), "", "what happened:",
-                pst_indent(self.failure.message, 2)]
+                pst_indent(self.failure.exchange.to_python(), 2)]
+        if self.failure.properties:
+            text.append(f"  with plugin properties {self.failure.properties!r}")
+        text += ["", "what happened:", pst_indent(self.failure.message, 2)]
         return "\n".join(text)
 
     def to_json_dict(self) -> dict[str, Any]:
@@ -159,6 +177,7 @@ class FuzzReport:
                 "kind": self.failure.kind,
                 "message": self.failure.message,
                 "trap": None if self.failure.trap is None else self.failure.trap.to_json_dict(),
+                "properties": self.failure.properties,
                 "exchange": {
                     "protocol": ex.protocol,
                     "profile": ex.profile,
@@ -254,7 +273,6 @@ class _Target:
         self.learn = learn
         self.learned = Learned()
         self.examples = 0
-        self.properties: dict[str, str] = {}
         # load once up front: a module that does not load is a load error, not a finding
         self._host().load_plugin(**self._load_args())
 
@@ -265,30 +283,31 @@ class _Target:
         return {"wasm": self.wasm, "root_id": self.root_id, "configuration": self.configuration,
                 "vm_configuration": self.vm_configuration}
 
-    def run(self, exchange: pst.Exchange) -> ExchangeResult:
+    def run(self, exchange: pst.Exchange, properties: dict[str, str] | None = None) -> ExchangeResult:
         self.examples += 1
         host = self._host()
+        props = properties or {}
         try:
-            plugin = host.load_plugin(**self._load_args())
+            plugin = host.load_plugin(**self._load_args(), properties=props)
             result = plugin.exchange(exchange.request, exchange.response, wait_ms=self.wait_ms,
                                      profile=exchange.profile)
         except FilterTrap as trap:
-            raise FuzzFailure(_classify(trap), str(trap), exchange, trap) from None
+            raise FuzzFailure(_classify(trap), str(trap), exchange, trap, props) from None
         finally:
             if self.learn:
                 self._learn(host)
         bad = invalid_headers(result)
         if bad:
-            raise FuzzFailure("invalid-header", "\n".join(bad), exchange)
+            raise FuzzFailure("invalid-header", "\n".join(bad), exchange, properties=props)
         if result.downstream_response is None:
             held = "request" if result.upstream_request is None else "response"
             raise FuzzFailure("stuck", f"the {held} was held and the client got no response "
-                                       f"within {self.wait_ms:g} virtual ms", exchange)
+                                       f"within {self.wait_ms:g} virtual ms", exchange, properties=props)
         if self.invariant is not None:
             try:
                 self.invariant(exchange, result)
             except AssertionError as exc:
-                raise FuzzFailure("invariant", f"{type(exc).__name__}: {exc}", exchange) from None
+                raise FuzzFailure("invariant", f"{type(exc).__name__}: {exc}", exchange, properties=props) from None
         return result
 
     def _learn(self, host: Host) -> None:
@@ -304,7 +323,10 @@ class _Target:
             elif name == "proxy_get_property":
                 path = args.get("path")
                 if isinstance(path, bytes) and path:
-                    learned.properties.add(".".join(p.decode("utf-8", "replace") for p in path.split(b"\0") if p))
+                    dotted = ".".join(p.decode("utf-8", "replace") for p in path.split(b"\0") if p)
+                    learned.properties.add(dotted)
+                    if record.result == int(Status.NOT_FOUND) and dotted.split(".", 1)[0] not in _ATTRIBUTES:
+                        learned.missing_properties.add(dotted)
             elif name == "proxy_get_shared_data":
                 key = args.get("key")
                 if isinstance(key, bytes):
@@ -349,12 +371,17 @@ def fuzz(
         before = target.learned.size()
         remaining = max_examples - target.examples
         budget = min(remaining, FIRST_ROUND) if learned_more else remaining
-        strategy = pst.exchanges(
+        exchanges = pst.exchanges(
             protocol=protocol,
             hostile=hostile,
             extra_header_names=sorted(hints | target.learned.request_headers),
             extra_response_header_names=sorted(target.learned.response_headers),
         )
+        # values for the property paths the filter asked for and the host lacked (each one
+        # optional, so a property that does not matter shrinks away)
+        properties = st.fixed_dictionaries(
+            {}, optional={path: pst.header_values(hostile=hostile) for path in sorted(target.learned.missing_properties)})
+        strategy = st.tuples(exchanges, properties)
         failure = _run_round(target, strategy, budget, seed + rounds - 1)
         learned_more = target.learned.size() > before
         if progress is not None:
@@ -371,7 +398,7 @@ def fuzz(
     )
 
 
-def _run_round(target: _Target, strategy: st.SearchStrategy[pst.Exchange], budget: int,
+def _run_round(target: _Target, strategy: st.SearchStrategy[tuple[pst.Exchange, dict[str, str]]], budget: int,
                round_seed: int) -> FuzzFailure | None:
     @hypothesis_seed(round_seed)
     @settings(
@@ -385,8 +412,8 @@ def _run_round(target: _Target, strategy: st.SearchStrategy[pst.Exchange], budge
         report_multiple_bugs=False,
     )
     @given(strategy)
-    def run_one(exchange: pst.Exchange) -> None:
-        target.run(exchange)
+    def run_one(case: tuple[pst.Exchange, dict[str, str]]) -> None:
+        target.run(*case)
 
     try:
         run_one()

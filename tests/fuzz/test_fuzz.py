@@ -175,3 +175,21 @@ def test_cli_defaults_are_the_fuzzers() -> None:
     proc = subprocess.run([sys.executable, "-c", "import sys; from proxywasm_host.cli.main import _parser; _parser(); "
                            "print('hypothesis' in sys.modules)"], capture_output=True, text=True, timeout=60, check=False)
     assert proc.stdout.strip() == "False", "building the CLI parser imports Hypothesis"
+
+
+def test_learned_missing_property_gets_generated_values() -> None:
+    """The properties fixture reads my_custom_property (absent: x-custom: <missing>): the fuzzer
+    learns the path from the NOT_FOUND and generates values for it; without learning it cannot."""
+
+    def custom_is_missing(exchange, result):  # type: ignore[no-untyped-def]
+        if result.upstream_request is not None:
+            value = dict(result.upstream_request.headers).get("x-custom")
+            assert value == "<missing>", f"x-custom is {value!r}"
+
+    wasm = fixture_wasm("properties-wasm32-unknown-unknown")
+    report = fuzz(wasm, invariant=custom_is_missing, max_examples=200)
+    assert report.learned.missing_properties == {"my_custom_property"}
+    assert report.failure is not None and report.failure.kind == "invariant"
+    assert list(report.failure.properties) == ["my_custom_property"]
+    assert "properties={'my_custom_property': " in report.reproducer()
+    assert fuzz(wasm, invariant=custom_is_missing, max_examples=100, learn=False).ok
