@@ -13,11 +13,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from proxywasm_host.core.attributes import ABSENT, ATTRIBUTES, HEADER_MAPS, joined_value
 from proxywasm_host.core.context import Context, RootContext
 from proxywasm_host.core.filter_state import set_envoy_filter_state
 from proxywasm_host.core.headers import HeaderMap
-from proxywasm_host.core.properties import Int, Timestamp, UInt, _navigate
-from proxywasm_host.core.text import to_text as _s
+from proxywasm_host.core.local_reply import local_reply_headers
+from proxywasm_host.core.properties import _navigate
 from proxywasm_host.core.types import BAD_ARGUMENT as _BAD_ARGUMENT
 from proxywasm_host.core.types import NOT_FOUND as _NOT_FOUND
 from proxywasm_host.core.types import OK as _OK
@@ -309,7 +310,7 @@ class HttpContext(Context):
         User-supplied attributes win over the stream's own and may be any number of segments
         deep (Envoy's metadata paths are four and more: ``metadata.filter_metadata.<filter>.<key>``);
         the stream's own attributes are at most 3 deep.  Only the attribute asked for is
-        computed (see _ATTRIBUTES): a filter may read properties on every request, and
+        computed (see ATTRIBUTES): a filter may read properties on every request, and
         rebuilding every attribute (both header dicts included) for each lookup cost ~13 µs."""
         user = self._attributes
         if user is not None:
@@ -319,26 +320,26 @@ class HttpContext(Context):
                     return _navigate(user[key], segments[length:])
         for length in range(min(len(segments), 3), 0, -1):
             key = tuple(segments[:length])
-            if length == 2 and len(segments) == 3 and key in _HEADER_MAPS:
+            if length == 2 and len(segments) == 3 and key in HEADER_MAPS:
                 # request.headers.<name>: that header alone, not the dict of all of them
-                hmap = _HEADER_MAPS[key](self)
+                hmap = HEADER_MAPS[key](self)
                 if hmap is None:
                     continue
-                value = _joined_value(hmap, segments[2])
+                value = joined_value(hmap, segments[2])
                 return (False, None) if value is None else (True, value)
-            compute = _ATTRIBUTES.get(key)
+            compute = ATTRIBUTES.get(key)
             if compute is not None:
                 value = compute(self)
-                if value is not _ABSENT:
+                if value is not ABSENT:
                     return (True, value) if length == len(segments) else _navigate(value, segments[length:])
         return False, None
 
     def current_attributes(self) -> dict[tuple[str, ...], Any]:
         """Envoy attributes this stream has right now (docs/abi-notes.md §10), user-supplied ones included."""
         attrs: dict[tuple[str, ...], Any] = {}
-        for key, compute in _ATTRIBUTES.items():
+        for key, compute in ATTRIBUTES.items():
             value = compute(self)
-            if value is not _ABSENT:
+            if value is not ABSENT:
                 attrs[key] = value
         if self._attributes is not None:
             attrs.update(self._attributes)
@@ -689,200 +690,3 @@ class HttpContext(Context):
         self._call("proxy_on_delete", args)
         self.deleted = True
         self.host.forget(self)
-
-
-# ----------------------------------------------------------------------------------------
-# Local replies (Envoy's Utility::sendLocalReply as measured: docs/conformance.md, issue 12 table)
-# ----------------------------------------------------------------------------------------
-def local_reply_headers(reply: LocalResponse, *, grpc: bool) -> list[tuple[str, str]]:
-    """The response headers Envoy makes of a local reply.  To a gRPC request: ``:status
-    200``, the filter's headers, ``content-type: application/grpc``, ``grpc-status`` (the
-    filter's, else mapped from the HTTP status) and ``grpc-message`` (the body,
-    percent-encoded, when there is one); the body is not sent.  To any other request: the
-    status, the filter's headers, ``content-length`` and ``content-type: text/plain`` when
-    there is a body; a gRPC status is ignored."""
-    if grpc:
-        code = reply.grpc_status if reply.grpc_status is not None else http_to_grpc_status(reply.status_code)
-        headers = [(":status", "200"), *reply.headers]
-        # content-type is an inline header in Envoy: set in place when the filter gave one
-        for i, (k, _) in enumerate(headers):
-            if k == "content-type":
-                headers[i] = ("content-type", "application/grpc")
-                break
-        else:
-            headers.append(("content-type", "application/grpc"))
-        headers.append(("grpc-status", str(code)))
-        if reply.body:
-            headers.append(("grpc-message", grpc_percent_encode(reply.body)))
-        return headers
-    headers = [(":status", str(reply.status_code)), *reply.headers]
-    if reply.body:
-        headers.append(("content-length", str(len(reply.body))))
-        if not any(k == "content-type" for k, _ in reply.headers):
-            headers.append(("content-type", "text/plain"))
-    return headers
-
-
-#: Envoy's Grpc::Utility::httpToGrpcStatus (the gRPC spec's HTTP -> gRPC mapping)
-_HTTP_TO_GRPC = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
-
-
-def http_to_grpc_status(http_status: int) -> int:
-    return _HTTP_TO_GRPC.get(http_status, 2)  # 2 = UNKNOWN
-
-
-def grpc_percent_encode(data: bytes) -> str:
-    """Envoy's ``grpc-message`` encoding: bytes outside ' '..'~', and '%', become %XX."""
-    return "".join(chr(b) if 0x20 <= b <= 0x7E and b != 0x25 else f"%{b:02X}" for b in data)
-
-
-# ----------------------------------------------------------------------------------------
-# Stream attributes (docs/abi-notes.md §10): attribute path -> function of the stream giving
-# its current value, or _ABSENT when the stream does not have it (yet).  Computed on demand,
-# one attribute per lookup, from the stream's state at that moment.
-# ----------------------------------------------------------------------------------------
-_ABSENT: Any = object()
-
-
-def _request_map(ctx: HttpContext) -> HeaderMap | None:
-    # ``or``: an empty map counts as absent, the forwarded copy answers instead
-    return ctx.request.headers or ctx.request.forwarded_headers
-
-
-def _response_map(ctx: HttpContext) -> HeaderMap | None:
-    return ctx.response.headers or ctx.response.forwarded_headers
-
-
-def _joined(hmap: HeaderMap) -> dict[str, str]:
-    """Header name -> value, repeated names joined with "," (Envoy's header map attributes)."""
-    out: dict[str, str] = {}
-    for k, v in hmap.items():
-        out[k] = f"{out[k]},{v}" if k in out else v
-    return out
-
-
-def _joined_value(hmap: HeaderMap, name: str) -> str | None:
-    """``_joined(hmap).get(name)`` without building the dict: ``name`` as text, exact case."""
-    try:
-        key = name.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        return None  # no header name decodes to this text
-    values = [v for k, v in hmap.frozen_pairs() if k == key]
-    if not values:
-        return None
-    return ",".join([_s(v) for v in values])
-
-
-def _request_header(name: str, default: str | None) -> Any:
-    """request.<attr> read from one request header (``default`` None: absent without it)."""
-
-    def compute(ctx: HttpContext) -> Any:
-        req = _request_map(ctx)
-        if req is None:
-            return _ABSENT
-        value = req.value(name, default)
-        if value is None:
-            return _ABSENT
-        return value or (default or "")
-
-    return compute
-
-
-def _request_path(ctx: HttpContext) -> str:
-    req = _request_map(ctx)
-    return _ABSENT if req is None else (req.value(":path", "") or "")
-
-
-def _url_path(ctx: HttpContext) -> Any:
-    path = _request_path(ctx)
-    return path if path is _ABSENT else path.split("?", 1)[0]
-
-
-def _query(ctx: HttpContext) -> Any:
-    path = _request_path(ctx)
-    return path if path is _ABSENT else (path.split("?", 1)[1] if "?" in path else "")
-
-
-def _on_request(value: Any) -> Any:
-    """request.<attr> that exists once the request headers do."""
-
-    def compute(ctx: HttpContext) -> Any:
-        return _ABSENT if _request_map(ctx) is None else value(ctx)
-
-    return compute
-
-
-def _request_headers(ctx: HttpContext) -> Any:
-    req = _request_map(ctx)
-    return _ABSENT if req is None else _joined(req)
-
-
-def _response_code(ctx: HttpContext) -> Any:
-    resp = _response_map(ctx)
-    if resp is None:
-        return _ABSENT
-    try:
-        return Int(int(resp.value(":status", "0") or 0))
-    except ValueError:
-        return _ABSENT
-
-
-def _response_headers(ctx: HttpContext) -> Any:
-    resp = _response_map(ctx)
-    return _ABSENT if resp is None else _joined(resp)
-
-
-def _response_trailers(ctx: HttpContext) -> Any:
-    trailers = ctx.response.trailers or ctx.response.forwarded_trailers
-    return _ABSENT if trailers is None else dict(trailers.items())
-
-
-def _after_stream(value: Any) -> Any:
-    """An attribute Envoy has from the access-log phase on (on_log and later)."""
-
-    def compute(ctx: HttpContext) -> Any:
-        return value(ctx) if ctx.completed or ctx.in_log else _ABSENT
-
-    return compute
-
-
-def _code_details(ctx: HttpContext) -> Any:
-    if (ctx.completed or ctx.in_log) and ctx.local_response is not None:
-        return ctx.local_response.details
-    return _ABSENT
-
-
-def _constant(value: Any) -> Any:
-    return lambda ctx: value
-
-
-_HEADER_MAPS: dict[tuple[str, ...], Any] = {("request", "headers"): _request_map, ("response", "headers"): _response_map}
-
-_ATTRIBUTES: dict[tuple[str, ...], Any] = {
-    ("request", "path"): _request_path,
-    ("request", "url_path"): _url_path,
-    ("request", "query"): _query,
-    ("request", "host"): _request_header(":authority", ""),
-    ("request", "scheme"): _request_header(":scheme", "http"),
-    ("request", "method"): _request_header(":method", ""),
-    ("request", "headers"): _request_headers,
-    ("request", "referer"): _request_header("referer", None),
-    ("request", "useragent"): _request_header("user-agent", None),
-    ("request", "id"): _request_header("x-request-id", None),
-    ("request", "time"): _on_request(lambda ctx: Timestamp(ctx.request_time_ns)),
-    ("request", "protocol"): _on_request(lambda ctx: "HTTP/1.1"),
-    ("response", "code"): _response_code,
-    ("response", "headers"): _response_headers,
-    ("response", "trailers"): _response_trailers,
-    ("request", "size"): _after_stream(lambda ctx: Int(ctx.request.forwarded_bytes)),
-    ("response", "size"): _after_stream(lambda ctx: Int(ctx.response.forwarded_bytes)),
-    ("request", "duration"): _after_stream(lambda ctx: Int(ctx.host.clock.wall_ns - ctx.request_time_ns)),
-    ("response", "code_details"): _code_details,
-    ("source", "address"): _constant("127.0.0.1:52400"),
-    ("source", "port"): _constant(Int(52400)),
-    ("destination", "address"): _constant("127.0.0.1:8080"),
-    ("destination", "port"): _constant(Int(8080)),
-    ("connection", "id"): lambda ctx: UInt(ctx.id),
-    ("connection_id",): lambda ctx: UInt(ctx.id),
-    ("connection", "mtls"): _constant(False),
-}

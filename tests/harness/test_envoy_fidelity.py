@@ -120,7 +120,7 @@ def test_grpc_status_is_ignored_for_a_plain_http_request(probe: Any) -> None:
 
 
 def test_grpc_message_is_percent_encoded() -> None:
-    from proxywasm_host.core.stream import grpc_percent_encode, http_to_grpc_status
+    from proxywasm_host.core.local_reply import grpc_percent_encode, http_to_grpc_status
 
     assert grpc_percent_encode("50% off\n é".encode()) == "50%25 off%0A %C3%A9"
     assert [http_to_grpc_status(c) for c in (400, 401, 403, 404, 429, 502, 503, 504, 500, 200)] == [
