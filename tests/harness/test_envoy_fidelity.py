@@ -253,3 +253,41 @@ def test_callout_history_is_bounded_and_keeps_pending_calls(probe: Any) -> None:
     assert tokens == sorted(tokens)  # still in dispatch order
     first.respond(b"late")
     assert ("x-grpc-reply", "late") in held.upstream_request.headers  # type: ignore[union-attr]
+
+
+# -- gRPC answered by the test: Host(grpc_router=...) ---------------------------------------
+def test_grpc_router_answers_calls_and_streams() -> None:
+    seen: list[Any] = []
+
+    def router(call: Any) -> None:
+        seen.append((call.service, call.method, call.streaming, list(call.sent_messages)))
+        if call.streaming:
+            call.send_initial_metadata([("x-server", "test")])
+            for message in call.sent_messages:
+                call.send_message(b"echo:" + message)
+            call.close(0)
+        elif call.message == b"fail":
+            call.close(7, "nope")
+        else:
+            call.respond(b"pong:" + call.message)
+
+    host = Host(clusters={"grpc_cluster": None}, grpc_router=router)
+    plugin = host.load_plugin(fixture_wasm(f"probe-{RUST_TARGETS[0]}"))
+    up = plugin.exchange(HttpRequest((A, (":path", "/"), ("x-probe", "grpc"), ("x-grpc-message", "hi")))).upstream_request
+    assert up is not None and ("x-grpc-reply", "pong:hi") in up.headers and ("x-grpc-status", "0") in up.headers
+    up = plugin.exchange(HttpRequest((A, (":path", "/"), ("x-probe", "grpc"), ("x-grpc-message", "fail")))).upstream_request
+    assert up is not None and ("x-grpc-status", "7") in up.headers and ("x-grpc-detail", "nope") in up.headers
+    up = plugin.exchange(HttpRequest((A, (":path", "/"), ("x-probe", "grpc-stream")))).upstream_request
+    assert up is not None and ("x-grpc-messages", "echo:one echo:two") in up.headers
+    # the router got each call once (a stream: when opened, before its messages were sent)
+    assert seen == [
+        ("pkg.Svc", "Call", False, [b"hi"]), ("pkg.Svc", "Call", False, [b"fail"]),
+        ("pkg.Svc", "Stream", True, [b"one", b"two"]),
+    ]
+
+
+def test_grpc_call_to_an_http_cluster_url_is_a_usage_error() -> None:
+    host = Host(clusters={"grpc_cluster": "http://127.0.0.1:9"})
+    plugin = host.load_plugin(fixture_wasm(f"probe-{RUST_TARGETS[0]}"))
+    with pytest.raises(Exception, match="grpc://host:port"):
+        plugin.http_stream().send_request_headers([A, (":path", "/"), ("x-probe", "grpc")], end_of_stream=True)
