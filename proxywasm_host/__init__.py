@@ -43,8 +43,8 @@ _EXPORTS: dict[str, str] = {
     "UpstreamRequest": "proxywasm_host.http.scenario",
     "CompiledModule": "proxywasm_host.runtime.module",
     "Host": "proxywasm_host.harness.host",
-    "HttpStream": "proxywasm_host.harness.host",
-    "Plugin": "proxywasm_host.harness.host",
+    "HttpStream": "proxywasm_host.harness.stream",
+    "Plugin": "proxywasm_host.harness.plugin",
 }
 
 __all__ = [
@@ -115,7 +115,9 @@ if TYPE_CHECKING:
         ModuleLoadError,
         ProxyWasmError,
     )
-    from proxywasm_host.harness.host import Host, HttpStream, Plugin
+    from proxywasm_host.harness.host import Host
+    from proxywasm_host.harness.plugin import Plugin
+    from proxywasm_host.harness.stream import HttpStream
     from proxywasm_host.http.scenario import (
         DownstreamResponse,
         ExchangeResult,

@@ -1,0 +1,191 @@
+"""One HTTP stream driven by a test: :class:`HttpStream` sends the events and shows what the filter did."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from proxywasm_host.core.callouts import HttpCallout
+from proxywasm_host.core.headers import HeaderMap
+from proxywasm_host.core.observer import (
+    LogEntry,
+)
+from proxywasm_host.core.stream import CallbackRecord, HttpContext, LocalResponse
+from proxywasm_host.core.text import Headers
+from proxywasm_host.core.text import body_bytes as _bytes
+from proxywasm_host.core.text import header_pairs as _pairs
+from proxywasm_host.core.text import header_pairs_for_map as _pairs_for_map
+from proxywasm_host.core.types import Action
+from proxywasm_host.http.scenario import (
+    DownstreamResponse,
+    UpstreamRequest,
+)
+
+if TYPE_CHECKING:
+    from proxywasm_host.harness.plugin import Plugin
+    pass
+
+
+def _has_status(pairs: list[tuple[str, str]]) -> bool:
+    for item in pairs:  # a loop, not any(<generator>): this runs for every response
+        if isinstance(item, (str, bytes)) or len(item) != 2:
+            return True  # malformed: add nothing, the HeaderMap reports it
+        k = item[0]
+        if (k if type(k) is str else str(k)) == ":status":
+            return True
+    return False
+
+
+_ACTIONS = {0: Action(0), 1: Action(1)}
+
+
+def _action(result: int | None) -> int | None:
+    if result is None:
+        return None
+    return _ACTIONS.get(result, result)
+
+
+class HttpStream:
+    """Drive one HTTP stream and read back what the filter did with it."""
+
+    __slots__ = ("plugin", "context")  # one per request, kept for a while (Plugin.streams)
+
+    def __init__(self, plugin: Plugin, ctx: HttpContext) -> None:
+        self.plugin = plugin
+        self.context = ctx
+
+    @property
+    def context_id(self) -> int:
+        return self.context.id
+
+    # -- driving ---------------------------------------------------------------------------
+    def send_request_headers(self, headers: Headers, *, end_of_stream: bool = False) -> int | None:
+        """Deliver request headers (pseudo-headers like ``:authority`` included); return the action."""
+        return _action(self.context.receive_headers(self.context.request, _pairs_for_map(headers), end_of_stream))
+
+    def send_request_body(self, data: str | bytes, *, end_of_stream: bool = False) -> int | None:
+        """Deliver one request body chunk; returns the action, or None when Envoy would hold it."""
+        return _action(self.context.receive_data(self.context.request, _bytes(data), end_of_stream))
+
+    def send_request_trailers(self, trailers: Headers) -> int | None:
+        return _action(self.context.receive_trailers(self.context.request, _pairs(trailers)))
+
+    def send_response_headers(self, headers: Headers, *, end_of_stream: bool = False) -> int | None:
+        """Deliver the upstream's response headers; include ``:status`` (default 200 if absent)."""
+        pairs = _pairs_for_map(headers)
+        if not _has_status(pairs):
+            pairs = [(":status", "200"), *pairs]  # (may be the caller's list: not changed in place)
+        return _action(self.context.receive_headers(self.context.response, pairs, end_of_stream))
+
+    def send_response_body(self, data: str | bytes, *, end_of_stream: bool = False) -> int | None:
+        return _action(self.context.receive_data(self.context.response, _bytes(data), end_of_stream))
+
+    def send_response_trailers(self, trailers: Headers) -> int | None:
+        return _action(self.context.receive_trailers(self.context.response, _pairs(trailers)))
+
+    def complete(self) -> None:
+        """End the stream now (Envoy: access log, then filter destruction)."""
+        self.context.complete()
+
+    def take_request_body(self) -> bytes:
+        """The request body bytes forwarded upstream since the last take, forgotten here: a
+        proxy streaming large bodies drains them instead of keeping them until the stream
+        ends (``upstream_request.body`` then holds only what was not taken)."""
+        return self._take(self.context.request)
+
+    def take_response_body(self) -> bytes:
+        """Like :meth:`take_request_body`, for the body forwarded downstream."""
+        return self._take(self.context.response)
+
+    @staticmethod
+    def _take(d: Any) -> bytes:
+        data = bytes(d.forwarded_body)
+        d.forwarded_body.clear()
+        return data
+
+    # -- the stream as the filter left it -----------------------------------------------------
+    @property
+    def request_headers(self) -> HeaderMap:
+        return self.context.request.headers or HeaderMap()
+
+    @property
+    def request_body(self) -> bytes:
+        d = self.context.request
+        return bytes(d.forwarded_body + d.buffer)
+
+    @property
+    def request_trailers(self) -> HeaderMap | None:
+        return self.context.request.trailers
+
+    @property
+    def response_headers(self) -> HeaderMap:
+        return self.context.response.headers or HeaderMap()
+
+    @property
+    def response_body(self) -> bytes:
+        d = self.context.response
+        return bytes(d.forwarded_body + d.buffer)
+
+    @property
+    def response_trailers(self) -> HeaderMap | None:
+        return self.context.response.trailers
+
+    @property
+    def request_paused(self) -> bool:
+        """True while the filter holds the request (returned Pause and has not continued)."""
+        return self.context.request.stopped is not None
+
+    @property
+    def response_paused(self) -> bool:
+        return self.context.response.stopped is not None
+
+    @property
+    def local_response(self) -> LocalResponse | None:
+        return self.context.local_response
+
+    @property
+    def callbacks(self) -> list[CallbackRecord]:
+        return self.context.callbacks  # a fresh list each time
+
+    @property
+    def completed(self) -> bool:
+        return self.context.completed
+
+    @property
+    def was_reset(self) -> bool:
+        return self.context.reset
+
+    @property
+    def logs(self) -> list[LogEntry]:
+        return [e for e in self.plugin.vm.host.logs if e.context_id == self.context.id]
+
+    @property
+    def http_callouts(self) -> list[HttpCallout]:
+        """The HTTP callouts dispatched while this stream was the current context."""
+        return [c for c in self.plugin.http_callouts if c.context_id == self.context.id]
+
+    @property
+    def upstream_request(self) -> UpstreamRequest | None:
+        """What reached the upstream: None while (or because) the filter held or answered it."""
+        d = self.context.request
+        forwarded = d.forwarded_headers
+        if forwarded is None:
+            return None
+        trailers = d.forwarded_trailers.items() if d.forwarded_trailers is not None else None
+        return UpstreamRequest(forwarded.items(), bytes(d.forwarded_body), trailers)
+
+    @property
+    def downstream_response(self) -> DownstreamResponse | None:
+        """What the client received: None until the response headers got through the filter."""
+        d = self.context.response
+        forwarded = d.forwarded_headers
+        if forwarded is None:
+            return None
+        status = None
+        headers = []
+        for k, v in forwarded.items():  # one pass: the first :status, every other entry
+            if k != ":status":
+                headers.append((k, v))
+            elif status is None:
+                status = v
+        trailers = d.forwarded_trailers.items() if d.forwarded_trailers is not None else None
+        return DownstreamResponse(int(status or 0), headers, bytes(d.forwarded_body), trailers)
