@@ -24,6 +24,8 @@ and the other observations this module relies on.
 from proxywasm_host.envoy.client import ClientResult, send_request
 from proxywasm_host.envoy.config import (
     ACCESS_LOG_FORMAT,
+    HeaderToMetadata,
+    Topology,
     render_envoy_config,
     wasm_filter_config,
 )
@@ -53,6 +55,8 @@ __all__ = [
     "EnvoyLogLine",
     "EnvoyProcess",
     "EnvoyRunner",
+    "HeaderToMetadata",
+    "Topology",
     "abi_version_of",
     "filter_logs",
     "find_envoy",

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -51,6 +52,79 @@ def wasm_filter_config(plugin: PluginSpec) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class HeaderToMetadata:
+    """Envoy's built-in ``envoy.filters.http.header_to_metadata`` filter, placed before the
+    wasm filter: when the request has ``header``, its value becomes the stream's dynamic
+    metadata ``metadata.filter_metadata.<namespace>.<key>`` (a string), which the module
+    reads with ``proxy_get_property``. ``remove`` also drops the header."""
+
+    header: str
+    namespace: str
+    key: str
+    remove: bool = False
+
+    def envoy_filter(self) -> dict[str, Any]:
+        return {
+            "name": "envoy.filters.http.header_to_metadata",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.header_to_metadata.v3.Config",
+                "request_rules": [
+                    {
+                        "header": self.header,
+                        "on_header_present": {"metadata_namespace": self.namespace, "key": self.key, "type": "STRING"},
+                        "remove": self.remove,
+                    }
+                ],
+            },
+        }
+
+    def value(self, headers: Sequence[tuple[str, str]]) -> str | None:
+        """What the filter stores for these request headers (None: nothing). Envoy takes
+        the first value of the header; an empty value sets nothing."""
+        name = self.header.lower()
+        for k, v in headers:
+            if k.lower() == name:
+                return v or None
+        return None
+
+
+@dataclass(frozen=True)
+class Topology:
+    """What surrounds the plugin under test on its listener, in front of its one route.
+
+    * ``route_metadata``: the route's ``metadata.filter_metadata`` (namespace -> struct),
+      what a module reads as ``xds.route_metadata.filter_metadata.<namespace>.<key>``
+      (Envoy 1.40 answers NotFound for the older top-level ``route_metadata``).
+    * ``header_to_metadata``: Envoy built-in filters that set dynamic metadata from request
+      headers, before every wasm filter.
+    * ``extra_plugins``: more wasm filters before the plugin under test, in this order.
+      The same module with the same ``vm_id`` and VM configuration shares one VM with
+      the plugin under test (each filter keeps its own root context); another ``vm_id``
+      gets its own VM. Their logs are in :attr:`EnvoyExchange.log_lines`
+      (:func:`~proxywasm_host.envoy.logs.filter_logs` with their spec picks them).
+    """
+
+    route_metadata: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    header_to_metadata: tuple[HeaderToMetadata, ...] = ()
+    extra_plugins: tuple[PluginSpec, ...] = ()
+
+    def in_process_properties(self) -> dict[tuple[str, ...], Any]:
+        """The plugin properties that give an in-process plugin the same route metadata."""
+        if not self.route_metadata:
+            return {}
+        return {("xds", "route_metadata"): {"filter_metadata": {ns: dict(v) for ns, v in self.route_metadata.items()}}}
+
+    def in_process_attributes(self, headers: Sequence[tuple[str, str]]) -> dict[tuple[str, ...], Any]:
+        """The stream attributes the header_to_metadata filters would give this request."""
+        spaces: dict[str, dict[str, str]] = {}
+        for rule in self.header_to_metadata:
+            value = rule.value(headers)
+            if value is not None:
+                spaces.setdefault(rule.namespace, {})[rule.key] = value
+        return {("metadata",): {"filter_metadata": spaces}} if spaces else {}
+
+
 # One JSON object per finished stream, on Envoy's stderr (written at once, unlike
 # file access logs, which are flushed every --file-flush-interval-msec).
 ACCESS_LOG_FORMAT = {
@@ -76,6 +150,7 @@ def render_envoy_config(
     http2: bool,
     access_log: bool = True,
     clusters: Mapping[str, int | str] | None = None,
+    topology: Topology | None = None,
 ) -> dict[str, Any]:
     """A static bootstrap running the scenario's plugin in front of one upstream.
 
@@ -96,7 +171,11 @@ def render_envoy_config(
     ``"grpc://host:port"`` declares an HTTP/2 cluster (what Envoy's gRPC
     client needs) for the module's ``proxy_grpc_call``/``proxy_grpc_stream``;
     ``"http://host:port"`` an HTTP/1.1 one on another host.
+
+    ``topology`` (an addition): route metadata and more filters in front of the
+    plugin (:class:`Topology`).
     """
+    topo = topology or Topology()
     plugin = scenario.plugin if isinstance(scenario, Scenario) else scenario
     cluster: dict[str, Any] = {
         "name": "upstream",
@@ -124,7 +203,7 @@ def render_envoy_config(
                 {
                     "name": "all",
                     "domains": ["*"],
-                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}],
+                    "routes": [_route(topo)],
                 }
             ],
         },
@@ -140,6 +219,8 @@ def render_envoy_config(
         if access_log
         else [],
         "http_filters": [
+            *(rule.envoy_filter() for rule in topo.header_to_metadata),
+            *(wasm_filter_config(extra) for extra in topo.extra_plugins),
             wasm_filter_config(plugin),
             {
                 "name": "envoy.filters.http.router",
@@ -166,6 +247,13 @@ def render_envoy_config(
             "clusters": [cluster] + [_cluster_entry(name, target) for name, target in (clusters or {}).items()],
         },
     }
+
+
+def _route(topology: Topology) -> dict[str, Any]:
+    route: dict[str, Any] = {"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}
+    if topology.route_metadata:
+        route["metadata"] = {"filter_metadata": {ns: dict(v) for ns, v in topology.route_metadata.items()}}
+    return route
 
 
 def _cluster_entry(name: str, target: int | str) -> dict[str, Any]:

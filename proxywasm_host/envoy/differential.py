@@ -47,6 +47,7 @@ from proxywasm_host.core.headers import compare_header_lists, one_or_all
 from proxywasm_host.envoy import (
     EnvoyError,
     EnvoyRunner,
+    Topology,
     filter_logs,
     find_envoy,
     log_prefix,
@@ -307,15 +308,18 @@ def exchange_with_profile(
     *,
     profile: StreamProfile | str | None = "envoy-http1",
     wait_ms: float = 0,
+    attributes: Mapping[Any, Any] | None = None,
 ) -> ExchangeResult:
     """``plugin.exchange`` with a stream profile applied exactly once (whether or not
-    ``Plugin.exchange`` takes a ``profile`` argument itself)."""
+    ``Plugin.exchange`` takes a ``profile`` argument itself). ``attributes``: the
+    stream's own attributes (e.g. dynamic metadata another filter would have set)."""
     prof = get_profile(profile).resolve(request, response)
+    extra: dict[str, Any] = {"attributes": attributes} if attributes else {}
     if _takes_profile(plugin):
-        result: ExchangeResult = plugin.exchange(request, response, wait_ms=wait_ms, profile=prof)
+        result: ExchangeResult = plugin.exchange(request, response, wait_ms=wait_ms, profile=prof, **extra)
         return result
     req, resp = prof.apply(request, response)
-    return prof.apply_result(plugin.exchange(req, resp, wait_ms=wait_ms))
+    return prof.apply_result(plugin.exchange(req, resp, wait_ms=wait_ms, **extra))
 
 
 def _significant(trace: list[CallbackTrace]) -> list[CallbackTrace]:
@@ -488,8 +492,15 @@ class DifferentialRunner:
         volatile_headers: Iterable[str] = (),
         log_masks: Iterable[tuple[str, str]] | None = None,
         envoy: str | None = None,
+        topology: Topology | None = None,
     ) -> None:
+        if topology is not None and topology.extra_plugins:
+            raise ValueError(
+                "DifferentialRunner compares one wasm filter per stream: the in-process host does not run "
+                "a chain of wasm filters; run Topology.extra_plugins with EnvoyRunner"
+            )
         self.plugin = plugin
+        self.topology = topology or Topology()
         self.cluster_responses = dict(clusters or {})
         self.upstream_http2 = upstream_http2
         self.volatile = {h.lower() for h in volatile_headers}
@@ -548,6 +559,7 @@ class DifferentialRunner:
             upstream_http2=self.upstream_http2,
             envoy=self.envoy_binary,
             clusters={**{name: s for name, s in self.servers.items()}, **grpc_targets},
+            topology=self.topology,
         )
         envoy_logs: list[tuple[str, str]] = []
         envoy_trace: list[CallbackTrace] = []
@@ -593,7 +605,11 @@ class DifferentialRunner:
         return report
 
     def _load(self, host: Any) -> Any:
-        return host.load_plugin(self.plugin)
+        spec = self.plugin
+        extra = self.topology.in_process_properties()
+        if extra:  # the route metadata Envoy gets from the Topology, as plugin properties
+            spec = dataclasses.replace(spec, properties={**spec.properties, **extra})
+        return host.load_plugin(spec)
 
     def stop(self) -> None:
         if self.runner is not None:
@@ -653,7 +669,10 @@ class DifferentialRunner:
         ours_trace: list[CallbackTrace] = []
         mark = self.recorder.mark()
         try:
-            ours = exchange_with_profile(self.inproc_plugin, request, response, profile=prof, wait_ms=wait_ms)
+            ours = exchange_with_profile(
+                self.inproc_plugin, request, response, profile=prof, wait_ms=wait_ms,
+                attributes=self.topology.in_process_attributes(request.headers),
+            )
         except Exception as exc:  # noqa: BLE001 - reported as a difference
             report.inprocess_error = f"{type(exc).__name__}: {exc}"
         ours_trace = self.recorder.since(mark)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 from proxywasm_host.envoy.client import ClientResult, send_request
-from proxywasm_host.envoy.config import render_envoy_config
+from proxywasm_host.envoy.config import Topology, render_envoy_config
 from proxywasm_host.envoy.logs import (
     EnvoyLogLine,
     filter_logs,
@@ -151,6 +151,7 @@ class EnvoyRunner:
         startup_timeout: float = 20.0,
         clusters: Mapping[str, ClusterTarget] | None = None,
         upstream_chunk_gap: float = 0.02,
+        topology: Topology | None = None,
     ):
         """``clusters``: more clusters for the module's HTTP callouts, by name.
         A value is a port (a server already listening on 127.0.0.1), a
@@ -161,8 +162,11 @@ class EnvoyRunner:
         :class:`ReceivedRequest`): the runner then starts the server itself
         and keeps it in :attr:`cluster_servers`.  ``upstream_chunk_gap``: the
         upstream waits this long between response body chunks, so the filter
-        sees each one separately (as the client does for request chunks)."""
+        sees each one separately (as the client does for request chunks).
+        ``topology``: route metadata and filters in front of the plugin (see
+        :class:`~proxywasm_host.envoy.config.Topology`)."""
         self.plugin = plugin
+        self.topology = topology
         self.clusters: dict[str, ClusterTarget] = dict(clusters or {})
         self.cluster_servers: dict[str, UpstreamServer] = {}
         self._own_servers: list[UpstreamServer] = []
@@ -209,6 +213,7 @@ class EnvoyRunner:
                 upstream_port=self.upstream.port,
                 http2=self.upstream_http2,
                 clusters=ports,
+                topology=self.topology,
             )
             self.envoy = EnvoyProcess(config, envoy=self.envoy_binary, startup_timeout=self.startup_timeout)
             self.envoy.start()

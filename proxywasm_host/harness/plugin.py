@@ -272,13 +272,15 @@ class Plugin:
         *,
         wait_ms: float = 0,
         profile: StreamProfile | str | None = "envoy",
+        attributes: Mapping[str | Sequence[str], Any] | None = None,
     ) -> ExchangeResult:
         """Run one request/response through the filter and report what each side saw.
 
         ``profile`` reproduces what Envoy does around the filter (``"envoy"``: HTTP/1.1, or
         HTTP/2 when the exchange has trailers; ``"envoy-http1"``, ``"envoy-http2"``; ``"raw"``
         or None: deliver exactly what is given).  ``wait_ms`` lets a paused stream resume
-        on ticks or callout timeouts by advancing the virtual clock while it is held."""
+        on ticks or callout timeouts by advancing the virtual clock while it is held.
+        ``attributes``: the stream's own attributes, as for :meth:`http_stream`."""
         from proxywasm_host.http.profiles import get_profile
 
         # One exchange per call in a test loop: the profile's events go straight to the stream
@@ -288,7 +290,7 @@ class Plugin:
         headers, chunks, trailers = prof.request_events(request)
         host_logs = self.vm.host.logs
         log_mark = len(host_logs)
-        stream = self.http_stream()
+        stream = self.http_stream(attributes=attributes)
         # what HttpStream.send_* do, without their return values (not used here)
         context = stream.context
         d = context.request

@@ -29,7 +29,7 @@ if str(REPO) not in sys.path:  # when run as a script
 if str(REPO / "tests") not in sys.path:  # (tests/grpc_servers.py)
     sys.path.insert(0, str(REPO / "tests"))
 
-from proxywasm_host.envoy import find_envoy  # noqa: E402
+from proxywasm_host.envoy import HeaderToMetadata, Topology, find_envoy  # noqa: E402
 from proxywasm_host.envoy.differential import DifferentialRunner, DiffReport  # noqa: E402
 from proxywasm_host.http.scenario import HttpRequest, HttpResponse, PluginSpec  # noqa: E402
 
@@ -164,6 +164,8 @@ class Group:
     cases: tuple[Case, ...]
     callouts: bool = False  # give the plugin an auth_cluster served by a real upstream
     grpc: str = ""  # "server": grpc_cluster is a real gRPC server (tests/grpc_servers.py); "blackhole": never answers
+    clusters: tuple[str, ...] = ()  # more callout clusters (each answers the case's callout reply)
+    topology: Topology | None = None  # route metadata / built-in filters in front of the plugin
     volatile: tuple[str, ...] = ()
     log_masks: tuple[tuple[str, str], ...] = ()
     config_label: str = ""
@@ -228,7 +230,146 @@ def _groups() -> list[Group]:
     return groups
 
 
-GROUPS = _groups()
+# --------------------------------------------------------------------------
+# the SDK-example corpus: our own filters doing what the official Rust and Go SDK
+# examples do (fixtures/README.md, "SDK-example corpus"), with the scenarios of
+# their READMEs and e2e tests
+
+
+def _put(*headers: tuple[str, str], body: bytes = b"[original body]") -> HttpRequest:
+    return _req(AUTHORITY, (":path", "/anything"), (":method", "PUT"), ("content-length", str(len(body))), *headers, body=(body,))
+
+
+_ORIGINAL = HttpResponse(200, (("content-type", "text/plain"), ("content-length", "15")), (b"[original body]",))
+GO_HTTP_BODY_CASES = tuple(
+    Case(f"body-{at}-{op}", _put(("buffer-replace-at", at), ("buffer-operation", op)), _ORIGINAL)
+    for at in ("request", "response")
+    for op in ("append", "prepend", "replace", "invalid")
+) + (
+    Case("body-no-content-length", _req(AUTHORITY, (":path", "/anything"), (":method", "PUT"), body=(b"a", b"b"))),
+    Case("body-h2-response-append", _put(("buffer-replace-at", "response"), ("buffer-operation", "append")), _ORIGINAL, http2=True),
+)
+_JSON = ("content-type", "application/json")
+JSON_CASES = (
+    Case("json-no-content-type", _req(AUTHORITY, (":path", "/"))),
+    Case("json-valid", _req(AUTHORITY, (":path", "/"), (":method", "POST"), _JSON, body=(b'{"id": "abc123", "token": "xyz456"}',))),
+    Case("json-missing-key", _req(AUTHORITY, (":path", "/"), (":method", "POST"), _JSON, body=(b'{"id": "abc123"}',))),
+    Case("json-not-json", _req(AUTHORITY, (":path", "/"), (":method", "POST"), _JSON, body=(b"{nope",))),
+    Case("json-valid-3-chunks", _req(AUTHORITY, (":path", "/"), (":method", "POST"), _JSON, body=(b'{"id": "a",', b' "token"', b': "b"}'))),
+    Case("json-h2-valid", _req(AUTHORITY, (":path", "/"), (":method", "POST"), _JSON, body=(b'{"id": 1, "token": 2}',)), http2=True),
+)
+CHUNK_CASES = (
+    Case("chunk-pattern-in-2nd", _req(AUTHORITY, (":path", "/"), (":method", "POST"), body=(b"hello ", b"a pattern", b" end"))),
+    Case("chunk-no-pattern", _req(AUTHORITY, (":path", "/"), (":method", "POST"), body=(b"hello ", b"big ", b"world"))),
+    Case("chunk-h2-pattern-in-1st", _req(AUTHORITY, (":path", "/"), (":method", "POST"), body=(b"pattern", b"x")), http2=True),
+    Case("chunk-get", GET.request),
+)
+METRICS_CASES = tuple(
+    Case(f"metrics-{value}-{i}", _req(AUTHORITY, (":path", "/"), ("my-custom-header", value)))
+    for value, i in (("foo", 1), ("bar", 1), ("foo", 2))
+) + (GET,)
+# FNV-1a(32) of b"a" is even (access granted), of b"b" odd (forbidden)
+GO_AUTH_RANDOM_CASES = (
+    Case("auth-random-granted", _req(AUTHORITY, (":path", "/uuid"), ("this-is-key", "this-is-value")), callout=HttpResponse(200, (), (b"a",))),
+    Case("auth-random-forbidden", _req(AUTHORITY, (":path", "/uuid"), ("this-is-key", "this-is-value")), callout=HttpResponse(200, (), (b"b",))),
+)
+RUST_AUTH_RANDOM_CASES = (
+    Case("auth-random-even-byte", GET.request, callout=HttpResponse(200, (), (b"\x02",))),
+    Case("auth-random-odd-byte", GET.request, callout=HttpResponse(200, (), (b"\x01",))),
+    Case("auth-random-empty-body", GET.request, callout=HttpResponse(200, (), ())),
+    Case("auth-random-h2-even", GET.request, callout=HttpResponse(200, (), (b"\x04",)), http2=True),
+)
+REDACT_CASES = (
+    Case("body-secret", GET.request, HttpResponse(200, (("content-length", "16"),), (b"my secret stuff\n",))),
+    Case("body-secret-3-chunks", GET.request, HttpResponse(200, (), (b"top ", b"sec", b"ret"))),
+    Case("body-plain", GET.request, HttpResponse(200, (("content-length", "6"),), (b"hello\n",))),
+    Case("body-h2-secret", GET.request, HttpResponse(200, (), (b"a secret",)), http2=True),
+)
+RUST_HEADERS_CASES = (
+    Case("headers-hello", _req(AUTHORITY, (":path", "/hello"))),
+    Case("headers-other", _req(AUTHORITY, (":path", "/other"), ("X-Mixed", "v"))),
+    Case("headers-h2-hello", _req(AUTHORITY, (":path", "/hello")), http2=True),
+)
+GRPC_GATE_CASES = (
+    Case("grpc-gate-not-grpc", GET.request),
+    Case("grpc-gate-reflection", _req(AUTHORITY, (":path", "/grpc.reflection.v1.ServerReflection/Info"), (":method", "POST"), ("content-type", "application/grpc"), body=(b"\x00\x00\x00\x00\x00",)), http2=True),
+)
+ROUTING_CASES = (GET, Case("routing-h2", GET.request, http2=True))
+GO_HEADERS_CASES = (
+    Case("headers-e2e", _req(AUTHORITY, (":path", "/uuid"), ("this-is-key", "this-is-value"))),
+    Case("headers-test-present", _req(AUTHORITY, (":path", "/"), ("Test", "worst"), ("x-a", "1")), HttpResponse(200, (("server", "up"),))),
+    Case("headers-h2", _req(AUTHORITY, (":path", "/")), http2=True),
+)
+SHARED_DATA_CASES = tuple(Case(f"shared-data-{i}", GET.request) for i in range(1, 4))
+POSTPONE_CASES = (GET, BODY_3, Case("postpone-h2", GET.request, http2=True))
+
+PROPERTIES_CASES = (
+    Case("props-no-auth-header", _req(AUTHORITY, (":path", "/one"))),
+    Case("props-cookie", _req(AUTHORITY, (":path", "/one"), ("cookie", "value"))),
+    Case("props-authorization", _req(AUTHORITY, (":path", "/two"), ("authorization", "token"))),
+    Case("props-h2-cookie", _req(AUTHORITY, (":path", "/three"), ("cookie", "v")), http2=True),
+)
+METADATA_CASES = (
+    Case("metadata-absent", GET.request),
+    Case("metadata-set", _req(AUTHORITY, (":path", "/"), ("x-custom-metadata", "SOME-VALUE"))),
+    Case("metadata-quoted", _req(AUTHORITY, (":path", "/"), ("x-custom-metadata", 'say "hi"'))),
+    Case("metadata-h2", _req(AUTHORITY, (":path", "/"), ("x-custom-metadata", "V2")), http2=True),
+)
+
+
+def _corpus_groups() -> list[Group]:
+    groups: list[Group] = []
+
+    def add(fixture: str, cases: tuple[Case, ...], label: str = "", **kw: Any) -> None:
+        spec_kw = {k: kw.pop(k) for k in ("root_id", "configuration", "vm_configuration", "vm_id", "name") if k in kw}
+        gid = fixture + (f"[{label}]" if label else "")
+        groups.append(Group(gid, fixture, _spec(fixture, **spec_kw), cases, config_label=label, **kw))
+
+    go = "go_ex_{}-wasip1".format
+    rs = "rust_ex_{}-wasm32-unknown-unknown".format
+    # Go SDK examples
+    add(go("helloworld"), (GET,), log_masks=((r"It's \d+: random value: \d+", "It's <now>: random value: <random>"),))
+    add(go("http_headers"), GO_HEADERS_CASES, "e2e", configuration=b'{"header": "x-wasm-header", "value": "demo-wasm"}')
+    add(go("http_headers"), (GET,), "none")
+    add(go("http_headers"), (GET,), "no-value", configuration=b'{"header": "x-wasm-header"}')
+    add(go("http_body"), GO_HTTP_BODY_CASES)
+    add(go("http_body"), (BODY_1, H2_BODY_3), "echo", configuration=b"echo")
+    add(go("http_body_chunk"), CHUNK_CASES)
+    add(go("http_auth_random"), GO_AUTH_RANDOM_CASES, clusters=("httpbin",))
+    add(go("http_routing"), ROUTING_CASES, "canary", configuration=b"2")
+    add(go("http_routing"), ROUTING_CASES[:1], "primary", configuration=b"1")
+    add(go("json_validation"), JSON_CASES, "e2e", configuration=b'{"requiredKeys": ["id", "token"]}')
+    add(go("json_validation"), (GET,), "not-json", configuration=b"{nope")
+    add(go("metrics"), METRICS_CASES)
+    add(go("multiple_dispatches"), (GET, Case("dispatches-h2", GET.request, http2=True)), clusters=("httpbin",))
+    add(go("postpone_requests"), POSTPONE_CASES)
+    add(go("properties"), PROPERTIES_CASES[-1:], "no-route-metadata")
+    for header in ("cookie", "authorization"):
+        add(go("properties"), PROPERTIES_CASES, f"route-auth-{header}",
+            topology=Topology(route_metadata={"envoy.filters.http.wasm": {"auth": header}}))
+    add(go("shared_data"), SHARED_DATA_CASES)
+    add(go("shared_queue_sender"), (GET,), "alone", configuration=b"http")
+    add(go("shared_queue_receiver"), (GET,), "alone", configuration=b"http_request_headers", vm_id="receiver")
+    add(go("vm_plugin_configuration"), (GET,), "both", configuration=b'{"name": "plugin configuration"}',
+        vm_configuration=b'{"name": "vm configuration"}')
+    add(go("vm_plugin_configuration"), (GET,), "none")
+    add(go("dispatch_call_on_tick"), (), "ok", configuration=b"ok", clusters=("web_service",))
+    add(go("foreign_call_on_tick"), ())
+    # Rust SDK examples
+    add(rs("hello_world"), (GET,))
+    add(rs("http_auth_random"), RUST_AUTH_RANDOM_CASES, clusters=("httpbin",))
+    add(rs("http_body"), REDACT_CASES)
+    add(rs("http_config"), (GET, H2_BODY_3), "value", configuration=b"some-value")
+    add(rs("http_config"), (GET,), "none")
+    add(rs("http_headers"), RUST_HEADERS_CASES)
+    add(rs("grpc_auth_random"), GRPC_GATE_CASES)
+    add(rs("envoy_filter_metadata"), (GET,), "no-metadata")
+    add(rs("envoy_filter_metadata"), METADATA_CASES, "header-to-metadata", topology=Topology(header_to_metadata=(
+        HeaderToMetadata("x-custom-metadata", "envoy.filters.http.lua", "uppercased-custom-metadata"),)))
+    return groups
+
+
+GROUPS = _groups() + _corpus_groups()
 
 # Divergences that cannot be reproduced in-process: (group id pattern, case name) ->
 # reason.  A "*" in the group id matches any text.  (Values that differ on every run --
@@ -239,6 +380,9 @@ KNOWN_DIVERGENCES: dict[tuple[str, str], str] = {
         "module's memory: it rebuilds them from the downstream headers, which the filter's on_response_headers "
         "changed here (x-a: 1 -> new). The downstream response itself (x-a moved to the end) agrees"
     ),
+    ("go_ex_foreign_call_on_tick-wasip1", "start"): "a 1 ms tick: how many ticks Envoy fires before its start-up "
+    "log is read depends on wall-clock time (0 or 1 seen); the in-process clock is virtual and fires none until "
+    "time is advanced. The tick itself (compress -> zlib bytes) is the same.",
 }
 
 # Cells whose Envoy side depends on read timing: a body sent while the filter is paused
@@ -251,7 +395,36 @@ TIMING_SENSITIVE: dict[tuple[str, str], str] = {
 
 # Divergences that are bugs of the host, reported and awaiting a fix: the test is
 # marked xfail while they diverge (and passes once they agree).
+_ITEM1 = "issue 12 item 1 (fidelity): a replaced header keeps its place in-process; Envoy removes it and appends it"
+_LOCAL_AFTER_HEADERS = (
+    "issue 12 item 7 / divergence D of /work/coord/divergences-corpus.md (fidelity): a local reply from the body "
+    "callback after the headers went on: in-process reports the headers as sent upstream, Envoy's upstream got nothing"
+)
+_GRPC_STATUS_ON_HTTP = (
+    "divergence B of /work/coord/divergences-corpus.md (fidelity, item 2's family): a local reply with grpc_status 16 "
+    "to a non-gRPC request carries grpc-status in-process, not in Envoy"
+)
+_COOKIE_LAST = "divergence E of /work/coord/divergences-corpus.md: Envoy forwards cookie last (after x-request-id)"
 HOST_BUGS: dict[tuple[str, str], str] = {
+    # the SDK-example corpus (see /work/coord/divergences-corpus.md)
+    ("go_ex_http_routing-wasip1[canary]", "*"): _ITEM1 + " (:authority goes after :path, :method, :scheme)",
+    ("go_ex_http_headers-wasip1[e2e]", "headers-test-present"): _ITEM1,
+    ("rust_ex_http_auth_random-*", "auth-random-odd-byte"): _ITEM1 + " (Powered-By of the local reply)",
+    ("rust_ex_http_auth_random-*", "auth-random-empty-body"): _ITEM1 + " (Powered-By of the local reply)",
+    ("rust_ex_grpc_auth_random-*", "grpc-gate-not-grpc"): _ITEM1 + " (Powered-By of the local reply)",
+    ("go_ex_json_validation-wasip1[e2e]", "json-missing-key"): _LOCAL_AFTER_HEADERS,
+    ("go_ex_json_validation-wasip1[e2e]", "json-not-json"): _LOCAL_AFTER_HEADERS,
+    ("go_ex_http_body-wasip1[echo]", "*"): _LOCAL_AFTER_HEADERS,
+    ("go_ex_http_body_chunk-wasip1", "chunk-pattern-*"): _LOCAL_AFTER_HEADERS,
+    ("go_ex_http_body_chunk-wasip1", "chunk-h2-pattern-*"): _LOCAL_AFTER_HEADERS,
+    ("go_ex_multiple_dispatches-wasip1", "*"): "issue 12 item 7 / divergence C (fidelity): a callout with an empty "
+    ":authority goes out without a Host header in-process and the upstream refuses it (4 headers, no body); Envoy "
+    "sends it and gets the upstream's 200",
+    ("go_ex_properties-wasip1[route-auth-*]", "props-no-auth-header"): _GRPC_STATUS_ON_HTTP,
+    ("go_ex_properties-wasip1[route-auth-cookie]", "props-authorization"): _GRPC_STATUS_ON_HTTP,
+    ("go_ex_properties-wasip1[route-auth-authorization]", "props-*cookie"): _GRPC_STATUS_ON_HTTP,
+    ("go_ex_properties-wasip1[route-auth-cookie]", "props-*cookie"): _COOKIE_LAST,
+    ("go_ex_properties-wasip1[no-route-metadata]", "props-h2-cookie"): _COOKIE_LAST,
     # Fixed: exchange() fed the request body after a local reply; callouts answered by a real
     # upstream lacked x-envoy-upstream-service-time; Envoy's built-in foreign functions
     # (compress, uncompress, clear_route_cache) were missing.
@@ -291,8 +464,9 @@ def run_group(group: Group) -> GroupResult:
     started = time.monotonic()
     state: dict[str, HttpResponse] = {"reply": HttpResponse(200, (), (b"ok",))}
     clusters: dict[str, Callable[[Any], HttpResponse]] | None = None
-    if group.callouts:
-        clusters = {"auth_cluster": lambda _req: state["reply"]}
+    names = (("auth_cluster",) if group.callouts else ()) + group.clusters
+    if names:
+        clusters = {name: (lambda _req: state["reply"]) for name in names}
     with contextlib.ExitStack() as stack:
         if group.grpc:
             from grpc_servers import BlackHole, GrpcServer
@@ -304,7 +478,8 @@ def run_group(group: Group) -> GroupResult:
 
 def _run_group(group: Group, clusters: Any, state: dict[str, HttpResponse], started: float) -> GroupResult:
     with DifferentialRunner(
-        group.plugin, clusters=clusters, volatile_headers=group.volatile, log_masks=group.log_masks
+        group.plugin, clusters=clusters, volatile_headers=group.volatile, log_masks=group.log_masks,
+        topology=group.topology,
     ) as runner:
         assert runner.startup_report is not None
         result = GroupResult(group, runner.startup_report)
