@@ -434,8 +434,11 @@ HOST_BUGS: dict[tuple[str, str], str] = {
 def _match(table: dict[tuple[str, str], str], group: Group, case: str) -> str | None:
     import fnmatch
 
+    def literal_brackets(pattern: str) -> str:  # "[config]" in a group id is text, not a character class
+        return pattern.replace("[", "\0").replace("]", "[]]").replace("\0", "[[]")
+
     for (pattern, name), reason in table.items():
-        if fnmatch.fnmatchcase(group.id, pattern) and fnmatch.fnmatchcase(case, name):
+        if fnmatch.fnmatchcase(group.id, literal_brackets(pattern)) and fnmatch.fnmatchcase(case, name):
             return reason
     return None
 
