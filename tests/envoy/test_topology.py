@@ -128,7 +128,8 @@ def test_shared_queue_across_vm_ids_on_envoy() -> None:
     response header into the queues two receiver plugins (one VM, vm_id "receiver")
     registered; each receiver logs what it dequeues."""
     sender = PluginSpec(wasm=SENDER, configuration=b"http")
-    with EnvoyRunner(sender, topology=Topology(extra_plugins=_receivers())) as runner:
+    # three 2.7 MB Go modules for V8 to compile: give a loaded machine time
+    with EnvoyRunner(sender, topology=Topology(extra_plugins=_receivers()), startup_timeout=90) as runner:
         ex = runner.exchange(HttpRequest(((":authority", "a"), (":path", "/q"), (":method", "GET"))))
         assert ex.result.downstream_response is not None and ex.result.downstream_response.status == 200
         sent = [r.message for r in ex.result.logs]
