@@ -169,7 +169,7 @@ class EnvoyProcess:
                     log=self.read_log(),
                 )
             if time.monotonic() > deadline:
-                raise EnvoyError("envoy did not become ready in time", self.log_tail())
+                raise EnvoyError("envoy did not become ready in time", self.log_tail(), log=self.read_log())
             if not self.admin_port and self.admin_path.exists():
                 text = self.admin_path.read_text().strip()
                 if text:

@@ -202,3 +202,24 @@ def test_proxywasm_exchange_runs_route_metadata_properties_on_both_backends(pyte
         result.stdout.fnmatch_lines(["*cannot set properties?'request.path'? of the proxywasm marker*"])
     else:
         result.assert_outcomes(passed=2)
+
+
+@needs_envoy
+@pytest.mark.envoy
+def test_start_timeout_error_carries_the_log() -> None:
+    """An Envoy that is not ready in time hands its log to the error, as one that exits does:
+    the differential runner reads the module's start-up logs from it (a loaded machine turned
+    a start-up failure into a timeout, and the comparison then saw no Envoy logs at all)."""
+    from proxywasm_host.envoy import EnvoyError, EnvoyProcess
+
+    config = render_envoy_config(PluginSpec(wasm=SENDER, configuration=b"http"), listener_port=0, admin_port=0,
+                                 upstream_port=1, http2=True)
+    proc = EnvoyProcess(config, startup_timeout=1.0)  # a 2.7 MB Go module takes V8 longer than that
+    try:
+        with pytest.raises(EnvoyError, match="did not become ready in time") as info:
+            proc.start()
+    finally:
+        proc.cleanup()
+    log = info.value.log
+    assert "initializing epoch 0" in log, log[:500]  # the first lines, not only the last 40
+    assert log.count("\n") > 40 and len(log) > len(info.value.log_tail)
