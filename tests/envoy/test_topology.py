@@ -147,9 +147,9 @@ def test_shared_queue_across_vm_ids_on_envoy() -> None:
     assert any("dequeued data from http_response_headers" in m and '":status","value": "200"' in m for m in got["recv-1"]), got
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12 item 5: proxy_on_queue_ready is not delivered to another VM's queue (fidelity)")
 def test_shared_queue_across_vm_ids_in_process() -> None:
-    """The same topology in-process: the receivers and the sender on one Host."""
+    """The same topology in-process: the receivers and the sender on one Host (issue 12
+    item 5: proxy_on_queue_ready reaches the VM that registered the queue)."""
     host = Host()
     for spec in _receivers():
         host.load_plugin(str(spec.wasm), vm_id=spec.vm_id, configuration=spec.configuration, root_id=spec.root_id)
@@ -157,6 +157,7 @@ def test_shared_queue_across_vm_ids_in_process() -> None:
     sender.exchange(HttpRequest(((":authority", "a"), (":path", "/q"), (":method", "GET"))))
     messages = [e.message for e in host.logs]
     assert any("dequeued data from http_request_headers" in m and '":method","value": "GET"' in m for m in messages), messages
+    assert any("dequeued data from http_response_headers" in m and '":status","value": "200"' in m for m in messages), messages
 
 
 def test_marker_properties_envoy_can_express_are_route_metadata() -> None:
