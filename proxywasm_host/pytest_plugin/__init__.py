@@ -439,7 +439,7 @@ def _route_metadata(properties: Mapping[Any, Any]) -> tuple[dict[str, dict[str, 
     whose value is the rest as nested mappings) becomes the route's
     ``metadata.filter_metadata``; the module reads it back with ``proxy_get_property`` on
     both backends. Returns (filter_metadata, the keys Envoy cannot express)."""
-    from proxywasm_host.harness.host import _property_key
+    from proxywasm_host.harness.plugin import _property_key
 
     out: dict[str, dict[str, Any]] = {}
     unsupported: list[str] = []
