@@ -26,13 +26,15 @@ def entry(cache: Path) -> Path:
 
 
 def split(path: Path) -> tuple[dict, bytes]:
-    data = path.read_bytes()
-    end = data.index(b"\n", len(MAGIC))
-    return json.loads(data[len(MAGIC) : end]), data[end + 1 :]
+    """The entry's header (its own file) and payload (exactly what wasmtime serialized)."""
+    head = ModuleCache.header_path(path).read_bytes()
+    assert head.startswith(MAGIC)
+    return json.loads(head[len(MAGIC) :]), path.read_bytes()
 
 
 def join(path: Path, header: dict, payload: bytes) -> None:
-    path.write_bytes(MAGIC + json.dumps(header, sort_keys=True).encode() + b"\n" + payload)
+    ModuleCache.header_path(path).write_bytes(MAGIC + json.dumps(header, sort_keys=True).encode() + b"\n")
+    path.write_bytes(payload)
 
 
 def works(module: CompiledModule) -> None:
@@ -50,6 +52,7 @@ def test_miss_then_hit(tmp_path: Path) -> None:
     assert header["module_sha256"] == first.sha256
     assert header["engine"] == ENGINE_SETTINGS and header["wasmtime"] == cache_mod.wasmtime_version()
     assert header["payload_len"] == len(payload)
+    assert payload == bytes(first.module.serialize())  # as wasmtime wrote it: it maps the file
     second = load(tmp_path)
     assert second.cache_status == "hit"
     assert second.abi_version == first.abi_version and second.allocator == first.allocator
@@ -63,6 +66,7 @@ def test_miss_then_hit(tmp_path: Path) -> None:
         ("flip", "payload checksum mismatch"),
         ("truncate", "payload is"),
         ("garbage", "bad magic"),
+        ("no_payload", "payload missing"),
         ("wasmtime", "wasmtime differs"),
         ("engine", "engine differs"),
         ("module", "module hash differs"),
@@ -79,7 +83,9 @@ def test_stale_or_corrupt_entries_are_rejected_and_rebuilt(tmp_path: Path, damag
     elif damage == "truncate":
         path.write_bytes(path.read_bytes()[:-1000])
     elif damage == "garbage":
-        path.write_bytes(b"\x7fELF not a cache entry")
+        ModuleCache.header_path(path).write_bytes(b"\x7fELF not a cache entry")
+    elif damage == "no_payload":
+        path.unlink()
     elif damage in ("wasmtime", "engine", "module"):
         key = {"wasmtime": "wasmtime", "engine": "engine", "module": "module_sha256"}[damage]
         header[key] = "0.0.0" if damage != "engine" else {"epoch_interruption": False}
