@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from proxywasm_host.core.callouts import GrpcCall, HttpCallout
 from proxywasm_host.core.context import RootContext
@@ -18,11 +18,12 @@ from proxywasm_host.core.text import header_pairs_for_map as _pairs_for_map
 from proxywasm_host.core.types import LogLevel, MetricType
 from proxywasm_host.core.vm import Vm
 from proxywasm_host.errors import FilterTrap, HarnessUsageError
-from proxywasm_host.harness.stream import HttpStream
+from proxywasm_host.harness.stream import HttpStream, downstream_response, snapshot, upstream_request
 from proxywasm_host.http.scenario import (
     ExchangeResult,
     HttpRequest,
     HttpResponse,
+    Later,
     LocalReply,
     LogRecord,
 )
@@ -325,20 +326,30 @@ class Plugin:
             if e.root_id == root_id or e.root_id == 0
         ] if len(host_logs) > log_mark else []
         local = context.local_response
-        down = stream.downstream_response
+        # Both sides as they are now (immutable snapshots), decoded when first read; an
+        # HTTP/1.1 client gets no response trailers (prof.apply_result's rule, applied here
+        # so that it does not decode the response to look at them).
+        d = context.request
+        headers_now = d.forwarded_headers
+        upstream = None if headers_now is None else Later(
+            upstream_request, headers_now, bytes(d.forwarded_body), snapshot(d.forwarded_trailers))
+        d = context.response
+        headers_now = d.forwarded_headers
+        down_body = bytes(d.forwarded_body)
+        downstream = None if headers_now is None else Later(
+            downstream_response, headers_now, down_body,
+            None if prof.drops_response_trailers else snapshot(d.forwarded_trailers))
         # A local reply's body is what the client got (a gRPC request gets none: the text
         # travels in grpc-message), as the Envoy backend reports it.
-        local_body = b"" if local is None else (local.body if down is None else down.body)
-        return prof.apply_result(
-            ExchangeResult(
-                self.abi_version,
-                stream.upstream_request,
-                down,
-                None
-                if local is None
-                else LocalReply(local.status_code, local_body, list(local.headers), local.details, local.grpc_status),
-                logs,
-            )
+        local_body = b"" if local is None else (local.body if headers_now is None else down_body)
+        return ExchangeResult(
+            self.vm.abi_version._value_,
+            cast(Any, upstream),
+            cast(Any, downstream),
+            None
+            if local is None
+            else LocalReply(local.status_code, local_body, list(local.headers), local.details, local.grpc_status),
+            logs,
         )
 
     def _wait(self, stream: HttpStream, wait_ms: float, held: Callable[[], bool]) -> None:

@@ -167,25 +167,38 @@ class HttpStream:
     def upstream_request(self) -> UpstreamRequest | None:
         """What reached the upstream: None while (or because) the filter held or answered it."""
         d = self.context.request
-        forwarded = d.forwarded_headers
-        if forwarded is None:
-            return None
-        trailers = d.forwarded_trailers.items() if d.forwarded_trailers is not None else None
-        return UpstreamRequest(forwarded.items(), bytes(d.forwarded_body), trailers)
+        return upstream_request(d.forwarded_headers, bytes(d.forwarded_body), d.forwarded_trailers)
 
     @property
     def downstream_response(self) -> DownstreamResponse | None:
         """What the client received: None until the response headers got through the filter."""
         d = self.context.response
-        forwarded = d.forwarded_headers
-        if forwarded is None:
-            return None
-        status = None
-        headers = []
-        for k, v in forwarded.items():  # one pass: the first :status, every other entry
-            if k != ":status":
-                headers.append((k, v))
-            elif status is None:
-                status = v
-        trailers = d.forwarded_trailers.items() if d.forwarded_trailers is not None else None
-        return DownstreamResponse(int(status or 0), headers, bytes(d.forwarded_body), trailers)
+        return downstream_response(d.forwarded_headers, bytes(d.forwarded_body), d.forwarded_trailers)
+
+
+def snapshot(headers: HeaderMap | None) -> HeaderMap | None:
+    """A copy that later changes to ``headers`` do not reach (it shares the immutable entries)."""
+    return None if headers is None else headers.copy()
+
+
+def upstream_request(headers: HeaderMap | None, body: bytes, trailers: HeaderMap | None) -> UpstreamRequest | None:
+    """What reached the upstream, from the request direction's forwarded headers, body, trailers."""
+    if headers is None:
+        return None
+    return UpstreamRequest(headers.items(), body, None if trailers is None else trailers.items())
+
+
+def downstream_response(
+    headers: HeaderMap | None, body: bytes, trailers: HeaderMap | None
+) -> DownstreamResponse | None:
+    """What the client received, from the response direction's forwarded headers, body, trailers."""
+    if headers is None:
+        return None
+    status = None
+    pairs = []
+    for k, v in headers.items():  # one pass: the first :status, every other entry
+        if k != ":status":
+            pairs.append((k, v))
+        elif status is None:
+            status = v
+    return DownstreamResponse(int(status or 0), pairs, body, None if trailers is None else trailers.items())

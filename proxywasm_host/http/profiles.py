@@ -92,7 +92,7 @@ import dataclasses
 import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Union
+from typing import Any, Union
 
 from proxywasm_host.http.scenario import (
     ExchangeResult,
@@ -336,7 +336,26 @@ def _plain(pairs: object) -> bool:
     )
 
 
-def _remember(memo: dict[HttpRequest | HttpResponse, Events], key: HttpRequest | HttpResponse,
+def _recall(memo: dict[Any, Any], key: HttpRequest | HttpResponse) -> Events | None:
+    """The remembered events of ``key``: by identity first (the same object again: no hash of
+    its headers to compute), else by value."""
+    entry = memo.get(id(key))
+    if entry is not None and entry[0] is key:
+        events: Events = entry[1]
+        return events
+    try:
+        found: Events | None = memo.get(key)
+    except TypeError:  # something unhashable in it (a list): not remembered
+        return None
+    if found is not None:
+        if len(memo) >= _MEMO_MAX:
+            memo.clear()
+            memo[key] = found
+        memo[id(key)] = (key, found)  # (holds key: its id is not reused while here)
+    return found
+
+
+def _remember(memo: dict[Any, Any], key: HttpRequest | HttpResponse,
               headers: Pairs, chunks: tuple[bytes, ...], trailers: tuple[tuple[str, str], ...] | None) -> None:
     """Keep the events of ``key`` when it holds only exact str/bytes values: then an equal key
     (a lookup matches by ==) always has the same events (True == 1, but "True" != "1")."""
@@ -349,7 +368,9 @@ def _remember(memo: dict[HttpRequest | HttpResponse, Events], key: HttpRequest |
         return
     if len(memo) >= _MEMO_MAX:
         memo.clear()
-    memo[key] = (tuple(headers), chunks, trailers)
+    events = (tuple(headers), chunks, trailers)
+    memo[key] = events
+    memo[id(key)] = (key, events)
 
 
 @dataclass(frozen=True)
@@ -425,10 +446,7 @@ class StreamProfile:
         if protocol == "auto":
             return self.resolve(request).request_events(request)
         memo = self._memo
-        try:
-            hit = memo.get(request)
-        except TypeError:  # something unhashable in it (a list): not remembered
-            hit = None
+        hit = _recall(memo, request)
         if hit is not None:
             return list(hit[0]), hit[1], hit[2]
         headers = envoy_request_headers(request.headers, protocol=protocol, request_id=self.request_id)
@@ -442,10 +460,7 @@ class StreamProfile:
         if self.protocol is None:
             return response.headers, response.body_chunks, response.trailers
         memo = self._memo
-        try:
-            hit = memo.get(response)
-        except TypeError:
-            hit = None
+        hit = _recall(memo, response)
         if hit is not None:
             return list(hit[0]), hit[1], hit[2]
         status = response.status
@@ -462,7 +477,7 @@ class StreamProfile:
         return headers, chunks, trailers
 
     @functools.cached_property
-    def _memo(self) -> dict[HttpRequest | HttpResponse, Events]:
+    def _memo(self) -> dict[Any, Any]:
         """The events of the requests and responses seen last (an exchange run again and again
         with the same request: a parametrized test, a benchmark, a fuzzer's corpus)."""
         return {}
@@ -475,10 +490,17 @@ class StreamProfile:
         """After the filter: an HTTP/1.1 client gets no response trailers (Envoy's
         HTTP/1 codec drops them, though ``on_response_trailers`` ran).  Call it on the
         resolved profile (:meth:`resolve`); ``auto`` itself leaves the result alone."""
+        if not self.drops_response_trailers:
+            return result
         down = result.downstream_response
-        if self.protocol == HTTP1 and down is not None and down.trailers is not None:
+        if down is not None and down.trailers is not None:
             result = dataclasses.replace(result, downstream_response=dataclasses.replace(down, trailers=None))
         return result
+
+    @property
+    def drops_response_trailers(self) -> bool:
+        """An HTTP/1.1 client never gets response trailers (see :meth:`apply_result`)."""
+        return self.protocol == HTTP1
 
     def with_request_id(self, request_id: str) -> StreamProfile:
         return dataclasses.replace(self, request_id=request_id)

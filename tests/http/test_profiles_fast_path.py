@@ -231,3 +231,45 @@ def test_exchange_delivers_what_the_applied_profile_says(
         result.downstream_response
         == prof.apply_result(type(result)(result.abi_version, manual.upstream_request, manual.downstream_response)).downstream_response
     )
+
+
+def test_remembered_events_stay_bounded() -> None:
+    from proxywasm_host.http import profiles
+
+    profile = profiles.StreamProfile("bounded", profiles.HTTP1)
+    for i in range(3 * profiles._MEMO_MAX):
+        profile.request_events(HttpRequest(((":path", f"/{i}"),)))  # all different
+        profile.request_events(HttpRequest(((":path", "/same"),)))  # equal, a new object each time
+    assert len(profile._memo) <= profiles._MEMO_MAX + 2
+    assert list(profile.request_events(HttpRequest(((":path", "/same"),)))[0])[1] == (":path", "/same")
+
+
+def test_exchange_result_sides_are_snapshots_made_when_read() -> None:
+    import dataclasses
+    import pickle
+
+    from proxywasm_host.http.scenario import ExchangeResult
+
+    plugin = _plugin()
+    request = HttpRequest(((":authority", "a"), (":method", "POST")), (b"abc",), (("x-t", "1"),))
+    response = HttpResponse(200, (("x-r", "1"),), (b"de",), (("grpc-status", "0"),))
+    result = plugin.exchange(request, response, profile="envoy-http2")
+    stream = plugin.streams[-1]
+    expected_up, expected_down = stream.upstream_request, stream.downstream_response
+    assert "_upstream_request" in vars(result)  # not read yet
+    # what happens to the stream afterwards does not change the result
+    stream.take_request_body()
+    stream.context.response.forwarded_body.clear()
+    assert result.upstream_request == expected_up and result.upstream_request.body == b"abc"
+    assert result.downstream_response == expected_down and result.downstream_response.body == b"de"
+    assert result.downstream_response.trailers == [("grpc-status", "0")]
+    plain = ExchangeResult(result.abi_version, expected_up, expected_down, result.local_reply, result.logs)
+    assert result == plain and plain == result and repr(result) == repr(plain)
+    fresh = plugin.exchange(request, response, profile="envoy-http2")
+    again = pickle.loads(pickle.dumps(fresh))
+    assert (again.upstream_request, again.downstream_response) == (expected_up, expected_down)
+    assert dataclasses.replace(plugin.exchange(request, response, profile="envoy-http2"), logs=[]).downstream_response == expected_down
+    # an HTTP/1.1 client gets no response trailers (apply_result's rule), read or not
+    http1 = plugin.exchange(request, response, profile="envoy-http1")
+    assert http1.downstream_response is not None and http1.downstream_response.trailers is None
+    assert get_profile("envoy-http1").apply_result(http1) == http1
