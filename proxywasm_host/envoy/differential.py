@@ -36,14 +36,11 @@ context ids, shared data and queue state evolve the same way on both.
 from __future__ import annotations
 
 import dataclasses
-import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from proxywasm_host.core.headers import compare_header_lists, one_or_all
 from proxywasm_host.envoy import (
     EnvoyError,
     EnvoyRunner,
@@ -54,17 +51,34 @@ from proxywasm_host.envoy import (
     parse_envoy_log,
     trace_lines,
 )
+from proxywasm_host.envoy.diffing import (
+    _DOWN_DROP,
+    _UP_DROP,
+    IGNORED_HEADERS,
+    DiffReport,
+    IgnoredHeader,
+    _compile,
+    _diff_callouts,
+    _diff_headers,
+    _diff_logs,
+    _diff_traces,
+    _diff_value,
+    _has_header,
+    _local,
+    _mask_headers,
+    _mask_text,
+)
+from proxywasm_host.envoy.traces import CallbackTrace, _CallRecorder, envoy_callback_trace, inprocess_callback_trace
 from proxywasm_host.http.profiles import StreamProfile, get_profile
 from proxywasm_host.http.scenario import (
     ExchangeResult,
     HttpRequest,
     HttpResponse,
-    LocalReply,
     PluginSpec,
     Scenario,
     UpstreamRequest,
 )
-from proxywasm_host.net.upstream import ReceivedRequest, UpstreamServer
+from proxywasm_host.net.upstream import UpstreamServer
 
 __all__ = [
     "CallbackTrace",
@@ -77,205 +91,6 @@ __all__ = [
     "exchange_with_profile",
     "inprocess_callback_trace",
 ]
-
-
-@dataclass(frozen=True)
-class IgnoredHeader:
-    name: str
-    where: str  # "upstream request", "downstream response", "callout request"
-    treatment: str  # "dropped" | "value masked" | "dropped when only Envoy has it"
-    reason: str
-
-
-#: Headers the comparison does not hold against the host, and why.  Everything
-#: else -- names, values, order, duplicates -- must be identical.
-IGNORED_HEADERS: tuple[IgnoredHeader, ...] = (
-    IgnoredHeader(
-        "x-envoy-expected-rq-timeout-ms", "upstream request", "dropped",
-        "added by the router after the filters (the route's 15 s timeout); the filter never sees it",
-    ),
-    IgnoredHeader(
-        "x-request-id", "upstream request, logs", "value masked",
-        "Envoy appends a random UUID4 before the filters when the client sent none; the profile "
-        "appends a fixed one. Presence and position are compared, the value only when the client sent it",
-    ),
-    IgnoredHeader(
-        "transfer-encoding", "upstream request, downstream response", "dropped",
-        "framing chosen by Envoy's HTTP/1 codec when it encodes (chunked when there is no "
-        "content-length), after the filters",
-    ),
-    IgnoredHeader(
-        "date", "downstream response", "dropped",
-        "added after the filters when the upstream sent none; its value is the wall-clock time",
-    ),
-    IgnoredHeader(
-        "server", "downstream response", "dropped",
-        "overwritten with 'envoy' after the filters (the HCM's server_name)",
-    ),
-    IgnoredHeader(
-        "x-envoy-upstream-service-time", "downstream response, logs", "value masked",
-        "added by the router before the response filters (the profile adds it too, so presence and "
-        "position are compared); its value is the upstream's latency in ms",
-    ),
-    IgnoredHeader(
-        "connection", "downstream response", "dropped",
-        "HTTP/1 connection management after the filters: 'connection: close' when a local reply "
-        "leaves the request body unread",
-    ),
-    IgnoredHeader(
-        "content-length", "downstream response", "dropped when only Envoy has it and it equals the body size",
-        "Envoy's HTTP/1 codec adds 'content-length: 0' to a response whose headers end the stream "
-        "(e.g. the 503 of a failed VM), after the filters",
-    ),
-    IgnoredHeader(
-        "x-envoy-internal, x-envoy-expected-rq-timeout-ms, x-forwarded-proto, x-request-id, "
-        "content-length, transfer-encoding, user-agent, accept-encoding",
-        "callout request", "dropped",
-        "added by the client that sends the callout (Envoy's async HTTP client: x-envoy-internal: true "
-        "and the call's timeout; the host's http.client forwarder: framing), not by the filter. The "
-        "filter's method, path, host (its :authority), other headers and body are compared",
-    ),
-)
-
-_UP_DROP = {"x-envoy-expected-rq-timeout-ms", "transfer-encoding"}
-_DOWN_DROP = {"date", "server", "transfer-encoding", "connection"}
-_CALLOUT_DROP = {
-    ":scheme", "x-forwarded-proto", "x-envoy-expected-rq-timeout-ms", "content-length",
-    "x-envoy-internal", "x-request-id", "user-agent", "accept-encoding", "transfer-encoding",
-}
-_SERVICE_TIME = re.compile(r"(x-envoy-upstream-service-time: ?)\d+")
-_RID = "<x-request-id>"
-_ALLOCATORS = {"malloc", "proxy_on_memory_allocate"}
-_ENTRY_POINTS = {"_initialize", "_start", "main", "__main_void"}
-
-
-# --------------------------------------------------------------------------
-# call sequences
-
-
-@dataclass
-class CallbackTrace:
-    """One callback into the module and the ``proxy_*`` hostcalls it made (by name)."""
-
-    name: str
-    args: tuple[int, ...]
-    hostcalls: list[str] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        calls = ", ".join(self.hostcalls)
-        return f"{self.name}({', '.join(map(str, self.args))}) -> [{calls}]"
-
-
-def _is_callback(name: str) -> bool:
-    return (name.startswith("proxy_on_") and name not in _ALLOCATORS) or name in _ENTRY_POINTS
-
-
-_CALL = re.compile(r"^\[(host->vm|host<-vm|vm->host|vm<-host)\] ([\w.]+)(?:\((.*)\)| return:.*)?$")
-
-
-def _int_args(text: str) -> tuple[int, ...]:
-    out = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            out.append(int(part))
-        except ValueError:
-            out.append(-1)
-    return tuple(out)
-
-
-def envoy_callback_trace(lines: Iterable[str]) -> list[CallbackTrace]:
-    """Callbacks and their hostcalls from Envoy's ``wasm:trace`` records.
-
-    ``[host->vm] proxy_on_x(args)`` opens a callback (allocator calls are not
-    callbacks), ``[host<-vm] proxy_on_x return: ...`` closes it, and every
-    ``[vm->host] env.proxy_y(...)`` belongs to the innermost open callback.
-    A ``Function: ... failed`` record (a trap) closes everything.
-    """
-    out: list[CallbackTrace] = []
-    stack: list[CallbackTrace | None] = []
-    for line in lines:
-        first = line.split("\n", 1)[0]
-        if first.startswith("Function: ") and " failed" in first:
-            stack.clear()
-            continue
-        m = _CALL.match(first)
-        if not m:
-            continue
-        arrow, name, args = m.group(1), m.group(2), m.group(3)
-        if arrow == "host->vm":
-            if _is_callback(name):
-                cb = CallbackTrace(name, _int_args(args or ""))
-                out.append(cb)
-                stack.append(cb)
-            else:
-                stack.append(None)
-        elif arrow == "host<-vm":
-            if stack:
-                stack.pop()
-        elif arrow == "vm->host":
-            call = name.split(".", 1)[1] if name.startswith("env.") else name
-            if not call.startswith("proxy_"):
-                continue  # WASI (the Go runtime's clock reads vary from run to run)
-            owner = next((c for c in reversed(stack) if c is not None), None)
-            if owner is not None:
-                owner.hostcalls.append(call)
-    return out
-
-
-class _CallRecorder:
-    """Records callback entries/exits of in-process VMs against the host's hostcall trace
-    (a :class:`~proxywasm_host.core.vm.CallObserver` given to the Host)."""
-
-    def __init__(self) -> None:
-        self.host: Any = None  # set once the Host it observes exists
-        self.events: list[tuple[str, str, tuple[int, ...], int]] = []
-
-    def enter(self, vm: Any, context: Any, name: str, args: tuple[int, ...]) -> None:
-        if _is_callback(name) and vm.runtime.has_export(name):
-            self.events.append(("enter", name, tuple(args), self._mark()))
-
-    def exit(self, vm: Any, context: Any, name: str) -> None:
-        if _is_callback(name) and vm.runtime.has_export(name):
-            self.events.append(("exit", name, (), self._mark()))
-
-    def _mark(self) -> int:
-        return self.host.hostcall_count if self.host is not None else 0
-
-    def mark(self) -> tuple[int, int]:
-        return len(self.events), self._mark()
-
-    def since(self, mark: tuple[int, int]) -> list[CallbackTrace]:
-        return inprocess_callback_trace(self.events[mark[0] :], self.host.hostcall_trace, mark[1])
-
-
-def inprocess_callback_trace(
-    events: Sequence[tuple[str, str, tuple[int, ...], int]], trace: Sequence[Any], start: int = 0
-) -> list[CallbackTrace]:
-    """Callbacks with their hostcalls, from recorded (enter/exit, name, args, trace index) events."""
-    out: list[CallbackTrace] = []
-    stack: list[CallbackTrace] = []
-    pos = start
-
-    def take(until: int) -> None:
-        nonlocal pos
-        for rec in trace[pos:until]:
-            if rec.name.startswith("proxy_") and stack:
-                stack[-1].hostcalls.append(rec.name)
-        pos = max(pos, until)
-
-    for kind, name, args, index in events:
-        take(index)
-        if kind == "enter":
-            cb = CallbackTrace(name, args)
-            out.append(cb)
-            stack.append(cb)
-        elif stack:
-            stack.pop()
-    take(len(trace))
-    return out
 
 
 def _takes_profile(plugin: Any) -> bool:
@@ -320,149 +135,6 @@ def exchange_with_profile(
         return result
     req, resp = prof.apply(request, response)
     return prof.apply_result(plugin.exchange(req, resp, wait_ms=wait_ms, **extra))
-
-
-def _significant(trace: list[CallbackTrace]) -> list[CallbackTrace]:
-    # A proxy_on_tick that made no proxy_* call did nothing observable; Envoy's
-    # real-time ticks fire whenever they fall due, the virtual clock's only
-    # when the host waits.
-    return [c for c in trace if not (c.name == "proxy_on_tick" and not c.hostcalls)]
-
-
-# --------------------------------------------------------------------------
-# normalisation and diffing
-
-
-def _mask_headers(
-    headers: Sequence[tuple[str, str]] | None,
-    *,
-    drop: set[str],
-    request_ids: set[str],
-    volatile: set[str],
-) -> list[tuple[str, str]] | None:
-    if headers is None:
-        return None
-    out = []
-    for k, v in headers:
-        lk = k.lower()
-        if lk in drop:
-            continue
-        if lk == "x-request-id" and v in request_ids:
-            v = _RID
-        elif lk == "x-envoy-upstream-service-time":
-            v = "<ms>"
-        elif lk in volatile:
-            v = "<volatile>"
-        out.append((k, v))
-    return out
-
-
-def _mask_text(text: str, request_ids: set[str], masks: Sequence[tuple[re.Pattern[str], str]]) -> str:
-    for rid in request_ids:
-        if rid:
-            text = text.replace(rid, _RID)
-    text = _SERVICE_TIME.sub(r"\1<ms>", text)
-    for pattern, repl in masks:
-        text = pattern.sub(repl, text)
-    return text
-
-
-def _fmt(headers: Sequence[tuple[str, str]] | None) -> str:
-    if headers is None:
-        return "None"
-    return "[" + ", ".join(f"{k}: {v}" for k, v in headers) + "]"
-
-
-def _diff_headers(what: str, ours: Sequence[tuple[str, str]] | None, envoy: Sequence[tuple[str, str]] | None) -> list[str]:
-    if ours == envoy:
-        return []
-    if ours is None or envoy is None:
-        return [f"{what}: in-process {_fmt(ours)}, Envoy {_fmt(envoy)}"]
-    missing, only_ours, changed = compare_header_lists(ours, envoy)
-    lines = [f"{what}: missing in-process: {k}: {v}" for k, v in missing]
-    lines += [f"{what}: only in-process: {k}: {v}" for k, v in only_ours]
-    lines += [f"{what}: {name}: in-process {one_or_all(ov)}, Envoy {one_or_all(ev)}" for name, ov, ev in changed]
-    if not lines:
-        lines.append(
-            f"{what}: same headers, different order: in-process {[k for k, _ in ours]}, Envoy {[k for k, _ in envoy]}"
-        )
-    return lines
-
-
-def _diff_value(what: str, ours: Any, envoy: Any) -> list[str]:
-    return [] if ours == envoy else [f"{what}: in-process {ours!r}, Envoy {envoy!r}"]
-
-
-def _diff_logs(what: str, ours: list[tuple[str, str]], envoy: list[tuple[str, str]]) -> list[str]:
-    if ours == envoy:
-        return []
-    import difflib
-
-    lines = [f"{what} differ (- in-process, + Envoy):"]
-    for line in difflib.ndiff([f"[{l}] {m}" for l, m in ours], [f"[{l}] {m}" for l, m in envoy]):
-        if line[:1] in "-+":
-            lines.append("  " + line.replace("\n", "\\n"))
-    return ["\n".join(lines)]
-
-
-def _diff_traces(what: str, ours: list[CallbackTrace], envoy: list[CallbackTrace]) -> list[str]:
-    a = [str(c) for c in _significant(ours)]
-    b = [str(c) for c in _significant(envoy)]
-    if a == b:
-        return []
-    import difflib
-
-    lines = [f"{what} differs (- in-process, + Envoy):"]
-    for line in difflib.ndiff(a, b):
-        if line[:1] in "-+":
-            lines.append("  " + line)
-    return ["\n".join(lines)]
-
-
-# --------------------------------------------------------------------------
-# the report
-
-
-@dataclass
-class DiffReport:
-    """Every difference between the two backends for one scenario."""
-
-    label: str
-    differences: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    inprocess: ExchangeResult | None = None
-    envoy: ExchangeResult | None = None
-    inprocess_trace: list[CallbackTrace] = field(default_factory=list)
-    envoy_trace: list[CallbackTrace] = field(default_factory=list)
-    inprocess_error: str | None = None
-    envoy_error: str | None = None
-    seconds: float = 0.0
-
-    @property
-    def agrees(self) -> bool:
-        return not self.differences
-
-    def __bool__(self) -> bool:  # pragma: no cover - avoid `if report:` surprises
-        return self.agrees
-
-    def __str__(self) -> str:
-        head = f"{self.label}: " + ("in-process and Envoy agree" if self.agrees else f"{len(self.differences)} difference(s)")
-        lines = [head]
-        lines += ["  - " + d.replace("\n", "\n    ") for d in self.differences]
-        lines += ["  note: " + n for n in self.notes]
-        return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------
-# the runner
-
-
-def _compile(masks: Iterable[tuple[str, str]] | None) -> list[tuple[re.Pattern[str], str]]:
-    return [(re.compile(p), r) for p, r in (masks or ())]
-
-
-def _has_header(headers: Iterable[tuple[str, str]], name: str) -> bool:
-    return any(k.lower() == name for k, _ in headers)
 
 
 class DifferentialRunner:
@@ -778,30 +450,6 @@ def _as_h1_upstream(up: UpstreamRequest) -> UpstreamRequest:
         elif not k.startswith(":"):
             headers.append((k, v))
     return UpstreamRequest(headers, up.body, None)
-
-
-def _local(reply: LocalReply | None) -> str:
-    if reply is None:
-        return "none"
-    return f"{reply.status} {reply.details!r}"
-
-
-def _callout_view(req: ReceivedRequest) -> tuple[str, str, list[tuple[str, str]], bytes]:
-    headers = [(k.lower(), v) for k, v in req.headers if k.lower() not in _CALLOUT_DROP and k not in (":method", ":path")]
-    return req.method, req.path, headers, req.body
-
-
-def _diff_callouts(name: str, ours: list[ReceivedRequest], envoy: list[ReceivedRequest]) -> list[str]:
-    if len(ours) != len(envoy):
-        return [f"callouts to {name}: in-process sent {len(ours)}, Envoy {len(envoy)}"]
-    out = []
-    for i, (a, b) in enumerate(zip(ours, envoy)):
-        va, vb = _callout_view(a), _callout_view(b)
-        if va[:2] != vb[:2]:
-            out.append(f"callout {i + 1} to {name}: in-process {va[0]} {va[1]}, Envoy {vb[0]} {vb[1]}")
-        out += _diff_headers(f"callout {i + 1} to {name} headers", va[2], vb[2])
-        out += _diff_value(f"callout {i + 1} to {name} body", va[3], vb[3])
-    return out
 
 
 def compare(
