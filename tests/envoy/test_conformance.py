@@ -395,23 +395,14 @@ TIMING_SENSITIVE: dict[tuple[str, str], str] = {
 
 # Divergences that are bugs of the host, reported and awaiting a fix: the test is
 # marked xfail while they diverge (and passes once they agree).
-_ITEM1 = "issue 12 item 1 (fidelity): a replaced header keeps its place in-process; Envoy removes it and appends it"
 _LOCAL_AFTER_HEADERS = (
     "issue 12 item 7 / divergence D of /work/coord/divergences-corpus.md (fidelity): a local reply from the body "
     "callback after the headers went on: in-process reports the headers as sent upstream, Envoy's upstream got nothing"
 )
-_GRPC_STATUS_ON_HTTP = (
-    "divergence B of /work/coord/divergences-corpus.md (fidelity, item 2's family): a local reply with grpc_status 16 "
-    "to a non-gRPC request carries grpc-status in-process, not in Envoy"
-)
 _COOKIE_LAST = "divergence E of /work/coord/divergences-corpus.md: Envoy forwards cookie last (after x-request-id)"
 HOST_BUGS: dict[tuple[str, str], str] = {
-    # the SDK-example corpus (see /work/coord/divergences-corpus.md)
-    ("go_ex_http_routing-wasip1[canary]", "*"): _ITEM1 + " (:authority goes after :path, :method, :scheme)",
-    ("go_ex_http_headers-wasip1[e2e]", "headers-test-present"): _ITEM1,
-    ("rust_ex_http_auth_random-*", "auth-random-odd-byte"): _ITEM1 + " (Powered-By of the local reply)",
-    ("rust_ex_http_auth_random-*", "auth-random-empty-body"): _ITEM1 + " (Powered-By of the local reply)",
-    ("rust_ex_grpc_auth_random-*", "grpc-gate-not-grpc"): _ITEM1 + " (Powered-By of the local reply)",
+    # the SDK-example corpus (see /work/coord/divergences-corpus.md); its item-1 and grpc-status rows are gone:
+    # fixed on main by the fidelity work, those cells agree now
     ("go_ex_json_validation-wasip1[e2e]", "json-missing-key"): _LOCAL_AFTER_HEADERS,
     ("go_ex_json_validation-wasip1[e2e]", "json-not-json"): _LOCAL_AFTER_HEADERS,
     ("go_ex_http_body-wasip1[echo]", "*"): _LOCAL_AFTER_HEADERS,
@@ -420,9 +411,6 @@ HOST_BUGS: dict[tuple[str, str], str] = {
     ("go_ex_multiple_dispatches-wasip1", "*"): "issue 12 item 7 / divergence C (fidelity): a callout with an empty "
     ":authority goes out without a Host header in-process and the upstream refuses it (4 headers, no body); Envoy "
     "sends it and gets the upstream's 200",
-    ("go_ex_properties-wasip1[route-auth-*]", "props-no-auth-header"): _GRPC_STATUS_ON_HTTP,
-    ("go_ex_properties-wasip1[route-auth-cookie]", "props-authorization"): _GRPC_STATUS_ON_HTTP,
-    ("go_ex_properties-wasip1[route-auth-authorization]", "props-*cookie"): _GRPC_STATUS_ON_HTTP,
     ("go_ex_properties-wasip1[route-auth-cookie]", "props-*cookie"): _COOKIE_LAST,
     ("go_ex_properties-wasip1[no-route-metadata]", "props-h2-cookie"): _COOKIE_LAST,
     # Fixed: exchange() fed the request body after a local reply; callouts answered by a real
