@@ -215,12 +215,20 @@ def test_start_timeout_error_carries_the_log() -> None:
 
     config = render_envoy_config(PluginSpec(wasm=SENDER, configuration=b"http"), listener_port=0, admin_port=0,
                                  upstream_port=1, http2=True)
-    proc = EnvoyProcess(config, startup_timeout=1.0)  # a 2.7 MB Go module takes V8 longer than that
-    try:
-        with pytest.raises(EnvoyError, match="did not become ready in time") as info:
+    error: EnvoyError | None = None
+    # a 2.7 MB Go module usually takes V8 longer than these; a quick machine may still be ready in time
+    for timeout in (1.0, 0.5):
+        proc = EnvoyProcess(config, startup_timeout=timeout)
+        try:
             proc.start()
-    finally:
-        proc.cleanup()
-    log = info.value.log
+        except EnvoyError as exc:
+            error = exc
+            break
+        finally:
+            proc.cleanup()
+    if error is None:
+        pytest.skip("Envoy became ready within 0.5 s here: the start-up timeout path was not reached")
+    assert "did not become ready in time" in str(error)
+    log = error.log
     assert "initializing epoch 0" in log, log[:500]  # the first lines, not only the last 40
-    assert log.count("\n") > 40 and len(log) > len(info.value.log_tail)
+    assert log.count("\n") > 40 and len(log) > len(error.log_tail)
