@@ -375,6 +375,12 @@ GROUPS = _groups() + _corpus_groups()
 # reason.  A "*" in the group id matches any text.  (Values that differ on every run --
 # a time, an ephemeral port -- are masked per group instead: Group.volatile.)
 KNOWN_DIVERGENCES: dict[tuple[str, str], str] = {
+    # Ten callouts in flight at once: Envoy sends them over several upstream connections and
+    # runs proxy_on_http_call_response in the order the answers come back, which varies from
+    # run to run (seen 1 run in 3 at load 2, even when rerun); the host answers in token order.
+    # The cell still runs and agrees on most runs; an order-free comparison of the callouts
+    # (issue 12 item 7's header counts) is left to do.
+    ("probe-*", "callouts-10"): "the order in which Envoy answers ten concurrent callouts is not deterministic",
     ("probe-*", "replace-local-reply-header"): (
         "the Envoy backend cannot read the headers the filter passed to proxy_send_local_response out of the "
         "module's memory: it rebuilds them from the downstream headers, which the filter's on_response_headers "
@@ -391,9 +397,6 @@ KNOWN_DIVERGENCES: dict[tuple[str, str], str] = {
 # (both sides again, in order); a second divergence fails as usual.
 TIMING_SENSITIVE: dict[tuple[str, str], str] = {
     ("pause_until_tick-*", "*"): "request body chunks arriving while the filter waits for a tick",
-    # ten callouts in flight at once: Envoy sends and answers them over several upstream
-    # connections, so the order of their answers (and of the upstream's log) can vary
-    ("probe-*", "callouts-10"): "the order in which ten concurrent callouts are answered",
 }
 
 # Divergences that are bugs of the host, reported and awaiting a fix: the test is
