@@ -19,6 +19,7 @@ from proxywasm_host.core.filter_state import set_envoy_filter_state
 from proxywasm_host.core.headers import HeaderMap
 from proxywasm_host.core.local_reply import local_reply_headers
 from proxywasm_host.core.properties import _navigate
+from proxywasm_host.core.text import to_text as _s
 from proxywasm_host.core.types import BAD_ARGUMENT as _BAD_ARGUMENT
 from proxywasm_host.core.types import NOT_FOUND as _NOT_FOUND
 from proxywasm_host.core.types import OK as _OK
@@ -276,8 +277,8 @@ class HttpContext(Context):
         self._pending_local = LocalResponse(
             status_code=status,
             body=bytes(body),
-            headers=[(k.decode("utf-8", "surrogateescape").lower(), v.decode("utf-8", "surrogateescape")) for k, v in headers],
-            details="_".join(details.decode("utf-8", "surrogateescape").split()),
+            headers=[(_s(k).lower(), _s(v)) for k, v in headers],
+            details="_".join(_s(details).split()),
             grpc_status=grpc_status if 0 <= grpc_status <= 16 else None,
         )
         self.host.deferred.append(self._after_guest_call)

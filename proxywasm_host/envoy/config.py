@@ -27,8 +27,9 @@ def _socket_address(port: int) -> dict[str, Any]:
     return {"socket_address": {"address": "127.0.0.1", "port_value": int(port)}}
 
 
-def wasm_filter_config(plugin: PluginSpec) -> dict[str, Any]:
-    """The ``envoy.filters.http.wasm`` entry of ``http_filters`` for a plugin."""
+def plugin_config(plugin: PluginSpec) -> dict[str, Any]:
+    """Envoy's ``PluginConfig`` for a plugin (its VM, root id, name and configurations): the
+    ``config`` of the HTTP and network wasm filters and of the bootstrap wasm service."""
     vm_config: dict[str, Any] = {
         "runtime": "envoy.wasm.runtime.v8",
         "vm_id": plugin.vm_id,
@@ -43,6 +44,12 @@ def wasm_filter_config(plugin: PluginSpec) -> dict[str, Any]:
     }
     if plugin.configuration:
         config["configuration"] = _string_value(plugin.configuration)
+    return config
+
+
+def wasm_filter_config(plugin: PluginSpec) -> dict[str, Any]:
+    """The ``envoy.filters.http.wasm`` entry of ``http_filters`` for a plugin."""
+    config = plugin_config(plugin)
     return {
         "name": WASM_FILTER,
         "typed_config": {

@@ -10,10 +10,9 @@ from __future__ import annotations
 import http.client
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from proxywasm_host.envoy.config import _string_value, render_envoy_config
+from proxywasm_host.envoy.config import plugin_config, render_envoy_config
 from proxywasm_host.envoy.logs import filter_logs, parse_envoy_log
 from proxywasm_host.envoy.process import EnvoyProcess
 from proxywasm_host.http.scenario import HttpResponse, LogRecord, PluginSpec
@@ -22,16 +21,7 @@ from proxywasm_host.net.upstream import UpstreamServer
 
 def wasm_service_config(plugin: PluginSpec, *, singleton: bool = True) -> dict[str, Any]:
     """The ``bootstrap_extensions`` entry running ``plugin`` as a VM-level service."""
-    vm_config: dict[str, Any] = {
-        "runtime": "envoy.wasm.runtime.v8",
-        "vm_id": plugin.vm_id,
-        "code": {"local": {"filename": str(Path(plugin.wasm).resolve())}},
-    }
-    if plugin.vm_configuration:
-        vm_config["configuration"] = _string_value(plugin.vm_configuration)
-    config: dict[str, Any] = {"name": plugin.name, "root_id": plugin.root_id, "vm_config": vm_config}
-    if plugin.configuration:
-        config["configuration"] = _string_value(plugin.configuration)
+    config = plugin_config(plugin)
     return {
         "name": "envoy.bootstrap.wasm",
         "typed_config": {

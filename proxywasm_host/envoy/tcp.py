@@ -17,10 +17,9 @@ import select
 import socket
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from proxywasm_host.envoy.config import _socket_address, _static_cluster, _string_value
+from proxywasm_host.envoy.config import _socket_address, _static_cluster, plugin_config
 from proxywasm_host.envoy.logs import filter_logs, parse_envoy_log
 from proxywasm_host.envoy.process import EnvoyProcess
 from proxywasm_host.harness.tcp import TcpResult, TcpScenario
@@ -33,16 +32,7 @@ DEFAULT_CLUSTER = "upstream"
 
 def network_wasm_filter_config(plugin: PluginSpec) -> dict[str, Any]:
     """The ``envoy.filters.network.wasm`` entry of a filter chain for a plugin."""
-    vm_config: dict[str, Any] = {
-        "runtime": "envoy.wasm.runtime.v8",
-        "vm_id": plugin.vm_id,
-        "code": {"local": {"filename": str(Path(plugin.wasm).resolve())}},
-    }
-    if plugin.vm_configuration:
-        vm_config["configuration"] = _string_value(plugin.vm_configuration)
-    config: dict[str, Any] = {"name": plugin.name, "root_id": plugin.root_id, "vm_config": vm_config}
-    if plugin.configuration:
-        config["configuration"] = _string_value(plugin.configuration)
+    config = plugin_config(plugin)
     return {
         "name": NETWORK_WASM_FILTER,
         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm", "config": config},
