@@ -12,20 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from proxywasm_host.cli.args import read_text_arg
 from proxywasm_host.errors import FilterFailed, FilterTrap, ModuleLoadError
-
-
-def read_text_arg(value: str | None) -> bytes:
-    """``TEXT`` or ``@FILE`` (as the other commands read --config)."""
-    if value is None:
-        return b""
-    if value.startswith("@"):
-        try:
-            return Path(value[1:]).read_bytes()
-        except OSError as exc:
-            raise SystemExit(f"proxywasm-host: cannot read {value[1:]}: {exc.strerror}") from None
-    return value.encode()
-
 
 #: proxywasm_host.fuzz's defaults, spelled here so that building the parser does not import
 #: Hypothesis (tests/fuzz/test_fuzz.py holds them equal)

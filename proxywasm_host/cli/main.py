@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from proxywasm_host.cli.args import read_text_arg
 from proxywasm_host.errors import (
     FilterFailed,
     FilterTrap,
@@ -60,20 +61,6 @@ def parse_status(text: str) -> int:
     if not 100 <= status <= 599:
         raise argparse.ArgumentTypeError(f"status {status} is outside 100-599")
     return status
-
-
-def read_text_arg(value: str | None) -> bytes:
-    """``TEXT`` or ``@FILE``."""
-    if value is None:
-        return b""
-    if value.startswith("@"):
-        try:
-            return Path(value[1:]).read_bytes()
-        except OSError as exc:
-            # a usage error: exit 2, as documented (SystemExit with a message would exit 1)
-            print(f"proxywasm-host: cannot read {value[1:]}: {exc.strerror}", file=sys.stderr)
-            raise SystemExit(2) from None
-    return value.encode()
 
 
 def request_headers(given: Sequence[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
