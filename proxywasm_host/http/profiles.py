@@ -61,6 +61,12 @@ HTTP/2 only:
   pseudo-headers in its order, then the missing ones of ``:method :scheme
   :authority :path``); ``:scheme`` is the client's (default ``http``);
 * a ``host`` header equal to ``:authority`` is dropped;
+* ``cookie`` headers (an HTTP/2 client may split one into crumbs) become one
+  ``cookie`` header, the values joined with ``"; "``, after the client's other
+  headers and before what the HCM appends (``x-forwarded-proto``,
+  ``x-request-id``): Envoy's HTTP/2 codec collects them while it decodes and
+  adds the joined header last.  An HTTP/1.1 client's ``cookie`` headers stay
+  where they were, each on its own (docs/abi-notes.md §5.4);
 * the last body chunk carries ``end_of_stream`` (no empty event after it),
   unless trailers follow; trailers reach the filter.
 
@@ -201,6 +207,8 @@ def envoy_request_headers(
     body: Pairs = []
     host = xfp = None
     has_request_id = False
+    h2 = proto == HTTP2
+    cookies: list[str] = []
     for name, value in header_list(headers):
         lname = name.lower()
         if name[:1] == ":":
@@ -222,6 +230,9 @@ def envoy_request_headers(
                 xfp = value
         elif lname == "x-request-id":
             has_request_id = True
+        elif lname == "cookie" and h2:
+            cookies.append(value)  # joined and appended after the loop
+            continue
         body.append((lname, value))
     authority = pseudo.get(":authority", host if host is not None else "localhost")
     if proto == HTTP1:
@@ -240,6 +251,8 @@ def envoy_request_headers(
         out += [(k, values[k]) for k in _PSEUDO_DEFAULT_ORDER if k not in pseudo]
         if host is not None:
             body = [(k, v) for k, v in body if not (k == "host" and v == authority)]
+        if cookies:
+            body.append(("cookie", "; ".join(cookies)))
     out += body
     if xfp is None:
         out.append(("x-forwarded-proto", "http"))

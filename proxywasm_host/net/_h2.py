@@ -29,7 +29,13 @@ if TYPE_CHECKING:  # pragma: no cover
 class _H2(_Connection):
     def __init__(self, server: HttpServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         super().__init__(server, reader, writer)
-        config = h2.config.H2Configuration(client_side=False, header_encoding=None, validate_inbound_headers=True)
+        # normalize_inbound_headers=False: h2 would join cookie crumbs and move the one cookie
+        # header to the end of the list, so the raw headers would not be the HEADERS frame as
+        # sent (the test upstream records what Envoy sends; docs/abi-notes.md §5.4). The ASGI
+        # scope gets the crumbs joined (_start_stream).
+        config = h2.config.H2Configuration(
+            client_side=False, header_encoding=None, validate_inbound_headers=True, normalize_inbound_headers=False,
+        )
         self.h2 = h2.connection.H2Connection(config=config)
         self.streams: dict[int, _Stream] = {}
         self.window_open = asyncio.Event()
@@ -120,7 +126,10 @@ class _H2(_Connection):
 
     def _start_stream(self, stream_id: int, headers: list[tuple[bytes, bytes]], *, ended: bool) -> None:
         pseudo = {k: v for k, v in headers if k.startswith(b":")}
-        regular = [(k, v) for k, v in headers if not k.startswith(b":")]
+        regular = [(k, v) for k, v in headers if not k.startswith(b":") and k != b"cookie"]
+        cookies = [v for k, v in headers if k == b"cookie"]
+        if cookies:  # RFC 9113 §8.2.3: crumbs joined for a non-HTTP/2 context (here: the ASGI app)
+            regular.append((b"cookie", b"; ".join(cookies)))
         authority = pseudo.get(b":authority")
         if authority is not None and not any(k == b"host" for k, _ in regular):
             regular = [(b"host", authority), *regular]

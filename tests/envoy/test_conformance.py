@@ -405,7 +405,6 @@ _LOCAL_AFTER_HEADERS = (
     "issue 12 item 7 / divergence D of /work/coord/divergences-corpus.md (fidelity): a local reply from the body "
     "callback after the headers went on: in-process reports the headers as sent upstream, Envoy's upstream got nothing"
 )
-_COOKIE_LAST = "divergence E of /work/coord/divergences-corpus.md: Envoy forwards cookie last (after x-request-id)"
 HOST_BUGS: dict[tuple[str, str], str] = {
     # the SDK-example corpus (see /work/coord/divergences-corpus.md); its item-1 and grpc-status rows are gone:
     # fixed on main by the fidelity work, those cells agree now
@@ -417,8 +416,6 @@ HOST_BUGS: dict[tuple[str, str], str] = {
     ("go_ex_multiple_dispatches-wasip1", "*"): "issue 12 item 7 / divergence C (fidelity): a callout with an empty "
     ":authority goes out without a Host header in-process and the upstream refuses it (4 headers, no body); Envoy "
     "sends it and gets the upstream's 200",
-    ("go_ex_properties-wasip1[route-auth-cookie]", "props-*cookie"): _COOKIE_LAST,
-    ("go_ex_properties-wasip1[no-route-metadata]", "props-h2-cookie"): _COOKIE_LAST,
     # Fixed: exchange() fed the request body after a local reply; callouts answered by a real
     # upstream lacked x-envoy-upstream-service-time; Envoy's built-in foreign functions
     # (compress, uncompress, clear_route_cache) were missing.

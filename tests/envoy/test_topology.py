@@ -100,6 +100,7 @@ def test_route_metadata_and_dynamic_metadata_agree_with_envoy() -> None:
     with DifferentialRunner(PluginSpec(wasm=PROPERTIES), topology=topo) as runner:
         # (the 401 branch diverges on grpc-status: divergence B of /work/coord/divergences-corpus.md)
         report = runner.run(HttpRequest(((":authority", "a"), (":path", "/one"), ("x-cookie-free", "1"), ("cookie", "c"))))
+        assert report.agrees, str(report)
         assert report.envoy is not None and report.envoy.downstream_response is not None
         assert report.envoy.downstream_response.status == 200
         assert ("info", 'auth header is "cookie"') in [(r.level, r.message) for r in report.envoy.logs]

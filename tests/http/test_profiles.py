@@ -109,6 +109,26 @@ def test_http2_keeps_the_clients_pseudo_header_order() -> None:
     ]
 
 
+def test_http2_cookie_crumbs_are_joined_after_the_clients_headers() -> None:
+    """Envoy 1.40 (measured, docs/abi-notes.md §5.4): an HTTP/2 client's cookie headers reach the
+    filter as one, joined with '; ', after its other headers and before x-forwarded-proto /
+    x-request-id; an HTTP/1.1 client's stay where they were, one entry each."""
+    client = [(":authority", "a"), (":path", "/x"), ("cookie", "a=1"), ("x-b", "2"), ("Cookie", "c=3"), ("x-d", "4")]
+    assert envoy_request_headers([(":method", "GET"), (":scheme", "http"), *client], protocol="HTTP/2", request_id="r") == [
+        (":method", "GET"), (":scheme", "http"), (":authority", "a"), (":path", "/x"),
+        ("x-b", "2"), ("x-d", "4"), ("cookie", "a=1; c=3"), ("x-forwarded-proto", "http"), ("x-request-id", "r"),
+    ]
+    assert envoy_request_headers(client, protocol="HTTP/1.1", request_id="r") == [
+        (":authority", "a"), (":path", "/x"), (":method", "GET"), (":scheme", "http"),
+        ("cookie", "a=1"), ("x-b", "2"), ("cookie", "c=3"), ("x-d", "4"), ("x-forwarded-proto", "http"), ("x-request-id", "r"),
+    ]
+    # a client's own x-request-id stays where it was: the cookie goes after it (the codec
+    # appends the joined cookie before the HCM looks at x-request-id)
+    assert envoy_request_headers([("cookie", "a"), ("x-request-id", "mine")], protocol="HTTP/2")[-3:] == [
+        ("x-request-id", "mine"), ("cookie", "a"), ("x-forwarded-proto", "http"),
+    ]
+
+
 @pytest.mark.parametrize(
     "chunks, trailers, h1, h2",
     [

