@@ -42,10 +42,11 @@ class HttpCallout:
 
     def http_request(self) -> tuple[str, str, list[tuple[str, str]]]:
         """(method, path, headers) to send to a real upstream: pseudo-headers become the request
-        line and ``host`` (unless a host header is already there)."""
+        line and ``host`` (unless a host header is already there).  An empty ``:authority`` is
+        an empty ``host``, as Envoy sends it over HTTP/1.1 (docs/abi-notes.md §7.7)."""
         headers = [(k, v) for k, v in self.headers if not k.startswith(":")]
         authority = self.header(":authority")
-        if authority and not any(k == "host" for k, _ in headers):
+        if authority is not None and not any(k == "host" for k, _ in headers):
             headers.insert(0, ("host", authority))
         return self.header(":method") or "GET", self.header(":path") or "/", headers
 

@@ -55,6 +55,7 @@ from proxywasm_host.envoy.diffing import (
     _DOWN_DROP,
     _UP_DROP,
     IGNORED_HEADERS,
+    AnswerRun,
     DiffReport,
     IgnoredHeader,
     _compile,
@@ -67,6 +68,8 @@ from proxywasm_host.envoy.diffing import (
     _local,
     _mask_headers,
     _mask_text,
+    logs_order_free,
+    reordered_answers,
 )
 from proxywasm_host.envoy.traces import CallbackTrace, _CallRecorder, envoy_callback_trace, inprocess_callback_trace
 from proxywasm_host.http.profiles import StreamProfile, get_profile
@@ -379,8 +382,15 @@ class DifferentialRunner:
             client_rid = _has_header(request.headers, "x-request-id")
             ours_ids = set() if client_rid else {prof.request_id}
             envoy_ids = set() if client_rid or not request_id else {str(request_id)}
-            report.differences += self._diff(ours, envoy, ours_ids, envoy_ids)
-            report.differences += _diff_traces("call sequence", ours_trace, envoy_trace)
+            runs = reordered_answers(ours_trace, envoy_trace)
+            if runs:
+                report.notes.append(
+                    f"Envoy answered {sum(map(len, runs))} concurrent callouts in another order than the host: "
+                    "compared order-free (the same tokens; the k-th answer's arguments and calls against the "
+                    "other side's k-th; the lines they logged as a multiset)"
+                )
+            report.differences += self._diff(ours, envoy, ours_ids, envoy_ids, (ours_trace, envoy_trace, runs))
+            report.differences += _diff_traces("call sequence", ours_trace, envoy_trace, runs)
             for name in self.servers:
                 report.differences += _diff_callouts(name, ours_callouts[name], envoy_callouts[name])
         if self.volatile:
@@ -388,7 +398,13 @@ class DifferentialRunner:
         report.seconds = time.monotonic() - started
         return report
 
-    def _diff(self, ours: ExchangeResult, envoy: ExchangeResult, ours_ids: set[str], envoy_ids: set[str]) -> list[str]:
+    def _diff(
+        self, ours: ExchangeResult, envoy: ExchangeResult, ours_ids: set[str], envoy_ids: set[str],
+        answers: tuple[list[CallbackTrace], list[CallbackTrace], list[AnswerRun]] = ([], [], []),
+    ) -> list[str]:
+        """Every difference; ``answers``: both call traces and the callout answers Envoy ran in
+        another order (their logs are compared order-free)."""
+        ours_trace, envoy_trace, runs = answers
         out: list[str] = []
         out += _diff_value("abi version", ours.abi_version, envoy.abi_version)
         # upstream request
@@ -431,8 +447,8 @@ class DifferentialRunner:
         # logs
         out += _diff_logs(
             "logs",
-            self._mask_logs([(r.level, r.message) for r in ours.logs], ours_ids),
-            self._mask_logs([(r.level, r.message) for r in envoy.logs], envoy_ids),
+            logs_order_free(self._mask_logs([(r.level, r.message) for r in ours.logs], ours_ids), ours_trace, runs),
+            logs_order_free(self._mask_logs([(r.level, r.message) for r in envoy.logs], envoy_ids), envoy_trace, runs),
         )
         return out
 

@@ -160,9 +160,92 @@ def _diff_logs(what: str, ours: list[tuple[str, str]], envoy: list[tuple[str, st
     return ["\n".join(lines)]
 
 
-def _diff_traces(what: str, ours: list[CallbackTrace], envoy: list[CallbackTrace]) -> list[str]:
-    a = [str(c) for c in _significant(ours)]
-    b = [str(c) for c in _significant(envoy)]
+# --------------------------------------------------------------------------
+# concurrent callout answers: Envoy runs proxy_on_http_call_response in the order the answers
+# come back (several upstream connections: it varies from run to run); the host answers in
+# token order.  Such a run of answers is compared order-free.
+
+_ANSWER = "proxy_on_http_call_response"
+_TOKEN = 1  # proxy_on_http_call_response(context_id, token, headers, body_size, trailers)
+
+
+@dataclass(frozen=True)
+class AnswerRun:
+    """Callbacks ``start:end`` of both significant traces: consecutive answers to the same
+    callouts (the same tokens), in another order on each side."""
+
+    start: int
+    end: int
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+
+def _runs(trace: Sequence[CallbackTrace]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    i = 0
+    while i < len(trace):
+        j = i
+        while j < len(trace) and trace[j].name == _ANSWER and len(trace[j].args) > _TOKEN:
+            j += 1
+        if j - i >= 2:
+            out.append((i, j))
+        i = max(j, i + 1)
+    return out
+
+
+def reordered_answers(ours: list[CallbackTrace], envoy: list[CallbackTrace]) -> list[AnswerRun]:
+    """The runs of callout answers that both traces (their compared callbacks) have at the same
+    place, for the same tokens, in a different order."""
+    ours, envoy = _significant(ours), _significant(envoy)
+    found = []
+    envoy_runs = set(_runs(envoy))
+    for start, end in _runs(ours):
+        if (start, end) not in envoy_runs:
+            continue
+        a = [c.args[_TOKEN] for c in ours[start:end]]
+        b = [c.args[_TOKEN] for c in envoy[start:end]]
+        if a != b and sorted(a) == sorted(b):
+            found.append(AnswerRun(start, end))
+    return found
+
+
+def _in_answer_order(trace: Sequence[CallbackTrace], runs: Sequence[AnswerRun]) -> list[str]:
+    """The trace as text, each reordered answer without its token: the k-th answer's arguments
+    and calls are compared with the other side's k-th (the tokens are the same set)."""
+    out = [str(c) for c in trace]
+    for run in runs:
+        for i in range(run.start, run.end):
+            c = trace[i]
+            args = ["<token>" if n == _TOKEN else str(a) for n, a in enumerate(c.args)]
+            out[i] = f"{c.name}({', '.join(args)}) -> [{', '.join(c.hostcalls)}]"
+    return out
+
+
+def logs_order_free(
+    logs: list[tuple[str, str]], trace: list[CallbackTrace], runs: Sequence[AnswerRun]
+) -> list[tuple[str, str]]:
+    """``logs`` with the lines the reordered answers wrote sorted (a multiset), the others in
+    place.  Which lines those are is counted from the ``proxy_log`` calls of each callback; when
+    the count does not match the logs (some came from elsewhere), the logs stay as they are."""
+    if not runs:
+        return logs
+    counts = [c.hostcalls.count("proxy_log") for c in _significant(trace)]
+    if sum(counts) != len(logs):
+        return logs
+    out = list(logs)
+    for run in runs:
+        first = sum(counts[: run.start])
+        last = first + sum(counts[run.start : run.end])
+        out[first:last] = sorted(out[first:last])
+    return out
+
+
+def _diff_traces(
+    what: str, ours: list[CallbackTrace], envoy: list[CallbackTrace], runs: Sequence[AnswerRun] = ()
+) -> list[str]:
+    a = _in_answer_order(_significant(ours), runs)
+    b = _in_answer_order(_significant(envoy), runs)
     if a == b:
         return []
     import difflib
@@ -234,6 +317,11 @@ def _callout_view(req: ReceivedRequest) -> tuple[str, str, list[tuple[str, str]]
 def _diff_callouts(name: str, ours: list[ReceivedRequest], envoy: list[ReceivedRequest]) -> list[str]:
     if len(ours) != len(envoy):
         return [f"callouts to {name}: in-process sent {len(ours)}, Envoy {len(envoy)}"]
+    if len(ours) > 1:
+        # Callouts in flight together reach the upstream over several connections: the
+        # arrival order is not the order of dispatch.  The same requests in another order agree.
+        if sorted(map(repr, map(_callout_view, ours))) == sorted(map(repr, map(_callout_view, envoy))):
+            return []
     out = []
     for i, (a, b) in enumerate(zip(ours, envoy)):
         va, vb = _callout_view(a), _callout_view(b)

@@ -375,12 +375,8 @@ GROUPS = _groups() + _corpus_groups()
 # reason.  A "*" in the group id matches any text.  (Values that differ on every run --
 # a time, an ephemeral port -- are masked per group instead: Group.volatile.)
 KNOWN_DIVERGENCES: dict[tuple[str, str], str] = {
-    # Ten callouts in flight at once: Envoy sends them over several upstream connections and
-    # runs proxy_on_http_call_response in the order the answers come back, which varies from
-    # run to run (seen 1 run in 3 at load 2, even when rerun); the host answers in token order.
-    # The cell still runs and agrees on most runs; an order-free comparison of the callouts
-    # (issue 12 item 7's header counts) is left to do.
-    ("probe-*", "callouts-10"): "the order in which Envoy answers ten concurrent callouts is not deterministic",
+    # (Ten callouts in flight at once, answered by Envoy in the order they come back -- it varies
+    # from run to run -- are compared order-free by the differential runner: diffing.reordered_answers.)
     ("probe-*", "replace-local-reply-header"): (
         "the Envoy backend cannot read the headers the filter passed to proxy_send_local_response out of the "
         "module's memory: it rebuilds them from the downstream headers, which the filter's on_response_headers "
@@ -413,9 +409,6 @@ HOST_BUGS: dict[tuple[str, str], str] = {
     ("go_ex_http_body-wasip1[echo]", "*"): _LOCAL_AFTER_HEADERS,
     ("go_ex_http_body_chunk-wasip1", "chunk-pattern-*"): _LOCAL_AFTER_HEADERS,
     ("go_ex_http_body_chunk-wasip1", "chunk-h2-pattern-*"): _LOCAL_AFTER_HEADERS,
-    ("go_ex_multiple_dispatches-wasip1", "*"): "issue 12 item 7 / divergence C (fidelity): a callout with an empty "
-    ":authority goes out without a Host header in-process and the upstream refuses it (4 headers, no body); Envoy "
-    "sends it and gets the upstream's 200",
     # Fixed: exchange() fed the request body after a local reply; callouts answered by a real
     # upstream lacked x-envoy-upstream-service-time; Envoy's built-in foreign functions
     # (compress, uncompress, clear_route_cache) were missing.

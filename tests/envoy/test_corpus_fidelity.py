@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 from conftest import fixture_wasm
 
-from proxywasm_host.envoy import find_envoy
+from proxywasm_host.envoy import EnvoyRunner, find_envoy
 from proxywasm_host.envoy.differential import DifferentialRunner
-from proxywasm_host.http.scenario import HttpRequest, PluginSpec
+from proxywasm_host.http.scenario import HttpRequest, HttpResponse, PluginSpec
 
 pytestmark = [
     pytest.mark.envoy,
@@ -40,3 +40,23 @@ def test_cookies_reach_the_filter_and_the_upstream_where_envoy_puts_them(upstrea
     regular = [(k, v) for k, v in h2.envoy.upstream_request.headers if not k.startswith(":") and k != "host"]
     assert [k for k, _ in regular][:5] == ["x-b", "x-d", "cookie", "x-forwarded-proto", "x-request-id"]
     assert ("cookie", "a=1; c=3") in regular
+
+
+def test_a_callout_with_an_empty_authority_goes_out_with_an_empty_host() -> None:
+    """The Go SDK example multiple_dispatches dispatches ten callouts with ``:authority ""``.
+    Envoy sends each over HTTP/1.1 with ``host:`` empty (captured at the upstream) and the
+    filter gets the upstream's 200; the in-process host does the same
+    (tests/harness/test_envoy_fidelity.py, conformance group go_ex_multiple_dispatches)."""
+    ok = HttpResponse(200, (), (b"ok",))
+    with EnvoyRunner(PluginSpec(wasm=fixture_wasm("go_ex_multiple_dispatches-wasip1")), clusters={"httpbin": ok},
+                     startup_timeout=60) as runner:
+        ex = runner.exchange(HttpRequest((A, (":path", "/"))), ok)
+        callouts = runner.cluster_servers["httpbin"].requests
+    assert len(callouts) == 10
+    for req in callouts:
+        assert req.http_version == "1.1"
+        assert [(k, v) for k, v in req.headers if k == "host"] == [("host", "")], req.headers
+    answers = [t for t in ex.trace if t.startswith("[host->vm] proxy_on_http_call_response(")]
+    assert len(answers) == 10 and all(t.endswith(", 3, 2, 0)") for t in answers), answers
+    assert ex.result.downstream_response is not None
+    assert ("total-dispatched", "10") in ex.result.downstream_response.headers

@@ -20,7 +20,9 @@ from proxywasm_host.envoy.differential import (
     envoy_callback_trace,
     inprocess_callback_trace,
 )
+from proxywasm_host.envoy.diffing import _diff_callouts, _diff_traces, logs_order_free, reordered_answers
 from proxywasm_host.http.scenario import HttpRequest, HttpResponse, PluginSpec, Scenario
+from proxywasm_host.net.upstream import ReceivedRequest
 
 ENVOY = find_envoy()
 needs_envoy = pytest.mark.skipif(
@@ -75,6 +77,45 @@ def test_inprocess_trace_attributes_hostcalls_to_the_innermost_callback() -> Non
         CallbackTrace("proxy_on_tick", (1,), ["proxy_log", "proxy_log"]),
         CallbackTrace("proxy_on_request_body", (2, 0, 1), ["proxy_continue_stream"]),
     ]
+
+
+def _answers(*tokens_and_calls: tuple[int, list[str]]) -> list[CallbackTrace]:
+    return [CallbackTrace("proxy_on_http_call_response", (1, token, 3, 2, 0), calls) for token, calls in tokens_and_calls]
+
+
+def test_callout_answers_in_another_order_are_compared_order_free() -> None:
+    """Envoy runs proxy_on_http_call_response in the order the answers come back; the host in
+    token order. The same tokens in another order agree when the k-th answer does on both sides
+    what the other's k-th does; the lines they logged are compared as a multiset."""
+    head = [CallbackTrace("proxy_on_request_headers", (2, 7, 1), ["proxy_http_call", "proxy_http_call"])]
+    log, resume = ["proxy_log"], ["proxy_log", "proxy_continue_stream"]
+    ours = head + _answers((4, log), (8, log), (12, resume))
+    envoy = head + _answers((12, log), (4, log), (8, resume))
+    runs = reordered_answers(ours, envoy)
+    assert [(r.start, r.end) for r in runs] == [(1, 4)]
+    assert _diff_traces("calls", ours, envoy, runs) == []
+    assert _diff_traces("calls", ours, envoy)  # without the runs: the tokens differ position by position
+    # the k-th answer's calls still count: Envoy resuming from its 2nd answer is a difference
+    assert _diff_traces("calls", ours, head + _answers((12, log), (4, resume), (8, log)), runs)
+    # other tokens, or the same order: nothing to reorder
+    assert reordered_answers(ours, head + _answers((12, log), (4, log), (16, resume))) == []
+    assert reordered_answers(ours, ours) == []
+    # logs: the answers' lines as a multiset, the others in place
+    logs = [("info", "start"), ("info", "callout 4"), ("info", "callout 8"), ("info", "callout 12")]
+    theirs = [("info", "start"), ("info", "callout 12"), ("info", "callout 4"), ("info", "callout 8")]
+    head[0].hostcalls.append("proxy_log")
+    assert logs_order_free(logs, ours, runs) == logs_order_free(theirs, envoy, runs)
+    assert logs_order_free(logs, ours, runs)[0] == ("info", "start")
+    # a log count that does not match the proxy_log calls: no reordering
+    assert logs_order_free(theirs[1:], envoy, runs) == theirs[1:]
+
+
+def test_concurrent_callouts_reaching_the_upstream_in_another_order_agree() -> None:
+    def req(path: str) -> ReceivedRequest:
+        return ReceivedRequest("1.1", "GET", path, [(":method", "GET"), (":path", path), ("host", "a")])
+
+    assert _diff_callouts("c", [req("/0"), req("/1")], [req("/1"), req("/0")]) == []
+    assert _diff_callouts("c", [req("/0"), req("/1")], [req("/1"), req("/1")])
 
 
 def test_ignored_headers_each_have_a_reason() -> None:

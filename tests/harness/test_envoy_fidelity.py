@@ -291,3 +291,20 @@ def test_grpc_call_to_an_http_cluster_url_is_a_usage_error() -> None:
     plugin = host.load_plugin(fixture_wasm(f"probe-{RUST_TARGETS[0]}"))
     with pytest.raises(Exception, match="grpc://host:port"):
         plugin.http_stream().send_request_headers([A, (":path", "/"), ("x-probe", "grpc")], end_of_stream=True)
+
+
+# -- corpus divergence C: a callout with an empty :authority -----------------------------------
+def test_callout_with_an_empty_authority_carries_an_empty_host() -> None:
+    """Envoy 1.40 sends such a callout over HTTP/1.1 with ``host:`` empty and the upstream answers
+    it (measured, docs/abi-notes.md §7.7); the host used to send no Host at all, which an HTTP/1.1
+    server refuses (the Go SDK example multiple_dispatches then saw 400s)."""
+    from proxywasm_host.net.upstream import UpstreamServer
+
+    with UpstreamServer(HttpResponse(200, (), (b"ok",))) as upstream:
+        plugin = Host(clusters={"httpbin": upstream.url}).load_plugin(fixture_wasm("go_ex_multiple_dispatches-wasip1"))
+        result = plugin.exchange(HttpRequest((A, (":path", "/"))), HttpResponse(200, (), (b"hi",)))
+        assert len(upstream.requests) == 10
+        assert all(r.header("host") == "" for r in upstream.requests), upstream.requests[0].headers
+    assert result.downstream_response is not None
+    assert ("total-dispatched", "10") in result.downstream_response.headers
+    assert [r.message for r in result.logs][-1] == "response resumed after processed 10 dispatched request"
