@@ -21,6 +21,7 @@ import atexit
 import hashlib
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -44,6 +45,7 @@ from proxywasm_host.errors import ModuleLoadError
 from proxywasm_host.runtime import _capi
 from proxywasm_host.runtime.cache import (
     CacheDirArg,
+    CacheResult,
     ModuleCache,
     resolve_cache_dir,
 )
@@ -90,7 +92,10 @@ def _release_at_exit() -> None:
 
 
 def disk_cache(cache_dir: CacheDirArg = None) -> ModuleCache | None:
-    """The on-disk module cache for ``cache_dir`` (None: the default directory; False: off)."""
+    """The on-disk module cache for ``cache_dir`` (None: the default directory; False: off;
+    a :class:`ModuleCache`: that one)."""
+    if isinstance(cache_dir, ModuleCache):
+        return cache_dir
     directory = resolve_cache_dir(cache_dir)
     if directory is None:
         return None
@@ -144,15 +149,23 @@ def describe(module: wasmtime.Module) -> dict[str, list[list[Any]]]:
 
 
 def _compile(
-    wasm: bytes, sha256: str, origin: str, cache_dir: CacheDirArg, *, raw_errors: bool = False
+    wasm: bytes,
+    sha256: str,
+    origin: str,
+    cache_dir: CacheDirArg,
+    *,
+    raw_errors: bool = False,
+    found: CacheResult | None = None,
 ) -> tuple[wasmtime.Module, dict[str, Any], str]:
     """Deserialize from the on-disk cache or compile (and store).
 
+    ``found``: what the cache already answered for ``sha256`` (not asked again).
     Returns (module, its description, cache status)."""
     cache = disk_cache(cache_dir) if cache_dir is not False else None
     status = "disabled"
     if cache is not None:
-        found = cache.load(sha256)
+        if found is None:
+            found = cache.load(sha256)
         if found.module is not None and found.meta is not None:
             return found.module, found.meta, "hit"
         status = found.status
@@ -185,14 +198,19 @@ class CompiledModule:
         cache_dir: CacheDirArg = False,
         _module: wasmtime.Module | None = None,
         _sha256: str | None = None,
+        _found: CacheResult | None = None,
+        _size: int | None = None,
     ) -> None:
         self.origin = origin
         self.sha256 = _sha256 or hashlib.sha256(wasm).hexdigest()  # (load has it already)
-        self.size = len(wasm)
-        if _module is not None:
+        self.size = len(wasm) if _size is None else _size
+        if _found is not None and _found.module is not None and _found.meta is not None:
+            # found on disk by load() without reading the module
+            self.module, meta, self.cache_status = _found.module, _found.meta, "hit"
+        elif _module is not None:
             self.module, meta, self.cache_status = _module, describe(_module), "disabled"
         else:
-            self.module, meta, self.cache_status = _compile(wasm, self.sha256, origin, cache_dir)
+            self.module, meta, self.cache_status = _compile(wasm, self.sha256, origin, cache_dir, found=_found)
         #: export name -> (kind, params, results); kind is "func", "memory", "table" or "global"
         self.export_types: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
             name: (kind, tuple(params), tuple(results)) for name, kind, params, results in meta["exports"]
@@ -221,26 +239,53 @@ class CompiledModule:
         """Read, compile (or take from the caches) and validate a ``.wasm``/``.wat`` module.
 
         ``cache_dir``: where compiled code is cached on disk (None: the default,
-        ``$PROXYWASM_HOST_CACHE_DIR`` or ``~/.cache/proxywasm-host``; False: no disk cache).
+        ``$PROXYWASM_HOST_CACHE_DIR`` or ``~/.cache/proxywasm-host``; False: no disk cache;
+        a :class:`~proxywasm_host.runtime.cache.ModuleCache`: that one).  With a disk cache, a
+        ``.wasm`` file unchanged since it was last hashed is known by its stamp and not read
+        again (:meth:`~proxywasm_host.runtime.cache.ModuleCache.known_source`).
         """
+        remember: tuple[ModuleCache, Path, os.stat_result, int] | None = None
+        found: CacheResult | None = None
+        cache: ModuleCache | None = None
         if isinstance(source, (bytes, bytearray)):
             wasm, origin = bytes(source), "<bytes>"
         else:
             path = Path(source)
+            origin = str(path)
+            cache = disk_cache(cache_dir) if cache_dir is not False and path.suffix != ".wat" else None
+            if cache is not None:
+                known = cache.known_source(path)
+                if known is not None:
+                    cached = _module_cache.get(known[0])
+                    if cached is not None:
+                        return cached
+                    found = cache.load(known[0])
+                    if found.module is not None and found.meta is not None:
+                        cached = cls(b"", origin, _sha256=known[0], _found=found, _size=known[1])
+                        _module_cache[known[0]] = cached
+                        return cached
             try:
-                wasm = path.read_bytes()
+                before_ns = time.time_ns()
+                with open(path, "rb") as f:
+                    st = os.fstat(f.fileno())
+                    wasm = f.read()
             except OSError as exc:
                 raise ModuleLoadError(f"cannot read {path}: {exc.strerror or exc}") from None
-            origin = str(path)
+            if cache is not None:
+                remember = (cache, path, st, before_ns)
             if path.suffix == ".wat":
                 try:
                     wasm = bytes(wasmtime.wat2wasm(wasm.decode()))
                 except wasmtime.WasmtimeError as exc:
                     raise ModuleLoadError(f"{origin}: invalid WAT: {str(exc).splitlines()[0]}") from None
         key = hashlib.sha256(wasm).hexdigest()
+        if found is not None and cache is not None and found.path != cache.path_for(key):
+            found = None  # (the file changed since it was known: that answer was for other bytes)
         cached = _module_cache.get(key)
         if cached is None:
-            cached = _module_cache[key] = cls(wasm, origin, cache_dir=cache_dir, _sha256=key)
+            cached = _module_cache[key] = cls(wasm, origin, cache_dir=cache_dir, _sha256=key, _found=found)
+        if remember is not None:  # (after a successful load: an invalid module is not remembered)
+            remember[0].remember_source(remember[1], remember[2], remember[3], key)
         return cached
 
     # -- validation as cpp-host/Envoy (V8) do it ------------------------------------------
