@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from proxywasm_host.core.callouts import GrpcCall, HttpCallout
 from proxywasm_host.core.context import RootContext
@@ -18,7 +18,8 @@ from proxywasm_host.core.text import header_pairs_for_map as _pairs_for_map
 from proxywasm_host.core.types import LogLevel, MetricType
 from proxywasm_host.core.vm import Vm
 from proxywasm_host.errors import FilterTrap, HarnessUsageError
-from proxywasm_host.harness.stream import HttpStream, downstream_response, snapshot, upstream_request
+from proxywasm_host.harness.stream import HttpStream, downstream_response_of, snapshot, upstream_request_of
+from proxywasm_host.http.profiles import StreamProfile, get_profile
 from proxywasm_host.http.scenario import (
     ExchangeResult,
     HttpRequest,
@@ -32,7 +33,6 @@ from proxywasm_host.runtime.module import CompiledModule
 if TYPE_CHECKING:
     from proxywasm_host.harness.host import Host
     from proxywasm_host.harness.tcp import TcpConnection, TcpResult, TcpScenario
-    from proxywasm_host.http.profiles import StreamProfile
 
 
 def _property_key(key: str | Sequence[str]) -> tuple[str, ...]:
@@ -282,8 +282,6 @@ class Plugin:
         or None: deliver exactly what is given).  ``wait_ms`` lets a paused stream resume
         on ticks or callout timeouts by advancing the virtual clock while it is held.
         ``attributes``: the stream's own attributes, as for :meth:`http_stream`."""
-        from proxywasm_host.http.profiles import get_profile
-
         # One exchange per call in a test loop: the profile's events go straight to the stream
         # (no intermediate HttpRequest/HttpResponse), and what each side saw is read once
         # (benchmarks/README.md: exchange vs stream).
@@ -305,7 +303,7 @@ class Plugin:
             context.receive_trailers(d, _pairs(trailers))
         if wait_ms > 0:
             self._wait(stream, wait_ms, lambda: stream.request_paused)
-        if d.forwarded_headers is not None and not context.completed:
+        if d._forwarded_headers is not None and not context.completed:  # (the pairs: no map made)
             headers, chunks, trailers = prof.response_events(response)
             d = context.response
             # :status first (send_response_headers would add a 200 in front when absent)
@@ -326,26 +324,27 @@ class Plugin:
             if e.root_id == root_id or e.root_id == 0
         ] if len(host_logs) > log_mark else []
         local = context.local_response
-        # Both sides as they are now (immutable snapshots), decoded when first read; an
-        # HTTP/1.1 client gets no response trailers (prof.apply_result's rule, applied here
-        # so that it does not decode the response to look at them).
+        # Both sides as they are now (immutable snapshots: the forwarded headers' frozen
+        # pairs, a copy of the trailers), decoded when first read; an HTTP/1.1 client gets no
+        # response trailers (prof.apply_result's rule, applied here so that it does not
+        # decode the response to look at them).
         d = context.request
-        headers_now = d.forwarded_headers
-        upstream = None if headers_now is None else Later(
-            upstream_request, headers_now, bytes(d.forwarded_body), snapshot(d.forwarded_trailers))
+        pairs = d._forwarded_headers
+        upstream = None if pairs is None else Later(
+            upstream_request_of, pairs, bytes(d.forwarded_body), snapshot(d.forwarded_trailers))
         d = context.response
-        headers_now = d.forwarded_headers
+        pairs = d._forwarded_headers
         down_body = bytes(d.forwarded_body)
-        downstream = None if headers_now is None else Later(
-            downstream_response, headers_now, down_body,
+        downstream = None if pairs is None else Later(
+            downstream_response_of, pairs, down_body,
             None if prof.drops_response_trailers else snapshot(d.forwarded_trailers))
         # A local reply's body is what the client got (a gRPC request gets none: the text
         # travels in grpc-message), as the Envoy backend reports it.
-        local_body = b"" if local is None else (local.body if headers_now is None else down_body)
-        return ExchangeResult(
+        local_body = b"" if local is None else (local.body if pairs is None else down_body)
+        return ExchangeResult.of(
             self.vm.abi_version._value_,
-            cast(Any, upstream),
-            cast(Any, downstream),
+            upstream,
+            downstream,
             None
             if local is None
             else LocalReply(local.status_code, local_body, list(local.headers), local.details, local.grpc_status),

@@ -188,6 +188,20 @@ def upstream_request(headers: HeaderMap | None, body: bytes, trailers: HeaderMap
     return UpstreamRequest(headers.items(), body, None if trailers is None else trailers.items())
 
 
+def upstream_request_of(
+    pairs: tuple[tuple[bytes, bytes], ...], body: bytes, trailers: HeaderMap | None
+) -> UpstreamRequest | None:
+    """:func:`upstream_request` from the forwarded headers' frozen pairs (``Plugin.exchange``)."""
+    return upstream_request(HeaderMap.from_pairs(pairs), body, trailers)
+
+
+def downstream_response_of(
+    pairs: tuple[tuple[bytes, bytes], ...], body: bytes, trailers: HeaderMap | None
+) -> DownstreamResponse | None:
+    """:func:`downstream_response` from the forwarded headers' frozen pairs (``Plugin.exchange``)."""
+    return downstream_response(HeaderMap.from_pairs(pairs), body, trailers)
+
+
 def downstream_response(
     headers: HeaderMap | None, body: bytes, trailers: HeaderMap | None
 ) -> DownstreamResponse | None:

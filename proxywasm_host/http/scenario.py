@@ -187,6 +187,28 @@ class ExchangeResult:
         self.upstream_request, self.downstream_response  # noqa: B018 (made now: a Later holds a function)
         return self.__dict__
 
+    @classmethod
+    def of(
+        cls,
+        abi_version: str,
+        upstream_request: UpstreamRequest | Later | None,
+        downstream_response: DownstreamResponse | Later | None,
+        local_reply: LocalReply | None,
+        logs: list[LogRecord],
+    ) -> ExchangeResult:
+        """The constructor's result with every field given, made at once (``Plugin.exchange``,
+        once per exchange: the dataclass's ``__init__`` sets the two sides through their
+        properties)."""
+        result = cls.__new__(cls)
+        result.__dict__ = {
+            "abi_version": abi_version,
+            "_upstream_request": upstream_request,
+            "_downstream_response": downstream_response,
+            "local_reply": local_reply,
+            "logs": logs,
+        }
+        return result
+
     def to_json_dict(self) -> dict[str, Any]:
         def text(data: bytes) -> str:
             return data.decode("utf-8", "surrogateescape")

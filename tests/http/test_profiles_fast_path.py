@@ -273,3 +273,28 @@ def test_exchange_result_sides_are_snapshots_made_when_read() -> None:
     http1 = plugin.exchange(request, response, profile="envoy-http1")
     assert http1.downstream_response is not None and http1.downstream_response.trailers is None
     assert get_profile("envoy-http1").apply_result(http1) == http1
+
+
+def test_exchange_result_of_is_the_constructor() -> None:
+    """``ExchangeResult.of`` (Plugin.exchange's way to make one) gives what the dataclass's
+    constructor gives: every field, the same instance dict, Later sides made when read."""
+    import dataclasses
+
+    from proxywasm_host.http.scenario import (
+        DownstreamResponse,
+        ExchangeResult,
+        Later,
+        LocalReply,
+        LogRecord,
+        UpstreamRequest,
+    )
+
+    up = UpstreamRequest([(":path", "/")], b"x", None)
+    down = DownstreamResponse(200, [("a", "b")], b"", [("t", "1")])
+    args = ("0.2.1", up, down, LocalReply(403, b"no", [], "d", None), [LogRecord("info", "m")])
+    made, plain = ExchangeResult.of(*args), ExchangeResult(*args)
+    assert made == plain and repr(made) == repr(plain)
+    assert vars(made) == vars(plain)
+    assert [getattr(made, f.name) for f in dataclasses.fields(ExchangeResult)] == list(args)
+    later = ExchangeResult.of("0.2.1", Later(lambda: up), Later(lambda: down), None, [])
+    assert later.upstream_request is up and later.downstream_response is down
