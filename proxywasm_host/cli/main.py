@@ -338,9 +338,14 @@ def _add_local_loop_commands(sub: argparse._SubParsersAction[argparse.ArgumentPa
     srv.add_argument("--buffer-limit", type=int, default=1 << 20, metavar="BYTES",
                      help="what the filter may buffer of a body: 413 (request) / 500 (response) past it "
                           "(Envoy's per_connection_buffer_limit_bytes: 1 MiB)")
-    srv.add_argument("--max-connections", type=int, metavar="N", help="more are closed at accept (default: no limit)")
+    srv.add_argument("--max-connections", type=int, metavar="N",
+                     help="more are closed at accept (default: no limit; needs --http-server builtin)")
     srv.add_argument("--max-concurrent-streams", type=int, default=100, metavar="N",
                      help="per HTTP/2 connection (default 100)")
+    srv.add_argument("--http-server", choices=["hypercorn", "builtin"], default="hypercorn",
+                     help="hypercorn (default), or our own h11/h2 server, which also holds the request headers "
+                          "timeout and --max-connections, passes HTTP/2 request trailers to the filter and resets "
+                          "an HTTP/2 stream cut short (docs/serve.md)")
     srv.add_argument("--plain-http", action="store_true", default=None, help="pull an oci:// filter over plain HTTP")
     srv.set_defaults(handler=_serve)
 
@@ -439,6 +444,9 @@ def _serve_config_ok(args: argparse.Namespace) -> bool:
         if value is not None and value < 1:
             _fail(f"--{flag} must be at least 1", 2)
             return False
+    if args.max_connections is not None and args.http_server != "builtin":
+        _fail("--max-connections needs --http-server builtin (hypercorn has no connection limit)", 2)
+        return False
     return True
 
 
@@ -447,7 +455,8 @@ def _serve(args: argparse.Namespace) -> int:
     import importlib.util
     import tempfile
 
-    needed = ["h11", "h2"] + (["aiohttp"] if args.upstream or args.cluster else [])
+    needed = ["h11", "h2"] + (["hypercorn"] if args.http_server == "hypercorn" else []) + (
+        ["aiohttp"] if args.upstream or args.cluster else [])
     missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing:
         return _fail(f"serve needs {', '.join(missing)}: pip install 'proxywasm-host[server]'", 2)
@@ -473,7 +482,7 @@ def _serve(args: argparse.Namespace) -> int:
         idle_timeout=args.idle_timeout, buffer_limit=args.buffer_limit, environment=dict(args.env),
         request_timeout=args.request_timeout, request_headers_timeout=args.request_headers_timeout,
         connection_idle_timeout=args.connection_idle_timeout, max_connections=args.max_connections,
-        max_concurrent_streams=args.max_concurrent_streams,
+        max_concurrent_streams=args.max_concurrent_streams, http_server=args.http_server,
     ) if _serve_config_ok(args) else None
     if config is None:
         return 2

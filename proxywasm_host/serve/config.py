@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 from proxywasm_host.core.types import LogLevel
 from proxywasm_host.http.profiles import HOP_BY_HOP
 
-__all__ = ["DEFAULT_BUFFER_LIMIT", "FAILURE_POLICIES", "HOP_BY_HOP", "SERVER_NAME", "ServeConfig",
+__all__ = ["DEFAULT_BUFFER_LIMIT", "FAILURE_POLICIES", "HOP_BY_HOP", "HTTP_SERVERS", "SERVER_NAME", "ServeConfig",
            "canonical_header_name", "parse_cluster"]
 
 #: bytes a stream may hold (buffered by the filter, or not yet sent on) before it is failed;
@@ -23,6 +23,15 @@ FAILURE_POLICIES = {
     "fail_closed": "every later request gets 503 until serve restarts",
     "fail_open": "later requests pass through without the filter",
     "fail_reload": "the filter is loaded afresh for the next request",
+}
+
+#: the HTTP servers serve runs on: hypercorn (the default) and our own (net/httpserver.py), which
+#: also holds what hypercorn's public API cannot (docs/serve.md, "HTTP servers")
+HTTP_SERVERS = {
+    "hypercorn": "hypercorn (without the request headers timeout, a connection limit, HTTP/2 request trailers "
+                 "and stream resets: --http-server builtin has them)",
+    "builtin": "the builtin h11/h2 server (HTTP/1.1 and h2c; request trailers, the request headers timeout, "
+               "max connections, HTTP/2 stream resets)",
 }
 
 _LEVELS = {lv.label: lv for lv in LogLevel}
@@ -88,6 +97,7 @@ class ServeConfig:
     graceful_timeout: float = 1.0
     environment: dict[str, str] = field(default_factory=dict)
     callback_deadline_s: float = 10.0
+    http_server: str = "hypercorn"  # or "builtin": proxywasm_host.net.httpserver (see HTTP_SERVERS)
 
     def __post_init__(self) -> None:
         if self.failure_policy not in FAILURE_POLICIES:
@@ -103,6 +113,10 @@ class ServeConfig:
         if self.max_concurrent_streams < 1:
             raise ValueError("max_concurrent_streams must be at least 1")
         log_level(self.log_level)
+        if self.http_server not in HTTP_SERVERS:
+            raise ValueError(f"http server must be one of {', '.join(HTTP_SERVERS)}, not {self.http_server!r}")
+        if self.http_server == "hypercorn" and self.max_connections is not None:
+            raise ValueError("max_connections needs the builtin HTTP server (hypercorn has no connection limit)")
 
 
 def log_level(name: str) -> LogLevel:

@@ -60,6 +60,8 @@ class Exchange(UpstreamLeg):
         self.down_sent = 0
         self.down_done = False
         self.want_trailers = False
+        self.trailers_declared = False
+        self.held_start: dict[str, Any] | None = None  # hypercorn: a response start not sent yet (trailers?)
         self.status = 0
         self.aborted: str | None = None
         self.reader: asyncio.Task[Any] | None = None
@@ -84,10 +86,20 @@ class Exchange(UpstreamLeg):
         if not target.startswith("/"):
             return 400, f"request target {target!r} is not an absolute path"
         regular = [(text(k).lower(), text(v)) for k, v in scope["headers"]]
+        if not self.h2 and any(k == "transfer-encoding" for k, _ in regular) and any(k == "content-length" for k, _ in regular):
+            # Envoy's codec refuses the request smuggling shape (and closes the connection); h11
+            # lets it through (Transfer-Encoding wins), so it is refused here
+            return 400, "both Content-Length and Transfer-Encoding"
         raw_h2 = (scope.get("extensions") or {}).get(EXT_RAW_HEADERS)
         client: list[tuple[str, str]]
         if self.h2 and raw_h2:
             client = [(k, _wire_text(v)) for k, v in raw_h2]
+        elif self.h2:
+            # hypercorn hands over the regular headers with ``host`` from :authority first: the
+            # pseudo-headers come back in the order most clients send them
+            authority = next((v for k, v in regular if k == "host"), "")
+            client = [(":method", method), (":scheme", scope.get("scheme", "http")), (":authority", authority),
+                      (":path", target), *((k, v) for k, v in regular if k != "host")]
         else:
             if not any(k == "host" for k, _ in regular):
                 return 400, "missing Host header"
@@ -275,8 +287,12 @@ class Exchange(UpstreamLeg):
                 headers.append((name, v))
             headers.append((b"server", SERVER_NAME.encode()))
             start: dict[str, Any] = {"type": "http.response.start", "status": self.status or 502, "headers": headers}
-            if self.want_trailers:
-                start["trailers"] = True
+            if self.want_trailers and self.server.config.http_server == "hypercorn":
+                # hypercorn cannot end an HTTP/2 stream whose trailers were declared with an empty
+                # trailers block: trailers are declared only if known before the start is sent
+                self.held_start = start
+            elif self.want_trailers:
+                start["trailers"] = self.trailers_declared = True
             self._down_append(start)
         if not self.down_started or self.down_done:
             return
@@ -286,12 +302,16 @@ class Exchange(UpstreamLeg):
         if ev.response_end:
             self.down_done = True
             self._down_append({"type": "http.response.body", "body": b"", "more_body": False})
-            if self.want_trailers:
+            if self.held_start is not None and ev.response_trailers:
+                self.held_start["trailers"] = self.trailers_declared = True
+            self.held_start = None
+            if self.trailers_declared:
                 pairs = [(k.lower(), v) for k, v in ev.response_trailers or ()]
                 self._down_append({"type": "http.response.trailers", "headers": pairs, "more_trailers": False})
             elif ev.response_trailers:
-                self.server.log("debug", f"[{self.server.name} ctx={self.stream_id}] response trailers dropped: "
-                                         "the client did not ask for them (HTTP/1.1, or no te: trailers)")
+                why = ("the client did not ask for them (HTTP/1.1, or no te: trailers)" if not self.want_trailers else
+                       "they came after the response started (hypercorn; --http-server builtin sends them)")
+                self.server.log("debug", f"[{self.server.name} ctx={self.stream_id}] response trailers dropped: {why}")
 
     def _down_append(self, message: dict[str, Any]) -> None:
         self.last_activity = time.monotonic()
@@ -339,6 +359,8 @@ class Exchange(UpstreamLeg):
             while True:
                 while self.down:
                     message = self.down.popleft()
+                    if message is self.held_start:
+                        self.held_start = None  # sent: no trailers can be declared any more
                     self.down_pending -= len(message.get("body", b""))
                     await self.send(message)
                 self.down_drained.set()
@@ -394,7 +416,9 @@ class Exchange(UpstreamLeg):
     async def _plain(self, status: int, reason: str) -> None:
         body = (reason + "\n").encode()
         self.status = status
-        await self.send({"type": "http.response.start", "status": status,
-                         "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode()),
-                                     (b"server", SERVER_NAME.encode())]})
+        headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode()),
+                   (b"server", SERVER_NAME.encode())]
+        if status == 400 and not self.h2:
+            headers.append((b"connection", b"close"))  # as Envoy's codec errors: the connection goes
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
         await self.send({"type": "http.response.body", "body": body, "more_body": False})

@@ -42,9 +42,11 @@ from proxywasm_host.errors import FilterFailed, FilterTrap, HarnessUsageError
 from proxywasm_host.harness.host import Host, HttpStream, Plugin
 from proxywasm_host.net.asgi import run_lifespan
 from proxywasm_host.net.httpserver import HttpServer, Limits
+from proxywasm_host.net.hypercorn_server import serve_hypercorn
 from proxywasm_host.serve.config import (
     FAILURE_POLICIES,
     HOP_BY_HOP,
+    HTTP_SERVERS,
     SERVER_NAME,
     ServeConfig,
     canonical_header_name,
@@ -312,12 +314,16 @@ class FilterServer:
         if self._ticker is None:
             self._ticker = self.spawn(self._tick_loop())
 
+    def abort_all(self, reason: str) -> None:
+        """End every request in flight (a response under way is cut short)."""
+        for ex in list(self.active):
+            ex.abort(reason)
+
     async def close(self) -> None:
         """Stop the ticker, close the upstream client, shut the plugin down (on_done)."""
         if self._ticker is not None:
             self._ticker.cancel()
-        for ex in list(self.active):
-            ex.abort("server shutting down")
+        self.abort_all("server shutting down")
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -359,8 +365,11 @@ async def serve(config: ServeConfig, *, ready: Callable[[int, FilterServer], Non
     server = FilterServer(config, out=out)
     sockets = bind(config.host, config.port)
     port = sockets[0].getsockname()[1]
-    http = HttpServer(server.app, limits=limits_of(config),
-                      report=lambda message, level: server.log(level, message, source="http"))
+    limits = limits_of(config)
+
+    def report(message: str, level: str) -> None:
+        server.log(level, message, source="http")
+
     loop = asyncio.get_running_loop()
     stop = shutdown or asyncio.Event()
     signals = 0
@@ -386,6 +395,7 @@ async def serve(config: ServeConfig, *, ready: Callable[[int, FilterServer], Non
     server.log("info", f"serving {config.wasm if not isinstance(config.wasm, bytes) else 'filter'} "
                        f"(ABI {server.plugin.abi_version}) on http://{shown_host}:{port} (HTTP/1.1 and h2c) "
                        f"-> {upstream}")
+    server.log("info", f"HTTP server: {HTTP_SERVERS[config.http_server]}")
     policy = config.failure_policy
     server.log("info", f"failure policy {policy}{' (the default)' if policy == 'fail_closed' else ''}: "
                        f"if the filter fails (a panic or trap), {FAILURE_POLICIES[policy]}")
@@ -393,7 +403,11 @@ async def serve(config: ServeConfig, *, ready: Callable[[int, FilterServer], Non
     if ready is not None:
         ready(port, server)
     try:
-        await http.serve(sockets, stop)
+        if config.http_server == "hypercorn":
+            await serve_hypercorn(server.app, sockets, stop, limits=limits, report=report,
+                                  end_in_flight=functools.partial(server.abort_all, "server shutting down"))
+        else:
+            await HttpServer(server.app, limits=limits, report=report).serve(sockets, stop)
     finally:
         for signum in installed:
             loop.remove_signal_handler(signum)

@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("h2")
 httpx = pytest.importorskip("httpx")
 
-from test_server import HELLO, REPO, _start_cli, get, serving  # noqa: E402
+from test_server import HELLO, REPO, SERVERS, _start_cli, get, serving  # noqa: E402
 
 
 def _connect(port: int) -> socket.socket:
@@ -54,10 +54,11 @@ def _closed_within(sock: socket.socket, limit: float) -> float | None:
         return time.monotonic() - start
 
 
-def test_content_length_with_transfer_encoding_is_refused_like_envoy():
+@pytest.mark.parametrize("http_server", SERVERS)
+def test_content_length_with_transfer_encoding_is_refused_like_envoy(http_server):
     """Issue 14.1: both length headers → 400 and the connection closed (Envoy's codec); the body
     is never forwarded with the stale length."""
-    with serving(HELLO, access_log=True) as srv:
+    with serving(HELLO, access_log=True, http_server=http_server) as srv:
         sock = _connect(srv.port)
         body = b"x" * 50
         sock.sendall(b"POST /anything HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\n"
@@ -66,14 +67,18 @@ def test_content_length_with_transfer_encoding_is_refused_like_envoy():
         sock.close()
         assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
         assert b"connection: close" in answer.lower()
-        assert srv.server.stats["requests"] == 0  # never reached the filter or the upstream
+        # never reached the filter or the upstream (hypercorn lets it through to serve's ASGI
+        # layer, which refuses it: counted as a refused request)
+        assert srv.server.stats["requests"] == srv.server.stats["bad_requests"]
+        assert srv.server.plugin.streams == [] and "/anything" not in srv.out.text.split("[access]")[0]
         assert get(srv.url + "/get").status_code == 200  # and the server goes on
 
 
 def test_trickled_headers_are_closed_at_the_request_headers_timeout():
     """Issue 14.3: clients sending their headers one byte at a time are answered 408 and closed
-    at --request-headers-timeout (Envoy's request_headers_timeout), each of them."""
-    with serving(HELLO, request_headers_timeout=1.0) as srv:
+    at --request-headers-timeout (Envoy's request_headers_timeout), each of them.  Builtin server
+    only: hypercorn has no request headers timeout (its read_timeout is per read)."""
+    with serving(HELLO, request_headers_timeout=1.0, http_server="builtin") as srv:
         socks = [_connect(srv.port) for _ in range(20)]
         request = b"GET /get HTTP/1.1\r\nHost: localhost\r\nX-Slow: " + b"a" * 200 + b"\r\n\r\n"
         start = time.monotonic()
@@ -101,7 +106,8 @@ def test_trickled_headers_are_closed_at_the_request_headers_timeout():
 
 
 def test_a_request_headers_timeout_answers_408():
-    with serving(HELLO, request_headers_timeout=0.5) as srv:
+    """Builtin server only (hypercorn has no request headers timeout)."""
+    with serving(HELLO, request_headers_timeout=0.5, http_server="builtin") as srv:
         sock = _connect(srv.port)
         sock.sendall(b"GET /get HTTP/1.1\r\nHost: local")
         answer = _read_all(sock, 5)
@@ -109,8 +115,9 @@ def test_a_request_headers_timeout_answers_408():
         assert answer.startswith(b"HTTP/1.1 408 "), answer
 
 
-def test_a_connection_without_requests_is_closed_at_the_idle_timeout():
-    with serving(HELLO, connection_idle_timeout=0.5) as srv:
+@pytest.mark.parametrize("http_server", SERVERS)
+def test_a_connection_without_requests_is_closed_at_the_idle_timeout(http_server):
+    with serving(HELLO, connection_idle_timeout=0.5, http_server=http_server) as srv:
         fresh = _connect(srv.port)
         used = _connect(srv.port)
         used.sendall(b"GET /get HTTP/1.1\r\nHost: localhost\r\n\r\n")
@@ -122,10 +129,11 @@ def test_a_connection_without_requests_is_closed_at_the_idle_timeout():
             sock.close()
 
 
-def test_a_body_trickled_past_the_request_timeout_gets_408():
+@pytest.mark.parametrize("http_server", SERVERS)
+def test_a_body_trickled_past_the_request_timeout_gets_408(http_server):
     """Envoy's request_timeout: the whole request must arrive in time (the stream idle timeout
     alone never fires for a client sending a byte now and then)."""
-    with serving(HELLO, request_timeout=1.0, idle_timeout=30) as srv:
+    with serving(HELLO, request_timeout=1.0, idle_timeout=30, http_server=http_server) as srv:
         sock = _connect(srv.port)
         sock.sendall(b"POST /post HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n")
         start = time.monotonic()
@@ -145,7 +153,8 @@ def test_a_body_trickled_past_the_request_timeout_gets_408():
 
 
 def test_max_connections_closes_the_ones_over_the_limit():
-    with serving(HELLO, max_connections=2) as srv:
+    """Builtin server only: hypercorn has no connection limit (serve refuses the flag with it)."""
+    with serving(HELLO, max_connections=2, http_server="builtin") as srv:
         first, second = _connect(srv.port), _connect(srv.port)
         time.sleep(0.2)
         third = _connect(srv.port)
@@ -161,11 +170,12 @@ def test_max_connections_closes_the_ones_over_the_limit():
         second.close()
 
 
-def test_h2_max_concurrent_streams_is_advertised_and_held():
+@pytest.mark.parametrize("http_server", SERVERS)
+def test_h2_max_concurrent_streams_is_advertised_and_held(http_server):
     import h2.connection
     import h2.events
 
-    with serving(HELLO, max_concurrent_streams=3) as srv:
+    with serving(HELLO, max_concurrent_streams=3, http_server=http_server) as srv:
         sock = _connect(srv.port)
         conn = h2.connection.H2Connection()
         conn.initiate_connection()
@@ -182,15 +192,16 @@ def test_h2_max_concurrent_streams_is_advertised_and_held():
         assert settings is not None and settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] == 3
 
 
+@pytest.mark.parametrize("http_server", SERVERS)
 @pytest.mark.parametrize("path", ["/get", "/delay/8"])
-def test_shutdown_with_an_open_http2_connection_is_quick_and_clean(path):
+def test_shutdown_with_an_open_http2_connection_is_quick_and_clean(path, http_server):
     """Issue 14.6: Ctrl-C with an HTTP/2 connection open (idle after a request, or with a
     request in flight): GOAWAY, in-flight requests get --graceful 1 s, no traceback.  (Before,
     with a request in flight, serve did not exit at all within a minute.)"""
     import h2.connection
     import h2.events
 
-    proc, port, lines = _start_cli(str(HELLO), "--host", "127.0.0.1", "--port", "0")
+    proc, port, lines = _start_cli(str(HELLO), "--host", "127.0.0.1", "--port", "0", "--http-server", http_server)
     try:
         sock = _connect(port)
         conn = h2.connection.H2Connection()
@@ -225,12 +236,58 @@ def test_shutdown_with_an_open_http2_connection_is_quick_and_clean(path):
     assert "Traceback" not in log, log
 
 
-def test_no_hypercorn_internals_and_no_hypercorn():
-    """Issue 11: serve and the test upstream run on our own h11/h2 server."""
+def test_serve_runs_on_hypercorn_through_its_public_api_only():
+    """Issue 16: serve is on hypercorn (the default) without patching it: after serving requests
+    over both protocols, every function and class attribute of every hypercorn module is the
+    one hypercorn defined (the old serve replaced H2Protocol.stream_send and hooked request
+    handling); the package imports only hypercorn.asyncio and hypercorn.config; importing serve
+    loads no hypercorn (only serving does)."""
     code = ("import sys, proxywasm_host.serve.server, proxywasm_host.net.upstream;"
             "print('hypercorn' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.stdout.strip() == "False", out.stderr
+    imported = set()
+    for path in (REPO / "proxywasm_host").rglob("*.py"):
+        for line in path.read_text().splitlines():
+            words = line.split()
+            if len(words) >= 2 and words[0] in ("from", "import") and words[1].split(".")[0] == "hypercorn":
+                imported.add(words[1])
+    assert imported == {"hypercorn.asyncio", "hypercorn.config"}, imported
+
+    def snapshot() -> dict[str, object]:
+        found = {}
+        for name, module in list(sys.modules.items()):
+            if name == "hypercorn" or name.startswith("hypercorn."):
+                for attr, value in vars(module).items():
+                    found[f"{name}.{attr}"] = value
+                    if isinstance(value, type) and value.__module__ == name:
+                        for cattr, cvalue in vars(value).items():
+                            found[f"{name}.{attr}.{cattr}"] = cvalue
+        return found
+
+    import hypercorn.asyncio  # noqa: F401  # what serve loads, before it runs
+    import hypercorn.protocol.h2  # noqa: F401
+    import hypercorn.protocol.h11  # noqa: F401
+    before = snapshot()
+    with serving(HELLO) as srv:
+        assert get(srv.url + "/get").status_code == 200
+        assert "HTTP server: hypercorn" in srv.out.text
+    from proxywasm_host.envoy import send_request
+    from proxywasm_host.http.scenario import HttpRequest
+
+    with serving(HELLO) as srv:
+        result = send_request(srv.port, HttpRequest(headers=((":path", "/get"), (":authority", "x"), ("te", "trailers"))),
+                              http2=True)
+        assert result.response is not None and result.response.status == 200
+    after = snapshot()
+    changed = sorted(k for k in before if k in after and after[k] is not before[k] and not k.endswith("__dict__"))
+    assert not changed, changed
+
+
+def test_max_connections_needs_the_builtin_server():
+    out = subprocess.run([sys.executable, "-m", "proxywasm_host", "serve", str(HELLO), "--port", "0",
+                          "--max-connections", "2"], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert out.returncode == 2 and "--max-connections needs --http-server builtin" in out.stderr
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,14 +307,15 @@ def _rss_mib(pid: int) -> tuple[int, int]:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_a_large_post_streams_through_at_flat_memory():
+@pytest.mark.parametrize("http_server", SERVERS)
+def test_a_large_post_streams_through_at_flat_memory(http_server):
     """Issue 14.2: a 48 MB POST through serve to the built-in echo (the whole body counted and
     hashed by the echo, never held) leaves the process's peak RSS within a few MiB of where it
     started (it grew by ~300 MiB per 100 MB before)."""
     import hashlib
 
     size, chunk = 48 * 1024 * 1024, b"0123456789abcdef" * 4096
-    proc, port, lines = _start_cli(str(HELLO), "--host", "127.0.0.1", "--port", "0")
+    proc, port, lines = _start_cli(str(HELLO), "--host", "127.0.0.1", "--port", "0", "--http-server", http_server)
     try:
         assert get(f"http://127.0.0.1:{port}/get").status_code == 200  # warm
         start, _ = _rss_mib(proc.pid)
@@ -313,13 +371,14 @@ def test_a_panicking_filter_is_loud_and_the_failure_policy_is_offered(policy, fa
 
 @pytest.mark.parametrize("te, seen", [("trailers", "trailers"), ("trailers, deflate", "trailers"),
                                       ("deflate;q=0.5, trailers", "trailers"), ("deflate", None)])
-def test_serve_normalises_te_like_the_profiles(te, seen):
+@pytest.mark.parametrize("http_server", SERVERS)
+def test_serve_normalises_te_like_the_profiles(te, seen, http_server):
     """Envoy keeps ``te`` only as ``trailers`` when that is one of its tokens; serve used to keep
     it only when the whole value was ``trailers``.  Both now use envoy_request_headers."""
     from proxywasm_host.http.profiles import envoy_request_headers
 
     profile = dict(envoy_request_headers([(":authority", "localhost"), ("te", te)], protocol="HTTP/1.1"))
     assert profile.get("te") == seen
-    with serving(HELLO) as srv:
+    with serving(HELLO, http_server=http_server) as srv:
         headers = get(srv.url + "/headers", headers={"te": te}).json()["headers"]
     assert headers.get("Te") == seen
