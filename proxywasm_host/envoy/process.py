@@ -64,7 +64,7 @@ def _stop_all() -> None:  # pragma: no cover - safety net
 class EnvoyProcess:
     """One Envoy, started from a bootstrap dict; a context manager.
 
-    Runs ``envoy -c <dir>/envoy.json --concurrency 1 --disable-hot-restart
+    Runs ``envoy -c <dir>/envoy.json --concurrency 1 (``concurrency``) --disable-hot-restart
     --log-level info --component-log-level wasm:trace --admin-address-path
     <dir>/admin.txt --file-flush-min-size-kb 0`` with stdout and stderr
     redirected into ``<dir>/envoy.log`` (not ``--log-path``: that file is
@@ -86,6 +86,7 @@ class EnvoyProcess:
         stop_timeout: float = 5.0,
         workdir: str | os.PathLike[str] | None = None,
         keep_dir: bool | None = None,
+        concurrency: int = 1,
     ):
         binary = envoy or find_envoy()
         if binary is None:
@@ -95,6 +96,7 @@ class EnvoyProcess:
         self.component_log_level = component_log_level
         self.log_level = log_level
         self.extra_args = list(extra_args)
+        self.concurrency = concurrency  # worker threads (benchmarks; the differential runner uses 1)
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
         self._own_dir = workdir is None
@@ -128,7 +130,7 @@ class EnvoyProcess:
         args = [
             self.binary,
             "-c", str(self.config_path),
-            "--concurrency", "1",
+            "--concurrency", str(self.concurrency),
             "--disable-hot-restart",
             "--log-level", self.log_level,
             "--component-log-level", self.component_log_level,

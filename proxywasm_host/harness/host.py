@@ -275,6 +275,17 @@ class Host:
         plugin.is_service = True
         return plugin
 
+    def unload_plugin(self, plugin: Plugin) -> None:
+        """Forget ``plugin`` (shut it down first: :meth:`Plugin.shutdown`), and its VM when no
+        other plugin of this host runs in it: its ticks stop and its memory can go
+        (``serve --reload`` retires the previous build this way)."""
+        if plugin in self.plugins:
+            self.plugins.remove(plugin)
+        if not any(other.vm is plugin.vm for other in self.plugins):
+            for key, vm in list(self._vms.items()):
+                if vm is plugin.vm:
+                    del self._vms[key]
+
     def _reload(self, plugin: Plugin) -> None:
         """FAIL_RELOAD: a fresh VM and root context for a plugin whose VM failed."""
         compiled, environment, foreign = plugin._load_args

@@ -98,6 +98,8 @@ class ServeConfig:
     environment: dict[str, str] = field(default_factory=dict)
     callback_deadline_s: float = 10.0
     http_server: str = "hypercorn"  # or "builtin": proxywasm_host.net.httpserver (see HTTP_SERVERS)
+    reload: bool = False  # load the .wasm again when the file changes (serve/reload.py)
+    reload_interval: float = 0.5  # seconds between looks at the file
 
     def __post_init__(self) -> None:
         if self.failure_policy not in FAILURE_POLICIES:
@@ -113,6 +115,10 @@ class ServeConfig:
         if self.max_concurrent_streams < 1:
             raise ValueError("max_concurrent_streams must be at least 1")
         log_level(self.log_level)
+        if self.reload and not isinstance(self.wasm, (str, Path)):
+            raise ValueError("reload needs the filter as a file path")
+        if self.reload_interval <= 0:
+            raise ValueError("reload_interval must be positive")
         if self.http_server not in HTTP_SERVERS:
             raise ValueError(f"http server must be one of {', '.join(HTTP_SERVERS)}, not {self.http_server!r}")
         if self.http_server == "hypercorn" and self.max_connections is not None:

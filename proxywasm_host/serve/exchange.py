@@ -17,10 +17,15 @@ from proxywasm_host.serve.config import HOP_BY_HOP, SERVER_NAME, text
 from proxywasm_host.serve.legs import UpstreamLeg
 
 if TYPE_CHECKING:  # pragma: no cover
-    from proxywasm_host.harness import HttpStream
+    from proxywasm_host.harness import HttpStream, Plugin
     from proxywasm_host.serve.server import FilterServer
 
 __all__ = ["Exchange"]
+
+
+#: response headers not sent to the client: hop-by-hop ones and ``server`` (serve adds its own)
+_NOT_FORWARDED = frozenset(name.encode() for name in HOP_BY_HOP) | {b"server"}
+_SERVER = SERVER_NAME.encode()
 
 
 def _wire_text(value: str) -> str:
@@ -38,6 +43,7 @@ class Exchange(UpstreamLeg):
         self.send = send
         self.h2 = scope.get("http_version") == "2"
         self.stream: HttpStream = None  # type: ignore[assignment]  # set in run()
+        self.plugin: Plugin = None  # type: ignore[assignment]
         self.out: ForwardedReader = None  # type: ignore[assignment]
         self.stream_id = 0
         self.started_at = time.monotonic()
@@ -109,10 +115,14 @@ class Exchange(UpstreamLeg):
     def _request_has_no_body(self) -> bool:
         if self.h2:
             return False  # known only from the first ASGI message
-        names = {text(k).lower(): text(v) for k, v in self.scope["headers"]}
-        if "transfer-encoding" in names:
-            return False
-        return names.get("content-length", "0").strip() in ("", "0")
+        length = b"0"
+        for k, v in self.scope["headers"]:
+            k = k.lower()
+            if k == b"transfer-encoding":
+                return False
+            if k == b"content-length":
+                length = v
+        return length.strip() in (b"", b"0")
 
     def _attributes(self) -> dict[Any, Any]:
         from proxywasm_host.core.properties import Int
@@ -152,7 +162,8 @@ class Exchange(UpstreamLeg):
             first = message
             eos = not message.get("more_body", False) and not message.get("body") and self._request_trailers() is None
         try:
-            self.stream = server.plugin.http_stream(attributes=self._attributes())
+            self.plugin = server.plugin  # the build this stream runs on to its end (--reload)
+            self.stream = self.plugin.http_stream(attributes=self._attributes())
         except HarnessUsageError as exc:
             await self._plain(503, str(exc))
             return
@@ -254,8 +265,7 @@ class Exchange(UpstreamLeg):
     def _pump_request(self, ev: Forwarded, upstream_wanted: bool) -> None:
         if ev.request_headers is not None and upstream_wanted and not self.aborted and self.up_task is None:
             self.up_started_at = time.monotonic()
-            pairs = [(text(k), text(v)) for k, v in ev.request_headers]
-            self.up_task = asyncio.get_running_loop().create_task(self._upstream(pairs))
+            self.up_task = asyncio.get_running_loop().create_task(self._upstream(ev.request_headers))
         if self.up_task is None or self.up_eos:
             return
         if ev.request_body:
@@ -282,10 +292,9 @@ class Exchange(UpstreamLeg):
             headers = []
             for k, v in ev.response_headers:
                 name = k.lower()
-                if name.startswith(b":") or text(name) in HOP_BY_HOP or name == b"server":
-                    continue
-                headers.append((name, v))
-            headers.append((b"server", SERVER_NAME.encode()))
+                if name[:1] != b":" and name not in _NOT_FORWARDED:
+                    headers.append((name, v))
+            headers.append((b"server", _SERVER))
             start: dict[str, Any] = {"type": "http.response.start", "status": self.status or 502, "headers": headers}
             if self.want_trailers and self.server.config.http_server == "hypercorn":
                 # hypercorn cannot end an HTTP/2 stream whose trailers were declared with an empty
@@ -298,10 +307,12 @@ class Exchange(UpstreamLeg):
             return
         if ev.response_body:
             self.down_sent += len(ev.response_body)
-            self._down_append({"type": "http.response.body", "body": ev.response_body, "more_body": True})
+            # the last chunk carries the end (one ASGI message, not two)
+            self._down_append({"type": "http.response.body", "body": ev.response_body, "more_body": not ev.response_end})
         if ev.response_end:
             self.down_done = True
-            self._down_append({"type": "http.response.body", "body": b"", "more_body": False})
+            if not ev.response_body:
+                self._down_append({"type": "http.response.body", "body": b"", "more_body": False})
             if self.held_start is not None and ev.response_trailers:
                 self.held_start["trailers"] = self.trailers_declared = True
             self.held_start = None
@@ -403,7 +414,7 @@ class Exchange(UpstreamLeg):
         if self.out is not None and not self.out.completed:
             server.filter_call(self.stream.complete)  # client gone / aborted: on_log, on_done, on_delete
         if self.stream is not None:
-            server.forget_stream(self.stream)
+            server.forget_stream(self.stream, self.plugin)
         if server.config.access_log:
             took = (time.monotonic() - self.started_at) * 1000
             line = f'"{self.scope["method"]} {self.scope["path"]} HTTP/{self.scope.get("http_version")}" {self.status or "-"}'

@@ -68,7 +68,8 @@ class UpstreamLeg:
             self.up_drained.set()
             yield chunk
 
-    async def _upstream(self, headers: list[tuple[str, str]]) -> None:
+    async def _upstream(self, headers: list[tuple[bytes, bytes]]) -> None:
+        """Send the request the filter forwarded (its header pairs as the stream holds them)."""
         try:
             if self.server.config.upstream is None:
                 await self._echo_upstream(headers)
@@ -130,18 +131,15 @@ class UpstreamLeg:
     def _upstream_gone(self) -> bool:
         return self.out.completed or bool(self.aborted) or self.out.local_reply is not None
 
-    async def _echo_upstream(self, headers: list[tuple[str, str]]) -> None:
-        """Call :func:`echo_app` in-process, as an ASGI server would."""
+    async def _echo_upstream(self, headers: list[tuple[bytes, bytes]]) -> None:
+        """Call :func:`echo_app` in-process, as an ASGI server would (the header bytes as they are)."""
         values = {k: v for k, v in reversed(headers)}
-        target = values.get(":path", "/")
-        path, _, query = target.partition("?")
-        scope_headers = [(b"host", raw(values.get(":authority", "")))] + [
-            (raw(k), raw(v)) for k, v in headers if not k.startswith(":")
-        ]
+        path, _, query = text(values.get(b":path", b"/")).partition("?")
+        scope_headers = [(b"host", values.get(b":authority", b""))] + [(k, v) for k, v in headers if k[:1] != b":"]
         scope_headers.append((b"x-envoy-expected-rq-timeout-ms", str(int(self.server.config.upstream_timeout * 1000)).encode()))
         extensions: dict[str, Any] = {"http.response.trailers": {}}
-        scope = {"type": "http", "http_version": "1.1", "method": values.get(":method", "GET"),
-                 "scheme": values.get(":scheme", "http"), "path": unquote(path), "raw_path": raw(path),
+        scope = {"type": "http", "http_version": "1.1", "method": text(values.get(b":method", b"GET")),
+                 "scheme": text(values.get(b":scheme", b"http")), "path": unquote(path), "raw_path": raw(path),
                  "query_string": raw(query), "headers": scope_headers, "extensions": extensions}
         body_iter = self._request_body()
         status_holder: dict[str, Any] = {}
@@ -185,10 +183,11 @@ class UpstreamLeg:
 
         await echo_app(scope, receive, send)
 
-    async def _http_upstream(self, headers: list[tuple[str, str]]) -> None:
+    async def _http_upstream(self, forwarded: list[tuple[bytes, bytes]]) -> None:
         import aiohttp
 
         config = self.server.config
+        headers = [(text(k), text(v)) for k, v in forwarded]
         values = {k: v for k, v in reversed(headers)}
         base = urlsplit(config.upstream or "")
         target = values.get(":path", "/")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib.util
 import os
 import signal
 import sys
@@ -58,6 +59,7 @@ from proxywasm_host.serve.config import (
 from proxywasm_host.serve.echo import bind, echo_app, run_echo
 from proxywasm_host.serve.exchange import Exchange
 from proxywasm_host.serve.legs import UpstreamLeg
+from proxywasm_host.serve.reload import Reloader
 
 __all__ = ["FilterServer", "ServeConfig", "canonical_header_name", "echo_app", "parse_cluster", "run_echo", "serve"]
 
@@ -85,16 +87,12 @@ class FilterServer:
         self._mono0 = time.monotonic_ns()
         self._clock0 = host.clock.monotonic_ns
         self.name = config.root_id or (Path(config.wasm).stem if isinstance(config.wasm, (str, Path)) else "filter")
+        #: the previous builds (serve --reload) still running streams that started on them
+        self.retiring: list[Plugin] = []
+        self._traps_seen: dict[int, int] = {}  # per plugin (id): traps reported
+        self._traps_total = 0
         try:
-            self.plugin: Plugin = host.load_plugin(
-                config.wasm,
-                root_id=config.root_id,
-                vm_id=config.vm_id,
-                configuration=config.configuration,
-                vm_configuration=config.vm_configuration,
-                failure_policy=config.failure_policy,
-                environment=config.environment,
-            )
+            self.plugin: Plugin = self.load(config.wasm)
         except (FilterFailed, FilterTrap):
             # the filter refused to start (on_vm_start / on_configure false, or a trap): what it
             # logged says why, so show it before the caller reports the failure
@@ -105,11 +103,29 @@ class FilterServer:
         self.active: set[Exchange] = set()
         self.waiting: set[Exchange] = set()
         self.stats = {"requests": 0, "local_replies": 0, "fail_closed": 0, "upstream_errors": 0, "bad_requests": 0}
-        self._traps_seen = 0
         self._client: Any = None  # aiohttp.ClientSession, created on the loop
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[Any] | None = None
+        self.reloader = Reloader(self) if config.reload else None
         self.drain_logs()
+
+    def load(self, wasm: Any) -> Plugin:
+        """Load ``wasm`` (a path, bytes or a compiled module) into the server's host with the
+        configured root id, configuration and policy (the first build, and each ``--reload``)."""
+        config = self.config
+        return self.host.load_plugin(
+            wasm,
+            root_id=config.root_id,
+            vm_id=config.vm_id,
+            configuration=config.configuration,
+            vm_configuration=config.vm_configuration,
+            failure_policy=config.failure_policy,
+            environment=config.environment,
+        )
+
+    def live_plugins(self) -> list[Plugin]:
+        """The current build, then the previous ones still finishing their streams."""
+        return [self.plugin, *self.retiring]
 
     # -- logging ------------------------------------------------------------------------------
     def log(self, level: str, message: str, *, source: str = SERVER_NAME) -> None:
@@ -126,7 +142,7 @@ class FilterServer:
     def drain_logs(self) -> None:
         """Print what the filter logged since last time, and forget it (the server runs for
         long: the VM's log list must not grow)."""
-        for vm in {self.plugin.vm}:
+        for vm in {plugin.vm for plugin in self.live_plugins()}:
             logs: list[LogEntry] = vm.host.logs
             if logs:
                 entries = logs[:]
@@ -140,15 +156,22 @@ class FilterServer:
                 del vm.host.host_errors[:]
                 for message in errors:
                     self.log("error", f"[{self.name}] host: {message}", source="wasm")
-        traps = self.plugin.traps
-        while self._traps_seen < len(traps):
-            trap = traps[self._traps_seen]
-            self._traps_seen += 1
+        for plugin in self.live_plugins():
+            self._report_traps(plugin)
+
+    def _report_traps(self, plugin: Plugin) -> None:
+        traps = plugin.traps
+        seen = self._traps_seen.get(id(plugin), 0)
+        while seen < len(traps):
+            trap = traps[seen]
+            seen = self._traps_seen[id(plugin)] = seen + 1
+            self._traps_total += 1
+            first = self._traps_total == 1
             summary = trap.headline
             # the whole report (panic message, trap, backtrace), indented under the headline
             report = "    " + trap.describe().replace("\n", "\n    ")
             policy = self.config.failure_policy
-            if self._traps_seen == 1:
+            if first:
                 # the first failure, loudly: from here on every request is affected
                 bar = "!" * 78
                 self.log("critical", bar, source="wasm")
@@ -206,7 +229,7 @@ class FilterServer:
             self._close_grpc_calls()
             self._trim_history()
             delay = 0.05
-            for vm in {self.plugin.vm}:
+            for vm in {plugin.vm for plugin in self.live_plugins()}:
                 if vm.failed is None:
                     tick = vm.next_tick()
                     if tick is not None:
@@ -214,14 +237,15 @@ class FilterServer:
             await asyncio.sleep(delay)
 
     def _trim_history(self) -> None:
-        history = self.plugin.vm.host.callout_history
-        if len(history) > 64:
-            history[:] = [c for c in history if (c.pending if isinstance(c, HttpCallout) else c.state not in ("closed", "cancelled"))]
+        for plugin in self.live_plugins():
+            history = plugin.vm.host.callout_history
+            if len(history) > 64:
+                history[:] = [c for c in history if (c.pending if isinstance(c, HttpCallout) else c.state not in ("closed", "cancelled"))]
 
     def _close_grpc_calls(self) -> None:
         """gRPC callouts have no real transport here: answer UNAVAILABLE, as Envoy does for a
         cluster it cannot reach."""
-        for call in list(self.plugin.vm.host.grpc_calls.values()):
+        for call in [c for plugin in self.live_plugins() for c in plugin.vm.host.grpc_calls.values()]:
             if isinstance(call, GrpcCall) and call.state not in ("closed", "cancelled"):
                 self.log("warn", f"[{self.name}] gRPC callout {call.service}/{call.method} to {call.cluster!r}: "
                                  "serve has no gRPC transport; closing it with 14 UNAVAILABLE")
@@ -283,19 +307,32 @@ class FilterServer:
             )
         return self._client
 
-    def forget_stream(self, stream: HttpStream) -> None:
+    def forget_stream(self, stream: HttpStream, plugin: Plugin) -> None:
         """A finished stream: Envoy cancels the HTTP callouts of a destroyed stream context
         (``Context::onDestroy``), their answers never reach the filter; the plugin stops
-        tracking it (the server runs for long)."""
-        callouts = self.plugin.vm.host.http_callouts
+        tracking it (the server runs for long).  A previous build whose last stream this was
+        is shut down (``--reload``)."""
+        callouts = plugin.vm.host.http_callouts
         for token, callout in list(callouts.items()):
             if callout.context_id == stream.context_id and callout.pending:
                 callouts.pop(token, None)
                 callout.state = "cancelled"
         try:
-            self.plugin.streams.remove(stream)
+            plugin.streams.remove(stream)
         except ValueError:
             pass
+        if plugin in self.retiring and not plugin.streams:
+            self.retire(plugin)
+
+    def retire(self, plugin: Plugin) -> None:
+        """Shut a previous build down (on_done, on_delete) and forget it and its VM."""
+        if plugin in self.retiring:
+            self.retiring.remove(plugin)
+        if plugin.vm.failed is None and not plugin.root.deleted:
+            self.filter_call(plugin.shutdown)
+        self.host.unload_plugin(plugin)
+        self._traps_seen.pop(id(plugin), None)
+        self.log("info", f"[{self.name}] the previous build has no streams left: shut down")
 
     # -- ASGI ------------------------------------------------------------------------------------
     async def app(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]], send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
@@ -310,9 +347,12 @@ class FilterServer:
         await exchange.run()
 
     async def start(self) -> None:
-        """Start the real-time ticker (also started by the first request)."""
+        """Start the real-time ticker (also started by the first request) and, with
+        ``--reload``, the watcher of the .wasm file."""
         if self._ticker is None:
             self._ticker = self.spawn(self._tick_loop())
+        if self.reloader is not None:
+            self.spawn(self.reloader.watch())
 
     def abort_all(self, reason: str) -> None:
         """End every request in flight (a response under way is cut short)."""
@@ -331,6 +371,8 @@ class FilterServer:
         if self._client is not None:
             await self._client.close()
             self._client = None
+        for old in list(self.retiring):
+            self.retire(old)
         if self.plugin.vm.failed is None and not self.plugin.root.deleted:
             done = self.filter_call(self.plugin.shutdown)
             deadline = time.monotonic() + 1.0
@@ -395,7 +437,8 @@ async def serve(config: ServeConfig, *, ready: Callable[[int, FilterServer], Non
     server.log("info", f"serving {config.wasm if not isinstance(config.wasm, bytes) else 'filter'} "
                        f"(ABI {server.plugin.abi_version}) on http://{shown_host}:{port} (HTTP/1.1 and h2c) "
                        f"-> {upstream}")
-    server.log("info", f"HTTP server: {HTTP_SERVERS[config.http_server]}")
+    loop_kind = "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+    server.log("info", f"HTTP server: {HTTP_SERVERS[config.http_server]}; event loop: {loop_kind}")
     policy = config.failure_policy
     server.log("info", f"failure policy {policy}{' (the default)' if policy == 'fail_closed' else ''}: "
                        f"if the filter fails (a panic or trap), {FAILURE_POLICIES[policy]}")
@@ -417,6 +460,25 @@ async def serve(config: ServeConfig, *, ready: Callable[[int, FilterServer], Non
                            f"{s['fail_closed']} failed closed, {s['upstream_errors']} upstream errors, "
                            f"{s['bad_requests']} refused)")
     return server
+
+
+def event_loop_kind(requested: str = "auto") -> str:
+    """``uvloop`` or ``asyncio``: ``auto`` is uvloop when it is installed (hypercorn's
+    ``uvloop`` extra), asyncio otherwise."""
+    if requested == "auto":
+        return "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
+    if requested not in ("uvloop", "asyncio"):
+        raise ValueError(f"event loop must be auto, uvloop or asyncio, not {requested!r}")
+    return requested
+
+
+def run(config: ServeConfig, *, loop: str = "auto") -> FilterServer:
+    """:func:`serve` on a new event loop of the ``loop`` kind (:func:`event_loop_kind`)."""
+    if event_loop_kind(loop) == "uvloop":
+        import uvloop
+
+        return uvloop.run(serve(config))
+    return asyncio.run(serve(config))
 
 
 if __name__ == "__main__":  # pragma: no cover
