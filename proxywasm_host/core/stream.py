@@ -164,6 +164,10 @@ class HttpContext(Context):
         self._local_in_flight = False
         self._reset_requested = False
         self.reset = False
+        # A local reply after the request headers went upstream but before the request ended:
+        # Envoy resets the upstream request, the upstream never gets a whole request
+        # (docs/abi-notes.md §7.4)
+        self.upstream_reset = False
         self.completed = False
         self.in_log = False
         # made when first needed (see the properties below): most streams have neither, and
@@ -620,7 +624,10 @@ class HttpContext(Context):
 
     def _apply_local_reply(self, reply: LocalResponse) -> None:
         self.local_response = reply
-        self.request.stopped = None
+        req = self.request
+        if req._forwarded_headers is not None and not req.end_forwarded:
+            self.upstream_reset = True
+        req.stopped = None
         grpc = self.is_grpc_request()
         headers = local_reply_headers(reply, grpc=grpc)
         body = b"" if grpc else reply.body  # (a gRPC reply carries it in grpc-message)

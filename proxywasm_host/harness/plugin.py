@@ -330,7 +330,8 @@ class Plugin:
         # decode the response to look at them).
         d = context.request
         pairs = d._forwarded_headers
-        upstream = None if pairs is None else Later(
+        # (a local reply after the headers went on reset the upstream request: HttpStream.upstream_request)
+        upstream = None if pairs is None or context.upstream_reset else Later(
             upstream_request_of, pairs, bytes(d.forwarded_body), snapshot(d.forwarded_trailers))
         d = context.response
         pairs = d._forwarded_headers

@@ -165,7 +165,11 @@ class HttpStream:
 
     @property
     def upstream_request(self) -> UpstreamRequest | None:
-        """What reached the upstream: None while (or because) the filter held or answered it."""
+        """What reached the upstream: None while (or because) the filter held or answered it.
+        A local reply after the headers went on but before the request ended resets the
+        upstream request (Envoy 1.40): None too, the upstream never got the whole request."""
+        if self.context.upstream_reset:
+            return None
         d = self.context.request
         return upstream_request(d.forwarded_headers, bytes(d.forwarded_body), d.forwarded_trailers)
 

@@ -9,7 +9,7 @@ request it gets, and answers each with a scenario's :class:`HttpResponse`.
 What is recorded (:class:`ReceivedRequest`), and how faithful it is:
 
 * HTTP/2: ``headers`` is the exact HEADERS-frame list as the h2 library
-  decoded it, pseudo-headers included, in arrival order (for example
+  decoded it (cookie crumbs not joined), pseudo-headers included, in arrival order (for example
   ``[(':method','GET'), (':scheme','http'), (':authority','x'),
   (':path','/'), ('user-agent', ...), ...]``), from the server's
   ``proxywasm.raw_request_headers`` scope extension.  Request trailers (a
@@ -22,6 +22,10 @@ What is recorded (:class:`ReceivedRequest`), and how faithful it is:
 * ``body`` is the concatenation of the DATA frames / chunks;
   ``body_chunks`` keeps them as the server delivered them (its boundaries
   are not guaranteed to match the sender's frames).
+* ``requests`` are the requests that ended; a request whose stream was reset
+  (or whose connection closed) before its end goes to ``reset_requests``
+  instead, with the headers and the body as far as they came, and is not
+  answered.
 
 Responses: status, headers (names lower-cased on HTTP/2, as HTTP/2 demands;
 as given on HTTP/1.1), each body chunk as its own ASGI body message, and
@@ -118,6 +122,9 @@ class UpstreamServer:
         self.chunk_gap = chunk_gap
         self.port: int = 0
         self.requests: list[ReceivedRequest] = []
+        #: requests whose stream was reset (or connection closed) before they ended: the
+        #: headers and the body as far as they came
+        self.reset_requests: list[ReceivedRequest] = []
         self.errors: list[BaseException] = []
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
@@ -170,6 +177,7 @@ class UpstreamServer:
     def clear(self) -> None:
         with self._lock:
             self.requests.clear()
+            self.reset_requests.clear()
 
     def wait_for_requests(self, count: int, timeout: float = 5.0) -> bool:
         """Block until at least ``count`` requests completed (body read)."""
@@ -214,12 +222,18 @@ class UpstreamServer:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
+                # the client reset the stream (or closed the connection) before the request ended
+                with self._cond:
+                    self.reset_requests.append(self._record(scope, chunks))
                 return
             if message.get("body"):
                 chunks.append(bytes(message["body"]))
             if not message.get("more_body", False):
                 break
 
+        await self._answer(scope, self._record(scope, chunks), send)
+
+    def _record(self, scope: dict[str, Any], chunks: list[bytes]) -> ReceivedRequest:
         version = scope.get("http_version", "1.1")
         extensions = scope.get("extensions") or {}
         raw_target = scope.get("raw_path") or scope["path"].encode()
@@ -231,7 +245,7 @@ class UpstreamServer:
         else:
             headers = [(":method", scope["method"]), (":path", target)] + _pairs(scope["headers"])
         trailers = extensions.get(_EXT_TRAILERS)
-        record = ReceivedRequest(
+        return ReceivedRequest(
             http_version=version,
             method=scope["method"],
             path=target,
@@ -241,6 +255,9 @@ class UpstreamServer:
             trailers=None if trailers is None else list(trailers),
         )
 
+    async def _answer(self, scope: dict[str, Any], record: ReceivedRequest, send: Callable[..., Any]) -> None:
+        extensions = scope.get("extensions") or {}
+        version = scope.get("http_version", "1.1")
         source = self.response
         response = source(record) if callable(source) else source
         can_trail = "http.response.trailers" in extensions

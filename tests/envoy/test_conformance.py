@@ -397,19 +397,11 @@ TIMING_SENSITIVE: dict[tuple[str, str], str] = {
 
 # Divergences that are bugs of the host, reported and awaiting a fix: the test is
 # marked xfail while they diverge (and passes once they agree).
-_LOCAL_AFTER_HEADERS = (
-    "issue 12 item 7 / divergence D of /work/coord/divergences-corpus.md (fidelity): a local reply from the body "
-    "callback after the headers went on: in-process reports the headers as sent upstream, Envoy's upstream got nothing"
-)
 HOST_BUGS: dict[tuple[str, str], str] = {
-    # the SDK-example corpus (see /work/coord/divergences-corpus.md); its item-1 and grpc-status rows are gone:
-    # fixed on main by the fidelity work, those cells agree now
-    ("go_ex_json_validation-wasip1[e2e]", "json-missing-key"): _LOCAL_AFTER_HEADERS,
-    ("go_ex_json_validation-wasip1[e2e]", "json-not-json"): _LOCAL_AFTER_HEADERS,
-    ("go_ex_http_body-wasip1[echo]", "*"): _LOCAL_AFTER_HEADERS,
-    ("go_ex_http_body_chunk-wasip1", "chunk-pattern-*"): _LOCAL_AFTER_HEADERS,
-    ("go_ex_http_body_chunk-wasip1", "chunk-h2-pattern-*"): _LOCAL_AFTER_HEADERS,
-    # Fixed: exchange() fed the request body after a local reply; callouts answered by a real
+    # Fixed: the SDK-example corpus's rows (a replaced header keeps its place; grpc-status on a
+    # non-gRPC local reply; a callout with an empty :authority sent without Host; a local reply
+    # after the headers went on reported as an upstream request; cookies of an HTTP/2 client);
+    # exchange() fed the request body after a local reply; callouts answered by a real
     # upstream lacked x-envoy-upstream-service-time; Envoy's built-in foreign functions
     # (compress, uncompress, clear_route_cache) were missing.
 }

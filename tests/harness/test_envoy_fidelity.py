@@ -308,3 +308,28 @@ def test_callout_with_an_empty_authority_carries_an_empty_host() -> None:
     assert result.downstream_response is not None
     assert ("total-dispatched", "10") in result.downstream_response.headers
     assert [r.message for r in result.logs][-1] == "response resumed after processed 10 dispatched request"
+
+
+# -- corpus divergence D: a local reply from the body callback after the headers went on ---------
+@pytest.mark.parametrize("profile", ["envoy-http1", "envoy-http2"])
+def test_local_reply_after_the_headers_went_on_resets_the_upstream_request(profile: str) -> None:
+    """The Go SDK example json_validation continues the request headers, buffers the body and
+    answers 403 from the body callback. Envoy 1.40 (measured, docs/abi-notes.md §7.4): the router
+    had the headers (and may have put them on the wire), the local reply resets the upstream
+    request, the upstream never gets a whole request; the client gets the 403. In-process the
+    upstream request is None, as when the filter answers from the headers."""
+    plugin = Host().load_plugin(fixture_wasm("go_ex_json_validation-wasip1"), configuration=b'{"requiredKeys": ["id", "token"]}')
+    json = ((":method", "POST"), A, (":path", "/"), ("content-type", "application/json"))
+    result = plugin.exchange(HttpRequest(json, (b'{"id": "abc123"}',)), profile=profile)
+    assert result.upstream_request is None
+    assert result.local_reply is not None and (result.local_reply.status, result.local_reply.body) == (403, b"invalid payload")
+    assert result.downstream_response is not None and result.downstream_response.status == 403
+    # a valid body: the whole request goes upstream
+    ok = plugin.exchange(HttpRequest(json, (b'{"id": 1, "token": 2}',)), profile=profile)
+    assert ok.upstream_request is not None and ok.upstream_request.body == b'{"id": 1, "token": 2}'
+    # step by step: the headers are upstream until the reply resets the request
+    stream = plugin.http_stream()
+    stream.send_request_headers([*json, ("x-request-id", "r")], end_of_stream=False)
+    assert stream.upstream_request is not None and stream.upstream_request.body == b""
+    stream.send_request_body(b"{nope", end_of_stream=True)
+    assert stream.local_response is not None and stream.upstream_request is None
