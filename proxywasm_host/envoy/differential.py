@@ -47,7 +47,6 @@ from proxywasm_host.envoy import (
     Topology,
     filter_logs,
     find_envoy,
-    log_prefix,
     parse_envoy_log,
     trace_lines,
 )
@@ -71,6 +70,7 @@ from proxywasm_host.envoy.diffing import (
     logs_order_free,
     reordered_answers,
 )
+from proxywasm_host.envoy.logs import log_heads
 from proxywasm_host.envoy.traces import CallbackTrace, _CallRecorder, envoy_callback_trace, inprocess_callback_trace
 from proxywasm_host.http.profiles import StreamProfile, get_profile
 from proxywasm_host.http.scenario import (
@@ -247,10 +247,10 @@ class DifferentialRunner:
             self.runner = None
             self.envoy_start_error = str(exc).split("\n--- envoy log tail", 1)[0]
             lines = parse_envoy_log(getattr(exc, "log", "") or "")
-            head = "wasm log" + log_prefix(self.plugin) + ": "
+            heads = log_heads(self.plugin)
             reasons = [
                 l.message for l in lines
-                if l.logger == "wasm" and l.level in ("error", "critical") and not l.message.startswith(head)
+                if l.logger == "wasm" and l.level in ("error", "critical") and not l.message.startswith(heads)
             ]
             if reasons:
                 self.envoy_start_error += ": " + reasons[0]

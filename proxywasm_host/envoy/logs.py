@@ -61,25 +61,46 @@ def parse_envoy_log(text: str) -> list[EnvoyLogLine]:
     return out
 
 
-def log_prefix(plugin: PluginSpec) -> str:
-    """What Envoy puts between ``wasm log`` and ``: `` (PluginBase::makeLogPrefix)."""
-    return "".join(" " + part for part in (plugin.name, plugin.root_id, plugin.vm_id) if part)
+def log_prefix(plugin: PluginSpec, *, root: bool = False) -> str:
+    """What Envoy puts between ``wasm log`` and ``: ``: for a stream context the plugin's name,
+    root id and vm id (PluginBase::makeLogPrefix); for a root context (``root``: on_vm_start,
+    on_configure, on_tick, on_queue_ready, a callout answer until the SDK switches to the stream
+    with proxy_set_effective_context) only the root id and vm id, no name (Envoy 1.40, measured:
+    docs/abi-notes.md §5.2)."""
+    parts = (plugin.root_id, plugin.vm_id) if root else (plugin.name, plugin.root_id, plugin.vm_id)
+    return "".join(" " + part for part in parts if part)
+
+
+def log_heads(plugin: PluginSpec) -> tuple[str, ...]:
+    """The starts of the module's own log records: the stream context's, then the root
+    context's (the same when the plugin has no name)."""
+    stream, root = (f"wasm log{log_prefix(plugin, root=r)}: " for r in (False, True))
+    return (stream,) if stream == root else (stream, root)
+
+
+def _module_message(message: str, heads: tuple[str, ...]) -> str | None:
+    for head in heads:
+        if message.startswith(head):
+            return message[len(head) :]
+    return None
 
 
 def filter_logs(lines: Iterable[EnvoyLogLine], plugin: PluginSpec) -> list[LogRecord]:
     """The module's own ``proxy_log`` records, in order."""
-    head = "wasm log" + log_prefix(plugin) + ": "
+    heads = log_heads(plugin)
     records = []
     for line in lines:
-        if line.logger == "wasm" and line.message.startswith(head):
-            records.append(LogRecord(level=_LEVELS.get(line.level, line.level), message=line.message[len(head) :]))
+        if line.logger == "wasm":
+            message = _module_message(line.message, heads)
+            if message is not None:
+                records.append(LogRecord(level=_LEVELS.get(line.level, line.level), message=message))
     return records
 
 
 def trace_lines(lines: Iterable[EnvoyLogLine], plugin: PluginSpec) -> list[str]:
     """The ``wasm`` component's other records: with wasm:trace, every call between Envoy and the module."""
-    head = "wasm log" + log_prefix(plugin) + ": "
-    return [line.message for line in lines if line.logger == "wasm" and not line.message.startswith(head)]
+    heads = log_heads(plugin)
+    return [line.message for line in lines if line.logger == "wasm" and _module_message(line.message, heads) is None]
 
 
 # --------------------------------------------------------------------------

@@ -92,3 +92,18 @@ def test_a_local_reply_after_the_headers_went_on_resets_the_upstream_request(ups
     # (whether the headers reached the upstream before the reset depends on its connection being
     # ready: seen for some requests of every run, not all)
     print(f"the upstream saw the headers of {seen_headers} of 4 requests before the reset")
+
+
+def test_a_named_plugins_root_context_logs_are_its_logs() -> None:
+    """Envoy 1.40 prefixes a stream context's log lines with the plugin's name, root id and vm
+    id, a root context's only with the root id and vm id (measured; docs/abi-notes.md §5.2).
+    The backend used to look for the name in both, so a named plugin's start-up logs (root
+    context) were lost on the Envoy side."""
+    spec = PluginSpec(wasm=fixture_wasm("config-wasm32-unknown-unknown"), name="named", root_id="", vm_id="vm-a",
+                      vm_configuration=b"vm settings", configuration=b'{"header": "x-cfg", "value": "on"}')
+    with DifferentialRunner(spec) as runner:
+        assert runner.startup_report is not None and runner.startup_report.agrees, str(runner.startup_report)
+        assert runner.runner is not None
+        assert [r.message for r in runner.runner.startup_logs()] == ["vm config: vm settings"]
+        report = runner.run(HttpRequest((A, (":path", "/"))))
+        assert report.agrees, str(report)
