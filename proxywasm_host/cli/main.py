@@ -350,6 +350,9 @@ def _add_local_loop_commands(sub: argparse._SubParsersAction[argparse.ArgumentPa
                      help="load the filter again when the .wasm file changes (a rebuild): new requests get the new "
                           "build, requests in flight finish on the old one; a build that fails to compile, start or "
                           "configure keeps the old one (one log line). Polls the file twice a second")
+    srv.add_argument("--workers", type=int, default=1, metavar="N",
+                     help="N processes on the same port, each with its own VM of the filter (hypercorn's workers; "
+                          "shared data is per worker, unlike Envoy's worker threads)")
     srv.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default="auto",
                      help="event loop: uvloop when installed (auto), or asyncio's own")
     srv.add_argument("--plain-http", action="store_true", default=None, help="pull an oci:// filter over plain HTTP")
@@ -450,6 +453,9 @@ def _serve_config_ok(args: argparse.Namespace) -> bool:
         if value is not None and value < 1:
             _fail(f"--{flag} must be at least 1", 2)
             return False
+    if args.workers < 1 or (args.workers > 1 and args.http_server != "hypercorn"):
+        _fail("--workers must be at least 1, and more than 1 needs --http-server hypercorn", 2)
+        return False
     if args.max_connections is not None and args.http_server != "builtin":
         _fail("--max-connections needs --http-server builtin (hypercorn has no connection limit)", 2)
         return False
@@ -465,7 +471,8 @@ def _serve(args: argparse.Namespace) -> int:
     missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing:
         return _fail(f"serve needs {', '.join(missing)}: pip install 'proxywasm-host[server]'", 2)
-    from proxywasm_host.serve.server import ServeConfig, run
+    from proxywasm_host.serve.server import ServeConfig, event_loop_kind, run
+    from proxywasm_host.serve.workers import run_workers
 
     wasm: str | Path = args.wasm
     tmp = None
@@ -500,6 +507,8 @@ def _serve(args: argparse.Namespace) -> int:
         if parts.scheme != "http" or not parts.hostname:
             return _fail(f"--upstream {config.upstream!r}: expected http://host[:port][/prefix]", 2)
     try:
+        if args.workers > 1:
+            return run_workers(config, args.workers, loop=event_loop_kind(args.loop))
         run(config, loop=args.loop)
     except ModuleLoadError as exc:
         return _fail(f"load error: {exc}", 2)

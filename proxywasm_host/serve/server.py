@@ -123,9 +123,9 @@ class FilterServer:
             environment=config.environment,
         )
 
-    def live_plugins(self) -> list[Plugin]:
+    def live_plugins(self) -> tuple[Plugin, ...]:
         """The current build, then the previous ones still finishing their streams."""
-        return [self.plugin, *self.retiring]
+        return (self.plugin, *self.retiring) if self.retiring else (self.plugin,)
 
     # -- logging ------------------------------------------------------------------------------
     def log(self, level: str, message: str, *, source: str = SERVER_NAME) -> None:
@@ -142,7 +142,8 @@ class FilterServer:
     def drain_logs(self) -> None:
         """Print what the filter logged since last time, and forget it (the server runs for
         long: the VM's log list must not grow)."""
-        for vm in {plugin.vm for plugin in self.live_plugins()}:
+        for plugin in self.live_plugins():  # (each build has its own VM: a reload changes the module)
+            vm = plugin.vm
             logs: list[LogEntry] = vm.host.logs
             if logs:
                 entries = logs[:]

@@ -240,7 +240,7 @@ def test_serve_runs_on_hypercorn_through_its_public_api_only():
     """Issue 16: serve is on hypercorn (the default) without patching it: after serving requests
     over both protocols, every function and class attribute of every hypercorn module is the
     one hypercorn defined (the old serve replaced H2Protocol.stream_send and hooked request
-    handling); the package imports only hypercorn.asyncio and hypercorn.config; importing serve
+    handling); the package imports only hypercorn.asyncio, hypercorn.config and hypercorn.run (--workers); importing serve
     loads no hypercorn (only serving does)."""
     code = ("import sys, proxywasm_host.serve.server, proxywasm_host.net.upstream;"
             "print('hypercorn' in sys.modules)")
@@ -252,7 +252,7 @@ def test_serve_runs_on_hypercorn_through_its_public_api_only():
             words = line.split()
             if len(words) >= 2 and words[0] in ("from", "import") and words[1].split(".")[0] == "hypercorn":
                 imported.add(words[1])
-    assert imported == {"hypercorn.asyncio", "hypercorn.config"}, imported
+    assert imported == {"hypercorn.asyncio", "hypercorn.config", "hypercorn.run"}, imported
 
     def snapshot() -> dict[str, object]:
         found = {}

@@ -195,6 +195,10 @@ def test_tutorial_loop_with_curl_http1_and_http2(http_server):
     time.sleep(0.1)
     text = "".join(lines)
     assert "shutting down" in text and "stopped after 3 requests" in text
+    # --loop auto: uvloop when it is installed (hypercorn's uvloop extra, in the server extra)
+    import importlib.util
+
+    assert f"event loop: {'uvloop' if importlib.util.find_spec('uvloop') else 'asyncio'}" in text
 
 
 def test_sigterm_stops_cleanly_and_reports_filter_logs():
@@ -464,9 +468,12 @@ def test_an_http2_client_going_away_completes_the_stream(http_server):
             conn.send_headers(1, [(":method", "GET"), (":path", "/delay/5"), (":scheme", "http"), (":authority", "x")],
                               end_stream=True)
             sock.sendall(conn.data_to_send())
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and not (srv.server is not None and srv.server.active):
+                time.sleep(0.05)
+            assert srv.server is not None and srv.server.active  # in flight (the echo waits 5 s)
             time.sleep(0.3)
-            assert srv.server is not None and srv.server.active  # in flight
-        deadline = time.monotonic() + 3
+        deadline = time.monotonic() + 4
         while time.monotonic() < deadline and srv.server.active:
             time.sleep(0.05)
         assert not srv.server.active
@@ -543,3 +550,38 @@ def test_echo_upstream_alone():
     finally:
         proc.terminate()
         assert proc.wait(10) == 0
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_serve_the_same_port_each_with_its_own_vm():
+    """serve --workers 2: hypercorn's worker processes on one port, each loading the filter
+    (its own root context): both protocols answered through the filter; Ctrl-C stops them all."""
+    proc, port, lines = _start_cli(str(HELLO), "--host", "127.0.0.1", "--port", "0", "--workers", "2")
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len([p for p in _children(proc.pid)]) < 3:  # + resource tracker
+            time.sleep(0.1)
+        for _ in range(6):
+            assert get(f"http://127.0.0.1:{port}/headers").json()["headers"]["X-Hello"].startswith("Hello world")
+        with httpx.Client(trust_env=False, timeout=10, http1=False, http2=True) as client:
+            assert client.get(f"http://127.0.0.1:{port}/headers").status_code == 200
+    finally:
+        code = _stop_cli(proc, signal.SIGINT)
+    time.sleep(0.2)
+    text = "".join(lines)
+    assert code == 0, text
+    assert "2 worker processes" in text and text.count("stopped after") == 2, text
+    assert "Traceback" not in text, text
