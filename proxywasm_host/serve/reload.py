@@ -104,6 +104,8 @@ class Reloader:
             plugin = server.load(compiled)
         except ProxyWasmError as exc:
             return _one_line(exc)
+        except Exception as exc:  # noqa: BLE001 - whatever a new build does, the watcher and the old build go on
+            return "unexpected " + _one_line(exc)
         previous = server.plugin
         server.plugin = plugin
         self.sha256 = sha256
