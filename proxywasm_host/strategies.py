@@ -97,8 +97,15 @@ def _cased(name: str, how: int) -> str:
     return name
 
 
-def _casing(name: str) -> st.SearchStrategy[str]:
-    return st.integers(0, 3).map(lambda how: _cased(name, how))
+def _all_cased(names: Sequence[str]) -> list[str]:
+    """Each name in each of the four casings, in that order (what ``sampled_from`` draws
+    with one choice, where a name and then its casing took two nested draws and a map)."""
+    return [_cased(name, how) for name in names for how in range(4)]
+
+
+#: ``Host`` as clients write it (HTTP/1.1); the URL schemes (HTTP/2)
+_HOST_NAMES = st.sampled_from(_all_cased(["host"]))
+_SCHEMES = st.sampled_from(["http", "https"])
 
 
 def header_names(
@@ -115,17 +122,16 @@ def _header_names(known: tuple[str, ...], extra: tuple[str, ...], casing: bool) 
     """Header names: ``extra`` (e.g. names learned from the filter) most often, then
     ``known`` ones, then made-up tokens (``x-...`` and any RFC 9110 token); in any case
     when ``casing``."""
+    cased = _all_cased if casing else list
     parts: list[st.SearchStrategy[str]] = []
     if extra:
-        parts.append(st.sampled_from(sorted(set(extra))))
+        parts.append(st.sampled_from(cased(sorted(set(extra)))))
     if known:
-        parts.append(st.sampled_from(list(known)))
-    parts.append(st.text(_TOKEN, min_size=1, max_size=12).map(lambda s: "x-" + s))
-    parts.append(st.text(_TCHAR, min_size=1, max_size=20))
-    names = st.one_of(*parts)
+        parts.append(st.sampled_from(cased(known)))
+    made_up = [st.text(_TOKEN, min_size=1, max_size=12).map(lambda s: "x-" + s), st.text(_TCHAR, min_size=1, max_size=20)]
     if casing:
-        names = st.tuples(names, st.integers(0, 3)).map(lambda nh: _cased(*nh))
-    return names
+        made_up = [st.tuples(names, st.integers(0, 3)).map(lambda nh: _cased(*nh)) for names in made_up]
+    return st.one_of(*parts, *made_up)
 
 
 def _trimmed(text: str) -> str:
@@ -163,6 +169,8 @@ def header_values(*, hostile: bool = False, max_size: int = 64) -> st.SearchStra
             st.text(st.characters(min_codepoint=0x80, max_codepoint=0x10FFFF, exclude_categories=["Cs"]), max_size=8),
             st.integers(1024, MAX_HEADERS_KIB * 1024 - 1024).map(lambda n: "v" * n),
         ]
+    # (one map over all of them: the shrinker then reaches the smallest value of any kind,
+    # e.g. "," for a list; trimming each kind apart made it stop at "0,0")
     return st.one_of(*parts).map(_trimmed)
 
 
@@ -295,10 +303,9 @@ def http_requests(
     path = draw(paths(hostile=hostile))
     authority = draw(authorities())
     if proto == HTTP1:
-        pseudo: HeaderList = ((":method", method), (":path", path), (draw(_casing("host")), authority))
+        pseudo: HeaderList = ((":method", method), (":path", path), (draw(_HOST_NAMES), authority))
     else:
-        pseudo = ((":method", method), (":scheme", draw(st.sampled_from(["http", "https"]))),
-                  (":authority", authority), (":path", path))
+        pseudo = ((":method", method), (":scheme", draw(_SCHEMES)), (":authority", authority), (":path", path))
     framing: HeaderList = ()
     with_length: bool = draw(st.booleans())
     if chunks and with_length:

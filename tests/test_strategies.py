@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -136,3 +137,50 @@ def test_to_python_round_trips(ex: pst.Exchange) -> None:
     request, response, _profile = eval(
         "(" + ex.to_python().replace("profile=", "") + ")", {"HttpRequest": HttpRequest, "HttpResponse": HttpResponse})
     assert (request, response) == (ex.request, ex.response)
+
+
+def test_header_names_come_in_every_casing() -> None:
+    """Known, extra and made-up names each in the four casings (lower, as given, Title-Case,
+    UPPER); without ``casing`` only as given."""
+    found = seen(
+        pst.header_names(known=("content-Type",), extra=("x-learned",)), 400,
+        known_as_given=lambda n: n == "content-Type",
+        known_lower=lambda n: n == "content-type",
+        known_title=lambda n: n == "Content-Type",
+        known_upper=lambda n: n == "CONTENT-TYPE",
+        extra_lower=lambda n: n == "x-learned",
+        extra_title=lambda n: n == "X-Learned",
+        extra_upper=lambda n: n == "X-LEARNED",
+        made_up_upper=lambda n: n.startswith("X-") and n not in ("X-Learned", "X-LEARNED") and n == n.upper()
+        and any(sum(c.isalpha() for c in part) >= 2 for part in n.split("-")[1:]),  # (Title-Case is not)
+        made_up_title=lambda n: n.startswith("X-") and n not in ("X-Learned", "X-LEARNED") and n != n.upper(),
+        made_up_lower=lambda n: n.startswith("x-") and n != "x-learned",
+    )
+    assert all(found.values()), found
+    plain = seen(pst.header_names(known=("content-Type",), casing=False), 100,
+                 as_given=lambda n: n == "content-Type", other_casing=lambda n: n.lower() == "content-type" and n != "content-Type")
+    assert plain == {"as_given": True, "other_casing": False}
+
+
+def test_http1_requests_send_host_in_every_casing() -> None:
+    def host(r: pst.HttpRequest) -> str:
+        return r.headers[2][0]
+
+    found = seen(pst.http_requests(protocol=pst.HTTP1), 200,
+                 lower=lambda r: host(r) == "host", title=lambda r: host(r) == "Host", upper=lambda r: host(r) == "HOST")
+    assert all(found.values()), found
+
+
+@pytest.mark.parametrize("hostile", [False, True])
+def test_header_values_have_no_leading_or_trailing_space(hostile: bool) -> None:
+    """What Envoy's codecs accept, for every kind of value that can make such a space (met
+    here: a space or tab inside, a list, binary bytes)."""
+    found = seen(
+        pst.header_values(hostile=hostile), 500,
+        trimmed=lambda v: v != v.strip(" \t"),  # must stay False
+        inner_space=lambda v: " " in v or "\t" in v,
+        list_value=lambda v: "," in v or ";" in v,
+        **({"non_utf8": lambda v: any(0xDC80 <= ord(c) <= 0xDCFF for c in v)} if hostile else {}),
+    )
+    assert found.pop("trimmed") is False
+    assert all(found.values()), found
