@@ -54,11 +54,12 @@ def instrument(vm: Any) -> dict[str, int]:
     host = vm.host
     # guest allocations happen in host.give (allocate + copy; C when built), or through
     # runtime.allocate on the Python path
-    if "give" in vars(host):
+    if host.give != host._give_py:  # the runtime's own (a C copy when built)
         host.give = timed(host.give, "alloc")
     else:
         runtime.allocate = timed(runtime.allocate, "alloc")
-    runtime._host_fns = [None if f is None else timed(f, "host") for f in runtime._host_fns]
+    fns = runtime._boundary.host_fns  # (the list the crossings read: changed in place)
+    fns[:] = [None if f is None else timed(f, "host") for f in fns]
     return acc
 
 

@@ -11,6 +11,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from proxywasm_host import speedups as _speedups  # (the package's own submodule)
+
+# before any core module is imported: PROXYWASM_HOST_NO_SPEEDUPS=1 imports the compiled
+# core modules from their source (see proxywasm_host/speedups.py)
+_speedups.install()
+
 __version__ = "0.1.0"
 
 #: public name -> the module that defines it

@@ -20,9 +20,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "proxywasm_host"
 #: layer -> the layers it may import (besides itself)
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
-    "core": {"errors"},
+    # which compiled parts run (imports nothing of ours; every layer may ask)
+    "speedups": set(),
+    "core": {"errors", "speedups"},
     "http": {"errors", "core"},
-    "runtime": {"errors", "core"},
+    "runtime": {"errors", "core", "speedups"},
     "net": {"errors", "core", "http"},
     "harness": {"errors", "core", "http", "runtime", "net"},
     "envoy": {"errors", "core", "http", "runtime", "net", "harness"},
@@ -30,10 +32,10 @@ ALLOWED: dict[str, set[str]] = {
     "deploy": {"errors", "core", "http", "runtime", "net", "harness", "envoy"},
     "strategies": {"errors", "core", "http", "runtime", "net", "harness"},
     "fuzz": {"errors", "core", "http", "runtime", "net", "harness", "envoy", "strategies"},
-    "pytest_plugin": {"errors", "core", "http", "runtime", "net", "harness", "envoy", "strategies", "fuzz"},
-    "cli": {"errors", "core", "http", "runtime", "net", "harness", "envoy", "serve", "deploy", "strategies", "fuzz"},
+    "pytest_plugin": {"errors", "core", "http", "runtime", "net", "harness", "envoy", "strategies", "fuzz", "speedups"},
+    "cli": {"errors", "core", "http", "runtime", "net", "harness", "envoy", "serve", "deploy", "strategies", "fuzz", "speedups"},
     # the package root only re-exports (lazily) and runs the CLI
-    "__init__": {"errors", "core", "http", "runtime", "harness"},
+    "__init__": {"errors", "core", "http", "runtime", "harness", "speedups"},
     "__main__": {"cli"},
 }
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import proxywasm_host.speedups as speedups
 from proxywasm_host.cli.args import read_text_arg
 from proxywasm_host.errors import (
     FilterFailed,
@@ -162,6 +163,7 @@ def _inspect(args: argparse.Namespace) -> int:
     except Exception as exc:  # wasmtime's parse errors
         print(f"proxywasm-host: {args.wasm}: not a valid WebAssembly module: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
+    report["host"] = speedups.describe()  # which path this host runs: compiled or pure
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -185,6 +187,7 @@ def _inspect(args: argparse.Namespace) -> int:
             print(f"  {mark} {imp['module']}.{imp['name']}")
         for problem in report["problems"]:
             print(f"problem: {problem}")
+        print(f"this host:   {speedups.summary()}")
     return 1 if report["problems"] else 0
 
 

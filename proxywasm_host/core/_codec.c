@@ -1,9 +1,12 @@
 /* The serialized-map ("pairs") codec of the proxy-wasm ABI, in C.
  *
- * Part of proxywasm_host's sans-IO core: proxywasm_host/codec.py uses these functions
+ * Part of proxywasm_host's sans-IO core: proxywasm_host/core/codec.py uses these functions
  * when this extension is built and keeps the same functions in Python otherwise (and when
- * PROXYWASM_HOST_NO_SPEEDUPS is set); tests/test_codec_speedups.py holds the two to the
- * same output on generated input.  No wasmtime, no I/O: bytes in, bytes out.
+ * PROXYWASM_HOST_NO_SPEEDUPS is set); tests/core/test_codec_speedups.py holds the two to the
+ * same output on generated input.  No wasmtime, no I/O: bytes in, bytes out.  The rest of
+ * the hot core is compiled by mypyc from its Python source; this stays hand-written C
+ * because mypyc's build of codec.py's Python twin is several times slower (measured:
+ * benchmarks/README.md, "Compiled core").
  *
  * The format (docs/abi-notes.md §6.1): u32 N, N x (u32 key_len, u32 value_len), then for each pair
  * key NUL value NUL; all integers little-endian.

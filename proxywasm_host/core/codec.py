@@ -7,15 +7,19 @@ property value encodings (docs/abi-notes.md §6).  Encoding builds the whole map
 
 :func:`encode_pairs`, :func:`decode_pairs` and :func:`text_pairs` run in C (``_codec.c``,
 built by ``pip install``) when it is built, unless ``PROXYWASM_HOST_NO_SPEEDUPS`` is set;
-the Python versions below are the fallback and the reference the C ones are tested against.
+the Python versions below are the fallback and the reference the C ones are tested against
+(this module is also compiled by mypyc, but the C ones are faster still: see
+benchmarks/README.md, "Compiled core").
 """
 
 from __future__ import annotations
 
-import os
 import struct
 from collections.abc import Iterable, Sequence
 from itertools import chain
+from typing import cast
+
+from proxywasm_host.speedups import disabled as speedups_disabled
 
 Pair = tuple[bytes, bytes]
 
@@ -97,7 +101,7 @@ def py_decode_pairs(buf: memoryview | bytes, offset: int = 0, size: int | None =
     return out
 
 
-def py_text_pairs(pairs: list[tuple[str, str]], names: dict[str, bytes], names_max: int) -> tuple[Pair, ...] | None:
+def py_text_pairs(pairs: list[object], names: dict[str, bytes], names_max: int) -> tuple[Pair, ...] | None:
     """A header map's entries from a list of ``(str, str)`` tuples: names lower-cased UTF-8,
     taken from (or added to, while it is smaller than ``names_max``) the ``names`` cache,
     values UTF-8.  None when an item is anything else or does not encode (lone surrogates):
@@ -112,8 +116,9 @@ def py_text_pairs(pairs: list[tuple[str, str]], names: dict[str, bytes], names_m
     for item in pairs:
         if type(item) is not tuple or len(item) != 2 or type(item[0]) is not str or type(item[1]) is not str:
             return None
+    checked = cast("list[tuple[str, str]]", pairs)  # (what the loop above made sure of)
     try:
-        return tuple([(names[k] if k in names else name(k), v.encode()) for k, v in pairs])
+        return tuple([(names[k] if k in names else name(k), v.encode()) for k, v in checked])
     except UnicodeEncodeError:
         return None
 
@@ -121,7 +126,7 @@ def py_text_pairs(pairs: list[tuple[str, str]], names: dict[str, bytes], names_m
 encode_pairs = py_encode_pairs
 decode_pairs = py_decode_pairs
 text_pairs = py_text_pairs
-if not os.environ.get("PROXYWASM_HOST_NO_SPEEDUPS"):
+if not speedups_disabled():
     try:
         from proxywasm_host.core._codec import decode_pairs, encode_pairs, text_pairs  # type: ignore[no-redef]  # noqa: F401, F811
     except ImportError:  # not built (no C compiler at install time)

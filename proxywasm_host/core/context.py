@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from mypy_extensions import mypyc_attr
+
 from proxywasm_host.core.headers import HeaderMap
 from proxywasm_host.core.higress import REDIS_CALL_RESPONSE
 from proxywasm_host.core.types import BufferType, MapType, Status
@@ -30,6 +32,7 @@ class PluginConfig:
     failure_policy: str = "fail_closed"
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Context:
     """Base of every context: answers "not available" for everything stream-related."""
 

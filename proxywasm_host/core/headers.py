@@ -11,6 +11,7 @@ in front: one that is added or replaced goes to the end of the pseudo-header blo
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 from proxywasm_host.core.codec import text_pairs
 from proxywasm_host.core.text import to_bytes as _b
@@ -41,8 +42,10 @@ def _text(pair: Pair) -> tuple[str, str]:
     return text
 
 
-def _entry(item: Sequence[str | bytes]) -> Pair:
-    """One (name, value) entry the general way (bytes, lists, lone surrogates)."""
+def _entry(item: Any) -> Pair:
+    """One (name, value) entry the general way (bytes, lists, lone surrogates).  ``item`` is
+    whatever a test passed, checked here (typed Any: compiled, a narrower annotation would
+    be checked first, with a message that names no header)."""
     if isinstance(item, (str, bytes)) or len(item) != 2:
         # what a test passed: the harness hands its header lists over unchecked
         raise HarnessUsageError(f"headers must be a dict or a list of (name, value) pairs; got item {item!r}")
@@ -74,20 +77,26 @@ class HeaderMap:
     __slots__ = ("_pairs",)
 
     def __init__(self, pairs: Iterable[Sequence[str | bytes]] = ()) -> None:
+        if pairs == ():  # an empty map (from_pairs and copy start so: nothing to convert)
+            self._pairs: tuple[Pair, ...] = ()
+            return
         if type(pairs) is not list:
             pairs = list(pairs)  # may be walked twice below
         # the usual case, (str, str) tuples, in one call (C when built); else bytes, lists,
         # lone surrogates (see _b)
         encoded = text_pairs(pairs, _NAMES, _NAMES_MAX)  # type: ignore[arg-type]
-        self._pairs: tuple[Pair, ...] = encoded if encoded is not None else tuple([_entry(item) for item in pairs])
+        self._pairs = encoded if encoded is not None else tuple([_entry(item) for item in pairs])
 
     # -- hostcall-level operations (bytes) ---------------------------------------------
     def pairs(self) -> list[Pair]:
         return list(self._pairs)
 
     def set_pairs(self, pairs: Iterable[Pair]) -> None:
-        # Envoy clears the map and adds each pair: pseudo-headers end up in front
-        entries = [(k.lower(), v) for k, v in pairs]
+        # Envoy clears the map and adds each pair: pseudo-headers end up in front.  (The
+        # entries as Any: compiled, a Pair would be checked to hold bytes, and a test may
+        # set a bytearray value.)
+        given: list[Any] = list(pairs)
+        entries = [(k.lower(), v) for k, v in given]
         if any(k[:1] == b":" for k, _ in entries[1:]):
             entries = [e for e in entries if e[0][:1] == b":"] + [e for e in entries if e[0][:1] != b":"]
         self._pairs = tuple(entries)
@@ -131,14 +140,16 @@ class HeaderMap:
     def items(self) -> list[tuple[str, str]]:
         """All entries, in order, as text."""
         text = _TEXT.get
+        # (as Any: compiled, a Pair is checked to hold bytes, and a test may have set a bytearray)
+        entries: tuple[Any, ...] = self._pairs
         try:  # the usual case: entries seen before (the same few headers again and again)
-            return [text(pair) or _text(pair) for pair in self._pairs]
+            return [text(pair) or _text(pair) for pair in entries]
         except TypeError:  # an unhashable value (a bytearray a test put in): not remembered
             pass
         try:  # all valid UTF-8 (see _s), decoded inline
-            return [(k.decode(), v.decode()) for k, v in self._pairs]
+            return [(k.decode(), v.decode()) for k, v in entries]
         except UnicodeDecodeError:
-            return [(_s(k), _s(v)) for k, v in self._pairs]
+            return [(_s(k), _s(v)) for k, v in entries]
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(self.items())
@@ -164,7 +175,7 @@ class HeaderMap:
     @classmethod
     def from_pairs(cls, pairs: tuple[Pair, ...]) -> HeaderMap:
         """A map of ``pairs`` as :meth:`frozen_pairs` gave them (lower-cased names, bytes)."""
-        hmap = cls.__new__(cls)  # nothing for __init__ to convert: skip it
+        hmap = cls()  # (not cls.__new__: a compiled class has no __new__ to call)
         hmap._pairs = pairs
         return hmap
 
@@ -173,7 +184,7 @@ class HeaderMap:
         return self._pairs
 
     def copy(self) -> HeaderMap:
-        clone = HeaderMap.__new__(HeaderMap)  # nothing for __init__ to convert: skip it
+        clone = HeaderMap()
         clone._pairs = self._pairs  # immutable: shared until either map changes
         return clone
 

@@ -173,8 +173,9 @@ def hostcall(name: str, *, signed: tuple[int, ...] = ()) -> Callable[[Callable[.
 
         @functools.wraps(fn)
         def guarded(self: AbiHostBase, *args: int) -> int | None:
-            if self.observer is not None:
-                return self.observer.around(self, name, param_names, args, lambda: run(self, args))
+            observer = self._observer  # (the field: the hot path reads no property)
+            if observer is not None:
+                return observer.around(self, name, param_names, args, lambda: run(self, args))
             try:  # run()'s body inlined: this is the hot path of every hostcall
                 return fn(self, *args)
             except Exception as exc:
@@ -185,7 +186,7 @@ def hostcall(name: str, *, signed: tuple[int, ...] = ()) -> Callable[[Callable[.
         # through costs ~0.1 µs per call.
         @functools.wraps(fn)
         def guarded3(self: AbiHostBase, a: int, b: int, c: int) -> int | None:
-            if self.observer is not None:
+            if self._observer is not None:
                 return guarded(self, a, b, c)
             try:
                 return fn(self, a, b, c)
@@ -194,7 +195,7 @@ def hostcall(name: str, *, signed: tuple[int, ...] = ()) -> Callable[[Callable[.
 
         @functools.wraps(fn)
         def guarded5(self: AbiHostBase, a: int, b: int, c: int, d: int, e: int) -> int | None:
-            if self.observer is not None:
+            if self._observer is not None:
                 return guarded(self, a, b, c, d, e)
             try:
                 return fn(self, a, b, c, d, e)

@@ -84,17 +84,22 @@ class CallbackRecord:
     result: int
 
 
+#: Direction's fields, in order (its __slots__, and what its repr shows)
+_DIRECTION_FIELDS = (
+    "name", "headers", "trailers", "buffer", "_forwarded_headers", "forwarded_body", "forwarded_bytes",
+    "forwarded_trailers", "end_received", "end_forwarded", "stopped", "queued_trailers",
+    "continue_requested", "maps_released", "body_writable", "trailers_creatable", "headers_received",
+    "headers_released", "received_pairs",
+)
+
+
 class Direction:
     """State of one direction (request: decoder path, response: encoder path)."""
 
     # __slots__ and a plain __init__: two per stream, and a dataclass's generated __init__
-    # with 17 defaulted parameters took longer than the rest of stream creation
-    __slots__ = (
-        "name", "headers", "trailers", "buffer", "_forwarded_headers", "forwarded_body", "forwarded_bytes",
-        "forwarded_trailers", "end_received", "end_forwarded", "stopped", "queued_trailers",
-        "continue_requested", "maps_released", "body_writable", "trailers_creatable", "headers_received",
-        "headers_released", "received_pairs",
-    )
+    # with 17 defaulted parameters took longer than the rest of stream creation.  (Compiled
+    # by mypyc the class has fixed fields anyway, and no __slots__ attribute to read back.)
+    __slots__ = _DIRECTION_FIELDS
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -133,7 +138,7 @@ class Direction:
         self._forwarded_headers = None if hmap is None else hmap.frozen_pairs()
 
     def __repr__(self) -> str:
-        fields = [k.lstrip("_") for k in self.__slots__]
+        fields = [k.lstrip("_") for k in _DIRECTION_FIELDS]
         return "Direction(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in fields) + ")"
 
 
@@ -334,9 +339,10 @@ class HttpContext(Context):
                 return (False, None) if value is None else (True, value)
             compute = ATTRIBUTES.get(key)
             if compute is not None:
-                value = compute(self)
-                if value is not ABSENT:
-                    return (True, value) if length == len(segments) else _navigate(value, segments[length:])
+                # (its own name: compiled, a variable keeps the type of its first assignment)
+                attribute = compute(self)
+                if attribute is not ABSENT:
+                    return (True, attribute) if length == len(segments) else _navigate(attribute, segments[length:])
         return False, None
 
     def current_attributes(self) -> dict[tuple[str, ...], Any]:
@@ -546,7 +552,7 @@ class HttpContext(Context):
             )
 
     def _last_request_callback(self) -> str:
-        for name in reversed(self._callback_log[::3]):
+        for name in self._callback_log[-3::-3]:  # the names, last first
             if "request" in name:
                 return str(name)
         return "proxy_on_request_headers"

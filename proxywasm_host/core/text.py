@@ -18,7 +18,7 @@ from proxywasm_host.errors import HarnessUsageError
 Headers = Union[Mapping[str, str], Iterable[Sequence[str]]]  # noqa: UP007 (a runtime alias: Python 3.10 cannot | these)
 
 
-def to_bytes(value: str | bytes) -> bytes:
+def to_bytes(value: str | bytes | bytearray | memoryview) -> bytes:
     if isinstance(value, str):
         try:
             return value.encode()
@@ -27,7 +27,7 @@ def to_bytes(value: str | bytes) -> bytes:
     return bytes(value)
 
 
-def to_text(value: bytes) -> str:
+def to_text(value: bytes | bytearray) -> str:
     try:
         return value.decode()
     except UnicodeDecodeError:

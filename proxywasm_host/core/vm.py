@@ -121,7 +121,7 @@ class Vm:
             host.effective = saved_effective
             if call_observer is not None:
                 call_observer.exit(self, context, name)
-        observer = host.observer
+        observer = host._observer
         if observer is not None and observer.violations and self._depth == 0:
             found, observer.violations = observer.violations, []
             raise UnexpectedHostcall(

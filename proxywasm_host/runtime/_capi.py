@@ -16,7 +16,10 @@ The runtime layer's fast path (:mod:`proxywasm_host.runtime.module` is the only 
 Both crossings exist twice: in C (``_speedups.c``, built at install when a C compiler is
 there; a guest call costs ~0.2 µs and a host callback ~0.3 µs) and in ctypes (the fallback:
 ~0.6 µs and ~2 µs).  Same behaviour; ``PROXYWASM_HOST_NO_SPEEDUPS=1`` forces the ctypes one
-(the test suite runs a part of itself that way).  :data:`SPEEDUPS` says which is in use.
+(with the rest of the pure path: proxywasm_host/speedups.py; CI runs a part of the suite
+that way).  :data:`SPEEDUPS` says which is in use.  Both read one declared object per
+instance, :data:`Boundary` (C: a struct; ctypes: :class:`PyBoundary`), never the instance's
+attributes by name.
 
 Prototypes are declared here (``CFUNCTYPE`` on the package's ``dll``, plain ints for
 pointers) rather than through the package's ``argtypes``-typed wrappers: same library,
@@ -28,7 +31,6 @@ the epoch ticker thread keeps running while a guest loops.
 from __future__ import annotations
 
 import ctypes
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -41,6 +43,7 @@ from wasmtime import _bindings as _b
 from wasmtime import _ffi as _ffi
 
 from proxywasm_host.core.spec import HostcallSpec
+from proxywasm_host.speedups import disabled as speedups_disabled
 
 MASK32 = 0xFFFFFFFF
 MASK64 = 0xFFFFFFFFFFFFFFFF
@@ -90,7 +93,7 @@ def context_address(store: wasmtime.Store) -> int:
 
 
 class _Active(threading.local):
-    #: the WasmInstance whose guest code runs on this thread (innermost), or None
+    #: the Boundary whose guest code runs on this thread (innermost), or None
     inst: Any = None
 
 
@@ -117,19 +120,63 @@ def error_message(address: int) -> str:
     return str(wasmtime.WasmtimeError._from_ptr(ctypes.cast(address, POINTER(_b.wasmtime_error_t))))
 
 
-def park_exception(inst: Any, exc: BaseException | None) -> int:
+def park_exception(boundary: Any, exc: BaseException | None) -> int:
     """Turn an exception raised inside a host callback into a trap the guest unwinds with.
 
-    The exception is parked on the running instance, which re-raises (or reports) it once
-    the guest call returns.  Must never raise: it runs inside a C callback.
+    The exception is parked on the running instance's :data:`Boundary`, which the instance
+    re-raises (or reports) once the guest call returns.  Must never raise: it runs inside a
+    C callback.
     """
     try:
-        if inst is not None and exc is not None and inst._pending is None:
-            inst._pending = exc
+        if boundary is not None and exc is not None and boundary.pending is None:
+            boundary.pending = exc
         msg = f"host function raised {type(exc).__name__}: {exc}".encode("utf-8", "replace")
     except BaseException:  # noqa: BLE001 - nothing may escape into C
         msg = b"host function raised an exception"
     return trap_new(msg, len(msg)) or 0
+
+
+# -- the boundary: what the crossings read of one instance ---------------------------------
+
+_EMPTY_VIEW = memoryview(bytearray())
+
+
+class PyBoundary:
+    """``Boundary`` of ``_speedups.c`` in Python, for the ctypes crossings: the same fields
+    and setters.  One per instance (``WasmInstance`` makes it); the crossings read it as
+    declared fields, never the instance's attributes by name.
+
+    ``ctx``/``mem``: the store context and memory export addresses; ``host_fns``: the bound
+    AbiHost method per callback index; ``view``: the memory view handed out since guest code
+    last ran; ``pending``: the exception a host callback parked; ``drop_logs_below``: the
+    level below which the C trampoline answers proxy_log itself (the ctypes callbacks leave
+    every log to AbiHost.proxy_log, which applies the same rule).
+    """
+
+    __slots__ = ("ctx", "mem", "host_fns", "view", "pending", "drop_logs_below")
+
+    def __init__(self, ctx: int, host_fns: list[Any]) -> None:
+        if not ctx:
+            raise ValueError("Boundary(): no store context (address 0)")
+        self.ctx = ctx
+        self.mem = 0
+        self.host_fns = host_fns
+        self.view: memoryview | None = None
+        self.pending: BaseException | None = None
+        self.drop_logs_below = 0
+
+    def set_memory(self, mem: int) -> None:
+        self.mem = mem
+        self.view = None
+
+    def set_log_filter(self, level: int) -> None:
+        self.drop_logs_below = max(level, 0)
+
+    def memory(self) -> memoryview:
+        view = self.view
+        if view is None:
+            view = self.view = _py_memory_view(self.ctx, self.mem) if self.mem else _EMPTY_VIEW
+        return view
 
 
 # -- the ctypes crossings (the fallback) -----------------------------------------------
@@ -140,7 +187,7 @@ _raw_buffer_types: dict[int, Any] = {}
 
 
 def _py_call(
-    on_trap: Callable[[int, int], Any], name: str, inst: Any, ctx: int, func: int, nslots: int,
+    on_trap: Callable[[int, int], Any], name: str, boundary: PyBoundary, func: int, nslots: int,
     nparams: int, has_result: bool, deadline_ticks: int, *args: int,
 ) -> int | None:
     """:func:`call` in ctypes (see ``sp_call`` in ``_speedups.c`` for the contract)."""
@@ -155,23 +202,24 @@ def _py_call(
         buf[i] = a & MASK64
         i += RAW_STRIDE
     trap = ctypes.c_void_p()
+    ctx = boundary.ctx
     prev = _active.inst
-    if prev is not inst:
+    if prev is not boundary:
         set_epoch_deadline(ctx, deadline_ticks)
-    _active.inst = inst
+    _active.inst = boundary
     try:
         err = func_call_unchecked(ctx, func, ctypes.addressof(buf), nslots, ctypes.addressof(trap))
     finally:
         _active.inst = prev
-        inst._view = None
+        boundary.view = None
     if err or trap.value:
         on_trap(trap.value or 0, err or 0)
         raise RuntimeError("call(): on_trap returned instead of raising")
     return buf[0] & MASK32 if has_result else None
 
 
-def _py_set_active(inst: Any) -> Any:
-    prev, _active.inst = _active.inst, inst
+def _py_set_active(boundary: Any) -> Any:
+    prev, _active.inst = _active.inst, boundary
     return prev
 
 
@@ -201,21 +249,21 @@ _ARG = {
 
 _TEMPLATE = """
 def {fname}(env, caller, p, n):
-    inst = None
+    b = None
     try:
-        inst = active.inst
-        inst._view = None
+        b = active.inst
+        b.view = None
         {body}
         return 0
     except BaseException as exc:
-        return park_exception(inst, exc)
+        return park_exception(b, exc)
 """
 
 
 def _py_callback(index: int, spec: HostcallSpec) -> Any:
     """A ctypes callback for ``spec``, generated from the spec table."""
     args = ", ".join(_ARG[k].format(slot=i * RAW_STRIDE) for i, k in enumerate(spec.params))
-    call = f"inst._host_fns[{index}]({args})"
+    call = f"b.host_fns[{index}]({args})"
     body = f"p[0] = {call} & 0xFFFFFFFF" if spec.results else call
     fname = f"cb_{spec.name}"
     namespace: dict[str, Any] = {"active": _active, "park_exception": park_exception}
@@ -228,7 +276,7 @@ def _py_callback(index: int, spec: HostcallSpec) -> Any:
 # -- which crossings are used ---------------------------------------------------------
 
 _speedups: Any = None
-if not os.environ.get("PROXYWASM_HOST_NO_SPEEDUPS"):
+if not speedups_disabled():
     try:
         from proxywasm_host.runtime import _speedups  # type: ignore[attr-defined,no-redef]
     except ImportError:  # built without a C compiler: the ctypes crossings
@@ -244,15 +292,16 @@ if _speedups is not None:
             "wasmtime_memory_data_size", "wasmtime_context_set_epoch_deadline")),
         park_exception,
     )
-    #: call(on_trap, name, inst, ctx, func, nslots, nparams, has_result, deadline_ticks, *args)
+    #: call(on_trap, name, boundary, func, nslots, nparams, has_result, deadline_ticks, *args)
     #: -> the i32 result (unsigned) or None; on a trap, on_trap(trap, error) raises
     call = _speedups.call
     set_active = _speedups.set_active
-    memory_view = _speedups.memory_view
+    #: Boundary(ctx, host_fns): what the crossings read of one instance (see PyBoundary)
+    Boundary: Any = _speedups.Boundary
 else:
     call = _py_call
     set_active = _py_set_active
-    memory_view = _py_memory_view
+    Boundary = PyBoundary
 
 
 def memory_access(
@@ -286,7 +335,7 @@ def start_epoch_ticker(engine: wasmtime.Engine, interval_s: float) -> None:
 
 # -- one host callback per hostcall ------------------------------------------------------
 
-#: hostcall name -> (index into WasmInstance._host_fns, callback address, its env pointer,
+#: hostcall name -> (index into Boundary.host_fns, callback address, its env pointer,
 #: the ctypes callback object to keep alive or None); process-wide
 _callbacks: dict[str, tuple[int, int, int, Any]] = {}
 _callbacks_lock = threading.Lock()

@@ -1,28 +1,36 @@
 /* The runtime layer's crossings into and out of wasmtime, in C.
  *
- * Part of proxywasm_host's runtime layer (only proxywasm_host/_capi.py imports it).  It
- * does what ctypes does slowly:
+ * Part of proxywasm_host's runtime layer (only proxywasm_host/runtime/_capi.py imports it).
+ * It does what ctypes does slowly:
  *
+ *   Boundary      the one object the C side reads per instance (one per WasmInstance): the
+ *                 store context, the memory, the bound AbiHost methods by callback index,
+ *                 the cached memory view, the exception a host callback parked, and the
+ *                 level below which proxy_log is dropped here.  Declared fields, read as a
+ *                 struct: nothing is looked up by attribute name on the hot path.  The
+ *                 runtime updates it through its setters (set_memory, set_log_filter, which
+ *                 the AbiHost calls when its log level or observer changes).  _capi.py has
+ *                 its Python twin (PyBoundary) for the ctypes crossings;
  *   call()        a guest export through wasmtime_func_call_unchecked: the arguments go
- *                 into the caller's preallocated raw-value buffer, the GIL is released
- *                 for the guest (so the epoch ticker thread can interrupt a looping one),
- *                 and the instance whose guest runs is remembered per thread;
+ *                 into a raw-value buffer on the C stack, the GIL is released for the guest
+ *                 (so the epoch ticker thread can interrupt a looping one), and the
+ *                 Boundary whose guest runs is remembered per thread;
  *   trampoline    the one C host callback every imported host function is defined with
  *                 (wasmtime_linker_define_func_unchecked): it reads the raw argument
  *                 slots as its hostcall's spec says (i32 masked unsigned, i64 signed or
- *                 unsigned), calls the running instance's bound AbiHost method and writes
+ *                 unsigned), calls the running Boundary's bound AbiHost method and writes
  *                 the i32 result back; an exception becomes a wasm trap (the exception is
- *                 parked on the instance by a Python handler) and never crosses into C;
- *   memory_view() a writable memoryview over the guest's linear memory, as it is now;
+ *                 parked on the Boundary by a Python handler) and never crosses into C;
  *   read(), give(), write_u32_pair()
- *                 copies out of and into it for the hostcalls (AbiHost.read, .give and
- *                 .write_u32_pair, which keep the Python versions).
+ *                 copies out of and into guest memory for the hostcalls (AbiHost.read,
+ *                 .give and .write_u32_pair, which keep the Python versions).
  *
  * It does not link against wasmtime: _capi.py hands over the addresses of the C API
  * functions from the library the `wasmtime` package already loaded.  It knows one rule of
  * the proxy-wasm ABI, because filters log far below the host's level on every request
  * (the tutorial filter: 6 trace lines per request): a proxy_log whose level is below the
- * host's log level, with no observer on the host, is answered OK here without entering
+ * Boundary's drop level (the host's log level while no observer is attached: the AbiHost
+ * says which, see AbiHostBase.dropped_log_level) is answered OK here without entering
  * Python, as Envoy drops it without copying the message.  Everything else (a level above
  * critical, a range outside guest memory, a log that is kept) goes to AbiHost.proxy_log,
  * which applies the same rule.
@@ -47,27 +55,37 @@ static memory_data_fn p_memory_data;
 static memory_data_size_fn p_memory_data_size;
 static set_epoch_deadline_fn p_set_epoch_deadline;
 
-/* (inst, exc) -> address of a wasm_trap_t*; parks exc on inst.  Must not raise. */
+/* (boundary, exc) -> address of a wasm_trap_t*; parks exc on the boundary.  Must not raise. */
 static PyObject *exception_handler;
-static PyObject *str_host_fns;
-static PyObject *str_view;
-static PyObject *str_host, *str_observer, *str_log_level, *str_ctx, *str_mem_addr;
 
 /* wasmtime_val_raw_t is 16 bytes: argument i is at u64 slot 2*i */
 #define RAW_STRIDE 2
 #define MAX_PARAMS 16
 
 typedef struct {
-    Py_ssize_t index;        /* into the instance's _host_fns */
+    Py_ssize_t index;        /* into the Boundary's host_fns */
     int nparams;
     int has_result;
     int log_filter;          /* proxy_log: (level, ptr, size), see dropped_log() */
     char kinds[MAX_PARAMS];  /* 'u': i32 (masked, unsigned), 'q': i64 signed, 'Q': i64 unsigned */
 } hostcall_spec;
 
-/* per thread: the instance whose guest code runs (innermost), and the thread state saved
+/* The boundary struct: everything the C side reads of one instance. */
+typedef struct {
+    PyObject_HEAD
+    void *ctx;                   /* wasmtime_context_t* of the instance's store */
+    void *mem;                   /* wasmtime_memory_t* of its memory export; NULL until known */
+    PyObject *host_fns;          /* list: the bound AbiHost method per callback index (or None) */
+    PyObject *view;              /* the memory view handed out since guest code last ran, or NULL */
+    PyObject *pending;           /* the exception a host callback raised, parked for the caller, or NULL */
+    long drop_logs_below;        /* proxy_log below this level is answered OK here; 0: none is */
+} Boundary;
+
+static PyTypeObject BoundaryType;
+
+/* per thread: the Boundary whose guest code runs (innermost), and the thread state saved
  * while a call() runs guest code without the GIL (NULL when the GIL is held) */
-static _Thread_local PyObject *tl_inst;
+static _Thread_local Boundary *tl_inst;
 static _Thread_local PyThreadState *tl_saved;
 
 static int ready(void) {
@@ -77,6 +95,131 @@ static int ready(void) {
     }
     return 1;
 }
+
+/* Boundary(ctx, host_fns: list) */
+static PyObject *boundary_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    PyObject *ctx_obj, *fns;
+    static char *kwlist[] = {"ctx", "host_fns", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!:Boundary", kwlist, &ctx_obj, &PyList_Type, &fns))
+        return NULL;
+    void *ctx = PyLong_AsVoidPtr(ctx_obj);
+    if (ctx == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "Boundary(): no store context (address 0)");
+        return NULL;
+    }
+    Boundary *self = (Boundary *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->ctx = ctx;
+    self->host_fns = Py_NewRef(fns);
+    return (PyObject *)self;
+}
+
+static int boundary_traverse(Boundary *self, visitproc visit, void *arg) {
+    Py_VISIT(self->host_fns);
+    Py_VISIT(self->view);
+    Py_VISIT(self->pending);
+    return 0;
+}
+
+static int boundary_clear(Boundary *self) {
+    Py_CLEAR(self->host_fns);
+    Py_CLEAR(self->view);
+    Py_CLEAR(self->pending);
+    return 0;
+}
+
+static void boundary_dealloc(Boundary *self) {
+    PyObject_GC_UnTrack(self);
+    boundary_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* set_memory(address of the wasmtime_memory_t) */
+static PyObject *boundary_set_memory(Boundary *self, PyObject *arg) {
+    void *mem = PyLong_AsVoidPtr(arg);
+    if (mem == NULL && PyErr_Occurred())
+        return NULL;
+    self->mem = mem;
+    Py_CLEAR(self->view);
+    Py_RETURN_NONE;
+}
+
+/* set_log_filter(level): proxy_log below level is dropped here (0: none is) */
+static PyObject *boundary_set_log_filter(Boundary *self, PyObject *arg) {
+    long level = PyLong_AsLong(arg);
+    if (level == -1 && PyErr_Occurred())
+        return NULL;
+    self->drop_logs_below = level < 0 ? 0 : level;
+    Py_RETURN_NONE;
+}
+
+/* memory() -> a writable memoryview of the whole linear memory as it is now (made once
+ * per stretch of host code: dropped whenever guest code ran, which may grow memory) */
+static PyObject *boundary_memory(Boundary *self, PyObject *unused) {
+    if (self->view == NULL) {
+        size_t size = self->mem ? p_memory_data_size(self->ctx, self->mem) : 0;
+        self->view = size ? PyMemoryView_FromMemory((char *)p_memory_data(self->ctx, self->mem), (Py_ssize_t)size, PyBUF_WRITE)
+                          : PyMemoryView_FromMemory("", 0, PyBUF_WRITE);
+        if (self->view == NULL)
+            return NULL;
+    }
+    return Py_NewRef(self->view);
+}
+
+static PyObject *boundary_get_pending(Boundary *self, void *closure) {
+    return Py_NewRef(self->pending ? self->pending : Py_None);
+}
+
+static int boundary_set_pending(Boundary *self, PyObject *value, void *closure) {
+    if (value == NULL || value == Py_None) {
+        Py_CLEAR(self->pending);
+        return 0;
+    }
+    if (!PyExceptionInstance_Check(value)) {
+        PyErr_SetString(PyExc_TypeError, "Boundary.pending must be an exception or None");
+        return -1;
+    }
+    Py_XSETREF(self->pending, Py_NewRef(value));
+    return 0;
+}
+
+static PyObject *boundary_get_host_fns(Boundary *self, void *closure) {
+    return Py_NewRef(self->host_fns);
+}
+
+static PyObject *boundary_get_drop_logs_below(Boundary *self, void *closure) {
+    return PyLong_FromLong(self->drop_logs_below);
+}
+
+static PyMethodDef boundary_methods[] = {
+    {"set_memory", (PyCFunction)boundary_set_memory, METH_O, "Set the address of the memory export."},
+    {"set_log_filter", (PyCFunction)boundary_set_log_filter, METH_O, "Drop proxy_log below this level in C (0: none)."},
+    {"memory", (PyCFunction)boundary_memory, METH_NOARGS, "A view over guest memory as it is now."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef boundary_getset[] = {
+    {"pending", (getter)boundary_get_pending, (setter)boundary_set_pending, "The exception a host callback parked, or None.", NULL},
+    {"host_fns", (getter)boundary_get_host_fns, NULL, "The bound AbiHost methods by callback index (a list).", NULL},
+    {"drop_logs_below", (getter)boundary_get_drop_logs_below, NULL, "proxy_log below this level is dropped in C (0: none is).", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject BoundaryType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "proxywasm_host.runtime._speedups.Boundary",
+    .tp_doc = "What the C crossings read of one instance (see _speedups.c).",
+    .tp_basicsize = sizeof(Boundary),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_new = boundary_new,
+    .tp_traverse = (traverseproc)boundary_traverse,
+    .tp_clear = (inquiry)boundary_clear,
+    .tp_dealloc = (destructor)boundary_dealloc,
+    .tp_methods = boundary_methods,
+    .tp_getset = boundary_getset,
+};
 
 /* init(call_unchecked, trap_new, memory_data, memory_data_size, set_epoch_deadline,
  *      exception_handler) */
@@ -108,40 +251,43 @@ static PyObject *sp_init(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     Py_RETURN_NONE;
 }
 
-/* call(on_trap, name, inst, ctx, func, nslots, nparams, has_result, deadline_ticks, *args)
+/* call(on_trap, name, boundary, func, nslots, nparams, has_result, deadline_ticks, *args)
  *   -> int | None
  *
- * Runs the guest export `name` (the address of its wasmtime_func_t is func) with args
- * (ints, kept modulo 2**64: a negative i32 arrives as its two's complement) in raw slots
- * 0, 2, 4, ... of a buffer on the C stack (so calls nest freely: a host function may call
- * the guest's allocator), and returns raw slot 0 masked to 32 bits, or None for an export
- * without results.  The leading arguments are fixed per export and instance (the runtime
- * binds them once with functools.partial).
+ * Runs the guest export `name` (the address of its wasmtime_func_t is func) in the store
+ * of `boundary` with args (ints, kept modulo 2**64: a negative i32 arrives as its two's
+ * complement) in raw slots 0, 2, 4, ... of a buffer on the C stack (so calls nest freely:
+ * a host function may call the guest's allocator), and returns raw slot 0 masked to 32
+ * bits, or None for an export without results.  The leading arguments are fixed per
+ * export and instance (the runtime binds them once with functools.partial).
  *
  * When the guest trapped or wasmtime failed, on_trap(trap, error) is called with the
  * addresses of the wasm_trap_t* and wasmtime_error_t* (either may be 0; on_trap owns both)
  * and must raise; its exception is what the call raises.
  *
- * The epoch deadline is armed deadline_ticks ahead unless this instance's guest is already
+ * The epoch deadline is armed deadline_ticks ahead unless this boundary's guest is already
  * running on this thread (a nested call must not extend the outer call's deadline).
- * inst._view is reset afterwards: the guest may have grown its memory. */
+ * The boundary's memory view is dropped afterwards: the guest may have grown its memory. */
 #define MAX_SLOTS 64
-#define FIXED_ARGS 9
+#define FIXED_ARGS 8
 static PyObject *sp_call(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs < FIXED_ARGS) {
-        PyErr_SetString(PyExc_TypeError, "call() takes at least 9 arguments");
+        PyErr_SetString(PyExc_TypeError, "call() takes at least 8 arguments");
         return NULL;
     }
     if (!ready())
         return NULL;
     PyObject *on_trap = args[0];
-    PyObject *inst = args[2];
-    void *ctx = PyLong_AsVoidPtr(args[3]);
-    void *func = PyLong_AsVoidPtr(args[4]);
-    size_t nslots = PyLong_AsSize_t(args[5]);
-    Py_ssize_t nparams = PyLong_AsSsize_t(args[6]);
-    int has_result = PyObject_IsTrue(args[7]);
-    unsigned long long ticks = PyLong_AsUnsignedLongLong(args[8]);
+    if (!PyObject_TypeCheck(args[2], &BoundaryType)) {
+        PyErr_SetString(PyExc_TypeError, "call(): the third argument must be a Boundary");
+        return NULL;
+    }
+    Boundary *b = (Boundary *)args[2];
+    void *func = PyLong_AsVoidPtr(args[3]);
+    size_t nslots = PyLong_AsSize_t(args[4]);
+    Py_ssize_t nparams = PyLong_AsSsize_t(args[5]);
+    int has_result = PyObject_IsTrue(args[6]);
+    unsigned long long ticks = PyLong_AsUnsignedLongLong(args[7]);
     if (PyErr_Occurred())
         return NULL;
     Py_ssize_t n = nargs - FIXED_ARGS;
@@ -160,21 +306,22 @@ static PyObject *sp_call(PyObject *self, PyObject *const *args, Py_ssize_t nargs
             return NULL;
         buf[i * RAW_STRIDE] = v;
     }
-    PyObject *prev_inst = tl_inst;
-    if (prev_inst != inst)
+    void *ctx = b->ctx;
+    Boundary *prev_inst = tl_inst;
+    if (prev_inst != b)
         p_set_epoch_deadline(ctx, ticks);
     PyThreadState *prev_saved = tl_saved;
     void *trap = NULL;
-    Py_INCREF(inst);
-    tl_inst = inst;
+    Py_INCREF(b);
+    tl_inst = b;
     tl_saved = PyEval_SaveThread();
     void *err = p_call_unchecked(ctx, func, buf, nslots, &trap);
     PyEval_RestoreThread(tl_saved);
     tl_saved = prev_saved;
     tl_inst = prev_inst;
 
-    int failed = PyObject_SetAttr(inst, str_view, Py_None);
-    Py_DECREF(inst);
+    Py_CLEAR(b->view);
+    Py_DECREF(b);
     if (err != NULL || trap != NULL) {
         PyErr_Clear();
         PyObject *res = PyObject_CallFunction(on_trap, "NN", PyLong_FromVoidPtr(trap), PyLong_FromVoidPtr(err));
@@ -184,15 +331,13 @@ static PyObject *sp_call(PyObject *self, PyObject *const *args, Py_ssize_t nargs
         }
         return NULL;
     }
-    if (failed)
-        return NULL;
     if (!has_result)
         Py_RETURN_NONE;
     return PyLong_FromUnsignedLong((unsigned long)(buf[0] & 0xFFFFFFFFu));
 }
 
-/* Turn the pending Python exception into a trap (the handler parks it on inst). */
-static void *exception_to_trap(PyObject *inst) {
+/* Turn the pending Python exception into a trap (the handler parks it on the boundary). */
+static void *exception_to_trap(Boundary *b) {
     PyObject *type, *exc, *tb;
     PyErr_Fetch(&type, &exc, &tb);
     PyErr_NormalizeException(&type, &exc, &tb);
@@ -202,7 +347,7 @@ static void *exception_to_trap(PyObject *inst) {
     Py_XDECREF(tb);
     void *trap = NULL;
     if (exception_handler != NULL) {
-        PyObject *res = PyObject_CallFunctionObjArgs(exception_handler, inst ? inst : Py_None,
+        PyObject *res = PyObject_CallFunctionObjArgs(exception_handler, b ? (PyObject *)b : Py_None,
                                                      exc ? exc : Py_None, NULL);
         if (res != NULL) {
             trap = PyLong_AsVoidPtr(res);
@@ -218,72 +363,40 @@ static void *exception_to_trap(PyObject *inst) {
     return trap;
 }
 
-static long long long_attr(PyObject *obj, PyObject *name) {
-    PyObject *v = PyObject_GetAttr(obj, name);
-    if (v == NULL)
-        return -1;
-    long long r = PyLong_Check(v) ? PyLong_AsLongLong(v) : -1;
-    Py_DECREF(v);
-    return r;
-}
-
-/* 1 when proxy_log(level, ptr, size) is dropped: level <= critical (5) and below
- * inst.host.log_level, no inst.host.observer (it sees every hostcall), and the message
- * inside guest memory (a filtered log with a bad range still fails).  0 when Python must
- * answer (AbiHost.proxy_log decides the same way); no exception is left set. */
-static int dropped_log(PyObject *inst, const uint64_t *raw) {
+/* 1 when proxy_log(level, ptr, size) is dropped: level below the boundary's drop level
+ * (which is 0, none, while an observer sees every hostcall; never above critical + 1) and
+ * the message inside guest memory (a filtered log with a bad range still fails).  0 when
+ * Python must answer (AbiHost.proxy_log decides the same way). */
+static int dropped_log(const Boundary *b, const uint64_t *raw) {
     uint64_t level = raw[0] & 0xFFFFFFFFu;
     uint64_t ptr = raw[1 * RAW_STRIDE] & 0xFFFFFFFFu;
     uint64_t size = raw[2 * RAW_STRIDE] & 0xFFFFFFFFu;
-    int dropped = 0;
-    if (level > 5)
+    if (level > 5 || (long)level >= b->drop_logs_below)
         return 0;
-    PyObject *host = PyObject_GetAttr(inst, str_host);
-    if (host == NULL)
-        goto out;
-    PyObject *observer = PyObject_GetAttr(host, str_observer);
-    long long threshold = observer == Py_None ? long_attr(host, str_log_level) : -1;
-    Py_XDECREF(observer);
-    Py_DECREF(host);
-    if ((long long)level >= threshold)
-        goto out;
-    if (size != 0) {
-        long long ctx = long_attr(inst, str_ctx);
-        long long mem = long_attr(inst, str_mem_addr);
-        if (ctx <= 0 || mem <= 0)
-            goto out;
-        if (ptr + size > (uint64_t)p_memory_data_size((void *)(intptr_t)ctx, (void *)(intptr_t)mem))
-            goto out;
-    }
-    dropped = 1;
-out:
-    PyErr_Clear();
-    return dropped;
+    if (size != 0 && (b->mem == NULL || ptr + size > (uint64_t)p_memory_data_size(b->ctx, b->mem)))
+        return 0;
+    return 1;
 }
 
 static void *run_hostcall(const hostcall_spec *spec, uint64_t *raw) {
-    PyObject *inst = tl_inst;
-    if (inst == NULL) {
+    Boundary *b = tl_inst;
+    if (b == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "host function called with no instance running");
         return exception_to_trap(NULL);
     }
-    if (spec->log_filter && dropped_log(inst, raw)) {
+    if (spec->log_filter && dropped_log(b, raw)) {
         raw[0] = 0; /* Status OK */
         return NULL;
     }
-    if (PyObject_SetAttr(inst, str_view, Py_None) < 0)
-        return exception_to_trap(inst);
-    PyObject *fns = PyObject_GetAttr(inst, str_host_fns);
-    if (fns == NULL)
-        return exception_to_trap(inst);
-    PyObject *fn = PyList_Check(fns) && spec->index < PyList_GET_SIZE(fns) ? PyList_GET_ITEM(fns, spec->index) : NULL;
+    Py_CLEAR(b->view); /* (the guest wrote to memory: a view handed out before is stale if it grew) */
+    PyObject *fns = b->host_fns;
+    PyObject *fn = spec->index < PyList_GET_SIZE(fns) ? PyList_GET_ITEM(fns, spec->index) : NULL;
     if (fn == NULL || fn == Py_None) {
-        Py_DECREF(fns);
         PyErr_Format(PyExc_TypeError, "host function #%zd is not bound on this instance", spec->index);
-        return exception_to_trap(inst);
+        return exception_to_trap(b);
     }
+    Py_INCREF(b);
     Py_INCREF(fn);
-    Py_DECREF(fns);
     PyObject *argv[MAX_PARAMS];
     int built = 0;
     for (; built < spec->nparams; built++) {
@@ -304,18 +417,21 @@ static void *run_hostcall(const hostcall_spec *spec, uint64_t *raw) {
     for (int i = 0; i < built; i++)
         Py_DECREF(argv[i]);
     Py_DECREF(fn);
-    if (res == NULL)
-        return exception_to_trap(inst);
-    if (spec->has_result) {
-        unsigned long long r = PyLong_AsUnsignedLongLongMask(res);
-        if (r == (unsigned long long)-1 && PyErr_Occurred()) {
-            Py_DECREF(res);
-            return exception_to_trap(inst);
+    void *trap = NULL;
+    if (res == NULL) {
+        trap = exception_to_trap(b);
+    } else {
+        if (spec->has_result) {
+            unsigned long long r = PyLong_AsUnsignedLongLongMask(res);
+            if (r == (unsigned long long)-1 && PyErr_Occurred())
+                trap = exception_to_trap(b);
+            else
+                raw[0] = r & 0xFFFFFFFFu;
         }
-        raw[0] = r & 0xFFFFFFFFu;
+        Py_DECREF(res);
     }
-    Py_DECREF(res);
-    return NULL;
+    Py_DECREF(b);
+    return trap;
 }
 
 /* size_t callback(void *env, wasmtime_caller_t *caller, wasmtime_val_raw_t *args_and_results, size_t n)
@@ -389,13 +505,18 @@ static PyObject *sp_trampoline_address(PyObject *self, PyObject *unused) {
     return PyLong_FromVoidPtr((void *)trampoline);
 }
 
-/* set_active(inst) -> the previous one: which instance host callbacks act for when a guest
- * is entered other than through call() (instantiation).  Like call(), it keeps a borrowed
- * pointer: the caller keeps inst alive and restores the previous one before letting go. */
-static PyObject *sp_set_active(PyObject *self, PyObject *inst) {
-    PyObject *prev = tl_inst ? tl_inst : Py_None;
+/* set_active(boundary) -> the previous one: which Boundary host callbacks act for when a
+ * guest is entered other than through call() (instantiation).  Like call(), it keeps a
+ * borrowed pointer: the caller keeps the boundary alive and restores the previous one
+ * before letting go. */
+static PyObject *sp_set_active(PyObject *self, PyObject *arg) {
+    if (arg != Py_None && !PyObject_TypeCheck(arg, &BoundaryType)) {
+        PyErr_SetString(PyExc_TypeError, "set_active(): a Boundary or None");
+        return NULL;
+    }
+    PyObject *prev = tl_inst ? (PyObject *)tl_inst : Py_None;
     Py_INCREF(prev);
-    tl_inst = inst == Py_None ? NULL : inst;
+    tl_inst = arg == Py_None ? NULL : (Boundary *)arg;
     return prev;
 }
 
@@ -418,17 +539,6 @@ static int memory_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want,
         return -1;
     }
     return 0;
-}
-
-/* memory_view(ctx, memory) -> writable memoryview of the whole linear memory now */
-static PyObject *sp_memory_view(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    void *ctx, *mem;
-    if (memory_args(args, nargs, 2, "memory_view", 0, &ctx, &mem) < 0)
-        return NULL;
-    size_t size = p_memory_data_size(ctx, mem);
-    if (size == 0)
-        return PyMemoryView_FromMemory("", 0, PyBUF_WRITE);
-    return PyMemoryView_FromMemory((char *)p_memory_data(ctx, mem), (Py_ssize_t)size, PyBUF_WRITE);
 }
 
 /* read(ctx, memory, error, ptr, size) -> bytes: a copy of guest memory [ptr, ptr + size);
@@ -576,11 +686,10 @@ static PyMethodDef methods[] = {
     {"call", (PyCFunction)(void (*)(void))sp_call, METH_FASTCALL, "Call a guest export (unchecked)."},
     {"hostcall_spec", (PyCFunction)(void (*)(void))sp_hostcall_spec, METH_FASTCALL, "Describe one host function."},
     {"trampoline_address", sp_trampoline_address, METH_NOARGS, "The C host callback's address."},
-    {"set_active", sp_set_active, METH_O, "Set this thread's running instance; return the previous."},
+    {"set_active", sp_set_active, METH_O, "Set this thread's running Boundary; return the previous."},
     {"read", (PyCFunction)(void (*)(void))sp_read, METH_FASTCALL, "Copy bytes out of guest memory."},
     {"give", (PyCFunction)(void (*)(void))sp_give, METH_FASTCALL, "Allocate in the guest and copy bytes there."},
     {"write_u32_pair", (PyCFunction)(void (*)(void))sp_write_u32_pair, METH_FASTCALL, "Write two u32s into guest memory."},
-    {"memory_view", (PyCFunction)(void (*)(void))sp_memory_view, METH_FASTCALL, "A view over guest memory."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -590,15 +699,14 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__speedups(void) {
-    str_host_fns = PyUnicode_InternFromString("_host_fns");
-    str_view = PyUnicode_InternFromString("_view");
-    str_host = PyUnicode_InternFromString("host");
-    str_observer = PyUnicode_InternFromString("observer");
-    str_log_level = PyUnicode_InternFromString("log_level");
-    str_ctx = PyUnicode_InternFromString("_ctx");
-    str_mem_addr = PyUnicode_InternFromString("_mem_addr");
-    if (str_host_fns == NULL || str_view == NULL || str_host == NULL || str_observer == NULL ||
-        str_log_level == NULL || str_ctx == NULL || str_mem_addr == NULL)
+    if (PyType_Ready(&BoundaryType) < 0)
         return NULL;
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "Boundary", (PyObject *)&BoundaryType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

@@ -393,7 +393,6 @@ class CompiledModule:
             return self._pre, self._bindings
 
 
-_EMPTY_VIEW = memoryview(bytearray())
 _call = _capi.call
 
 
@@ -420,25 +419,24 @@ class WasmInstance:
         host_fns: list[Any] = [None] * _capi.callback_count()
         for index, method in bindings:
             host_fns[index] = getattr(host, method)
-        #: bound AbiHost methods by callback index (read by the host callbacks)
-        self._host_fns = host_fns
-        #: an exception a host callback raised, parked until the guest call returns
-        self._pending: BaseException | None = None
+        #: what the crossings read of this instance: the store, the memory, the bound AbiHost
+        #: methods by callback index, the memory view, an exception a host callback parked
+        #: until the guest call returns, the log level dropped in C (see _capi.PyBoundary)
+        self._boundary = boundary = _capi.Boundary(self._ctx, host_fns)
+        #: Guest.memory: the view over guest memory as it is now (re-made once guest code ran)
+        self.memory: Callable[[], memoryview] = boundary.memory
         #: GuestRuntime.has_export, as a bound builtin (called twice per callback by the core)
         self.has_export: Callable[[str], bool] = compiled.func_exports.__contains__
         #: export name -> its call with everything but the arguments bound (see _capi.call)
         self._bound: dict[str, Callable[..., int | None]] = {}
         self._keep: list[Any] = []
-        #: the memory view handed to hostcalls; reset (by _capi) whenever guest code ran
-        self._view: memoryview | None = None
-        self._mem_addr = 0
         host.attach_guest(self)  # Python copies until the memory export is known
         _capi.set_epoch_deadline(self._ctx, self._deadline_ticks)
-        prev = _capi.set_active(self)
+        prev = _capi.set_active(boundary)
         try:
             self.instance = pre.instantiate(self.store)
         except (wasmtime.WasmtimeError, wasmtime.Trap) as exc:
-            pending, self._pending = self._pending, None
+            pending, boundary.pending = boundary.pending, None
             if pending is not None and not isinstance(pending, GuestTrapped):
                 raise pending from None
             raise ModuleLoadError(f"{compiled.origin}: failed to instantiate: {str(exc).splitlines()[0]}") from None
@@ -448,14 +446,16 @@ class WasmInstance:
         if found is None or found[0] != _capi.EXTERN_MEMORY:
             raise ModuleLoadError(f"{compiled.origin}: memory export {compiled.memory_export!r} not found")
         self._keep.append(found[1])
-        self._mem_addr = found[2]
-        self._view = None
+        boundary.set_memory(found[2])
         addr, slots, _n, _r = self._resolve(compiled.allocator)
         #: the guest allocator, bound like an export; a trap becomes GuestTrapped
-        self._allocate = partial(_call, self._allocator_trapped, compiled.allocator, self, self._ctx, addr, slots,
+        self._allocate = partial(_call, self._allocator_trapped, compiled.allocator, boundary, addr, slots,
                                  1, True, self._deadline_ticks)
-        fast = _capi.memory_access(self._allocate, self._ctx, self._mem_addr, GuestMemoryError)
+        fast = _capi.memory_access(self._allocate, self._ctx, found[2], GuestMemoryError)
         host.attach_guest(self, MemoryAccess(*fast) if fast is not None else None)
+        # the host says which proxy_log calls the C trampoline may drop, now and whenever its
+        # log level or observer changes
+        host.watch_log_filter(boundary.set_log_filter)
 
     def _resolve(self, name: str) -> tuple[int, int, int, bool]:
         """(func address, raw slots, param count, has result) of an export (looked up once per
@@ -467,20 +467,15 @@ class WasmInstance:
         self._keep.append(found[1])
         return found[2], max(sig[0], sig[1], 1), sig[0], sig[1] > 0
 
-    # -- Guest (for the hostcalls) ---------------------------------------------------------
-    def memory(self) -> memoryview:
-        view = self._view
-        if view is None:
-            view = self._view = _capi.memory_view(self._ctx, self._mem_addr) if self._mem_addr else _EMPTY_VIEW
-        return view
-
+    # -- Guest (for the hostcalls; memory() is the boundary's, set in __init__) ------------
     def allocate(self, size: int) -> int:
         # normally re-entrant: a hostcall handing data to the guest
         return self._allocate(size)  # type: ignore[no-any-return]
 
     def _allocator_trapped(self, trap: int, err: int) -> NoReturn:
         text = self._trap_text(trap, err)
-        pending, self._pending = self._pending, None
+        boundary = self._boundary
+        pending, boundary.pending = boundary.pending, None
         if pending is not None:
             raise pending
         raise GuestTrapped(WasmTrap(text))
@@ -495,7 +490,7 @@ class WasmInstance:
                 return None
             addr, slots, nparams, has_result = self._resolve(name)
             bound = self._bound[name] = partial(
-                _call, self._raise_trap, name, self, self._ctx, addr, slots, nparams, has_result, self._deadline_ticks
+                _call, self._raise_trap, name, self._boundary, addr, slots, nparams, has_result, self._deadline_ticks
             )
         return bound
 
@@ -524,7 +519,8 @@ class WasmInstance:
 
     def _raise_trap(self, trap: int, err: int) -> NoReturn:
         text = self._trap_text(trap, err)
-        pending, self._pending = self._pending, None
+        boundary = self._boundary
+        pending, boundary.pending = boundary.pending, None
         if pending is not None:
             if isinstance(pending, GuestTrapped):
                 raise WasmTrap(f"trap in the guest allocator: {pending.original}") from None

@@ -1,4 +1,4 @@
-"""The C map codec (proxywasm_host/_codec.c) against the Python one it replaces: the same
+"""The C map codec (proxywasm_host/core/_codec.c) against the Python one it replaces: the same
 bytes out for every map, the same map (or None, or ValueError) back for every input,
 valid, damaged or random."""
 

@@ -16,6 +16,7 @@ from proxywasm_host.core.hostcalls import AbiHost
 from proxywasm_host.core.properties import Int, Timestamp, UInt, _navigate
 from proxywasm_host.core.stream import HttpContext, LocalResponse
 from proxywasm_host.core.types import AbiVersion
+from proxywasm_host.core.vm import Vm
 
 
 def reference_attributes(self: HttpContext) -> dict[tuple[str, ...], Any]:
@@ -109,7 +110,8 @@ PATHS = [
 def make_context(user: dict[tuple[str, ...], Any]) -> HttpContext:
     host = AbiHost(AbiVersion.V0_2_1)
     root = host.new_root_context(PluginConfig())
-    return HttpContext(SimpleNamespace(host=host), root, attributes=user)  # type: ignore[arg-type]
+    # a real Vm over no guest: nothing here calls into one (the context only reads vm.host)
+    return HttpContext(Vm(host, SimpleNamespace()), root, attributes=user)  # type: ignore[arg-type]
 
 
 def _map(pairs: list[tuple[str, str]] | None) -> HeaderMap | None:

@@ -153,7 +153,8 @@ def test_host_exception_unwinds_the_guest_and_is_reraised(compiled: CompiledModu
 
 def test_an_exception_inside_the_callback_machinery_becomes_a_trap(compiled: CompiledModule, capfd: Any) -> None:
     inst, _ = instance(compiled)
-    inst._host_fns = [None] * len(inst._host_fns)  # every hostcall now fails inside the callback
+    fns = inst._boundary.host_fns
+    fns[:] = [None] * len(fns)  # every hostcall now fails inside the callback
     with pytest.raises(TypeError):
         inst.call("log_then_mark", 2, 0, 0)
     assert marker(inst) == 0
@@ -228,7 +229,8 @@ def test_the_hosts_reader_copies_exactly_what_the_view_holds(compiled: CompiledM
     from proxywasm_host.runtime import _capi
     inst, host = instance(compiled)
     if _capi.SPEEDUPS:  # the C ones were handed over
-        assert "read" in vars(host) and "give" in vars(host) and "write_u32_pair" in vars(host)
+        for name in ("read", "give", "write_u32_pair"):
+            assert getattr(host, name).func is getattr(_capi._speedups, name)
     mem = inst.memory()
     mem[:] = bytes(range(256)) * (len(mem) // 256)
 
@@ -358,8 +360,72 @@ def test_real_filters_in_threads_keep_their_streams_apart() -> None:
     assert not errors, errors
 
 
+def test_the_boundary_follows_the_hosts_log_level_and_observer(compiled: CompiledModule) -> None:
+    """The level below which the C trampoline answers proxy_log itself is the host's log level
+    while no observer is attached, 0 (none) with one, updated the moment either changes:
+    below it a log never reaches the host's proxy_log (in C), at or above it, or with an
+    observer (which sees every hostcall), it does."""
+    from proxywasm_host.core.observer import HostcallObserver
+    from proxywasm_host.core.types import LogLevel
+    from proxywasm_host.runtime import _capi
+
+    inst, host = instance(compiled)
+    boundary = inst._boundary
+    assert boundary.drop_logs_below == 0  # Recorder: log level TRACE, nothing is below it
+    host.log_level = LogLevel.WARN
+    assert boundary.drop_logs_below == int(LogLevel.WARN)
+
+    def reaches_python(level: LogLevel) -> bool:
+        before = len(host.seen)
+        assert inst.call("log_then_mark", int(level), 0, 0) == 0
+        return len(host.seen) > before
+
+    assert reaches_python(LogLevel.WARN)
+    assert reaches_python(LogLevel.INFO) is not _capi.SPEEDUPS  # dropped in C when built
+    host.observer = HostcallObserver()
+    assert boundary.drop_logs_below == 0
+    assert reaches_python(LogLevel.INFO)
+    host.observer = None
+    assert boundary.drop_logs_below == int(LogLevel.WARN)
+    assert reaches_python(LogLevel.INFO) is not _capi.SPEEDUPS
+    host.log_level = LogLevel.TRACE
+    assert reaches_python(LogLevel.DEBUG)
+
+
+def test_the_boundary_is_the_declared_struct() -> None:
+    """The crossings take the Boundary (C: its struct, ctypes: PyBoundary) and nothing else;
+    its fields are set through its constructor and setters."""
+    from proxywasm_host.runtime import _capi
+
+    kinds = [_capi.PyBoundary] + ([_capi._speedups.Boundary] if _capi.SPEEDUPS else [])
+    for kind in kinds:
+        with pytest.raises(ValueError):
+            kind(0, [])
+        b = kind(4096, [None])
+        assert b.host_fns == [None] and b.pending is None and b.drop_logs_below == 0
+        b.set_log_filter(3)
+        assert b.drop_logs_below == 3
+        b.set_log_filter(-1)
+        assert b.drop_logs_below == 0
+        err = RuntimeError("parked")
+        b.pending = err
+        assert b.pending is err
+        b.pending = None
+        assert b.pending is None
+        assert bytes(b.memory()) == b""  # no memory export known yet: an empty view
+    if _capi.SPEEDUPS:
+        with pytest.raises(TypeError):
+            _capi._speedups.Boundary(4096, (None,))  # host_fns is a list (read as one in C)
+        with pytest.raises(TypeError):
+            _capi._speedups.Boundary(4096, []).pending = "not an exception"
+        with pytest.raises(TypeError, match="Boundary"):
+            _capi._speedups.call(None, "f", object(), 0, 1, 0, False, 1)
+        with pytest.raises(TypeError, match="Boundary"):
+            _capi._speedups.set_active(object())
+
+
 def test_the_c_crossings_are_built_and_in_use() -> None:
-    """`pip install` builds proxywasm_host/_speedups.c; a silent fallback to ctypes would
+    """`pip install` builds proxywasm_host/runtime/_speedups.c; a silent fallback to ctypes would
     cost a third of the per-request time, so the suite says so (unless asked for ctypes)."""
     import os
 

@@ -6,6 +6,8 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from mypy_extensions import mypyc_attr
+
 from proxywasm_host.core import codec
 from proxywasm_host.core.callouts import GrpcCall, HttpCallout
 from proxywasm_host.core.context import Context, PluginConfig, RootContext
@@ -63,15 +65,29 @@ class Delivery(Protocol):
 
 
 class _NoDelivery:
-    def _fail(self, *args: object) -> None:
+    def _fail(self) -> None:
         raise RuntimeError("AbiHost has no VM to deliver callbacks (a Vm attaches itself as AbiHost.delivery)")
 
-    root_done = http_response = grpc_event = dns_answers = redis_response = _fail
+    def root_done(self, *args: object) -> None:
+        self._fail()
+
+    def http_response(self, *args: object) -> None:
+        self._fail()
+
+    def grpc_event(self, *args: object) -> None:
+        self._fail()
+
+    def dns_answers(self, *args: object) -> None:
+        self._fail()
+
+    def redis_response(self, *args: object) -> None:
+        self._fail()
 
 
 _NO_DELIVERY: Delivery = _NoDelivery()
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class AbiHostBase:
     """ABI state of one VM instance; the hostcalls themselves are its subclasses' methods."""
 
@@ -95,7 +111,9 @@ class AbiHostBase:
         self.clock = clock or Clock()
         self.shared = shared or SharedState()
         self.environment = dict(environment or {})
-        self.log_level = log_level
+        #: told dropped_log_level() whenever it changes (see watch_log_filter)
+        self._log_filter_listener: Callable[[int], None] | None = None
+        self._log_level = log_level
         self.foreign_functions = dict(foreign_functions or {})
         self.guest: Guest = NO_GUEST
         #: copies in and out of guest memory: the Python ones until a runtime attaches its own
@@ -104,8 +122,9 @@ class AbiHostBase:
         self.write_u32_pair: Callable[[int, int, int, int], None] = self._write_u32_pair_py
         #: the VM that runs callbacks this host defers (set by the Vm)
         self.delivery: Delivery = _NO_DELIVERY
-        #: tracing / fault injection / strict mode; None keeps the hot path untouched
-        self.observer: HostcallObserver | None = None
+        #: tracing / fault injection / strict mode (the ``observer`` property); None keeps the
+        #: hot path untouched (the @hostcall guard reads this field)
+        self._observer: HostcallObserver | None = None
         self.logs: list[LogEntry] = []
         self.host_errors: list[str] = []
         #: what the host refused and how the test can change that (e.g. an undeclared cluster)
@@ -155,6 +174,45 @@ class AbiHostBase:
         #: the highest buffer type this ABI knows (Higress adds 9, the Redis reply)
         self.last_buffer_type = REDIS_CALL_RESPONSE if abi_version is AbiVersion.V0_2_100 else _LAST_BUFFER_TYPE
         self._history_trim_at = 2 * CALLOUT_HISTORY
+
+    # -- log level and observer: what a runtime may drop without calling proxy_log ----------
+    @property
+    def log_level(self) -> LogLevel:
+        """proxy_log below this level is dropped (Envoy's component log level)."""
+        return self._log_level
+
+    @log_level.setter
+    def log_level(self, level: LogLevel) -> None:
+        self._log_level = level
+        self._log_filter_changed()
+
+    @property
+    def observer(self) -> HostcallObserver | None:
+        """Sees every hostcall (trace, faults, strict mode, coverage), or None."""
+        return self._observer
+
+    @observer.setter
+    def observer(self, observer: HostcallObserver | None) -> None:
+        self._observer = observer
+        self._log_filter_changed()
+
+    def dropped_log_level(self) -> int:
+        """proxy_log calls below this level may be answered OK without calling
+        :meth:`proxy_log` (as Envoy drops them without copying the message): the log level
+        while no observer is attached (an observer sees every hostcall), else 0 (none).
+        A call with a message outside guest memory must still reach proxy_log (it fails)."""
+        return int(self._log_level) if self._observer is None else 0
+
+    def watch_log_filter(self, listener: Callable[[int], None]) -> None:
+        """Tell ``listener`` :meth:`dropped_log_level` now and whenever the log level or the
+        observer changes (the runtime's C crossings drop such logs themselves)."""
+        self._log_filter_listener = listener
+        listener(self.dropped_log_level())
+
+    def _log_filter_changed(self) -> None:
+        listener = self._log_filter_listener
+        if listener is not None:
+            listener(self.dropped_log_level())
 
     def record_callout(self, call: HttpCallout | GrpcCall) -> None:
         """Add a dispatched callout to :attr:`callout_history`, bounded as Plugin.streams is:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from mypy_extensions import mypyc_attr
+
 from proxywasm_host.core.guest import GuestMemoryError
-from proxywasm_host.core.hostcalls.base import _CRITICAL, _LOG_LEVELS, AbiHostBase
+from proxywasm_host.core.hostcalls.base import _CRITICAL, _LOG_LEVELS
+from proxywasm_host.core.hostcalls.data import DataCalls
 from proxywasm_host.core.spec import hostcall
 from proxywasm_host.core.types import BAD_ARGUMENT as _BAD_ARGUMENT
 from proxywasm_host.core.types import OK as _OK
 
 
-class BasicCalls(AbiHostBase):
+@mypyc_attr(allow_interpreted_subclasses=True)
+class BasicCalls(DataCalls):
     """proxy_log, log level, time and tick period."""
 
 
@@ -17,7 +21,7 @@ class BasicCalls(AbiHostBase):
     def proxy_log(self, level: int, ptr: int, size: int) -> int:
         if level > _CRITICAL:
             return _BAD_ARGUMENT
-        if level < self.log_level:  # filtered out: a bad pointer still fails, nothing is copied
+        if level < self._log_level:  # filtered out: a bad pointer still fails, nothing is copied
             if size and ptr + size > len(self.guest.memory()):
                 raise GuestMemoryError  # what read() checks
             return _OK

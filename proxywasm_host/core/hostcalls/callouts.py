@@ -5,9 +5,11 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable
 
+from mypy_extensions import mypyc_attr
+
 from proxywasm_host.core.callouts import GrpcCall, HttpCallout
 from proxywasm_host.core.filter_state import parse_filter_state_args
-from proxywasm_host.core.hostcalls.base import AbiHostBase
+from proxywasm_host.core.hostcalls.higress import HigressCalls
 from proxywasm_host.core.spec import MASK32, hostcall
 from proxywasm_host.core.text import decode_pairs_text
 from proxywasm_host.core.types import BAD_ARGUMENT as _BAD_ARGUMENT
@@ -18,7 +20,8 @@ from proxywasm_host.core.types import (
 )
 
 
-class CalloutCalls(AbiHostBase):
+@mypyc_attr(allow_interpreted_subclasses=True)
+class CalloutCalls(HigressCalls):
     """HTTP and gRPC callouts, foreign functions, DNS and the emscripten/pthread stubs."""
 
 

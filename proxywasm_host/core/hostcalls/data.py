@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from mypy_extensions import mypyc_attr
+
 from proxywasm_host.core.headers import HeaderMap
 from proxywasm_host.core.hostcalls.base import (
     _LAST_MAP_TYPE,
-    AbiHostBase,
 )
+from proxywasm_host.core.hostcalls.streams import StreamCalls
 from proxywasm_host.core.spec import hostcall
 from proxywasm_host.core.types import BAD_ARGUMENT as _BAD_ARGUMENT
 from proxywasm_host.core.types import NOT_FOUND as _NOT_FOUND
@@ -16,7 +18,8 @@ from proxywasm_host.core.types import (
 )
 
 
-class DataCalls(AbiHostBase):
+@mypyc_attr(allow_interpreted_subclasses=True)
+class DataCalls(StreamCalls):
     """Configuration, buffers and header maps."""
 
 

@@ -3,15 +3,18 @@ upstream-host extras, linked only for modules with Higress's marker."""
 
 from __future__ import annotations
 
+from mypy_extensions import mypyc_attr
+
 from proxywasm_host.core.higress import RedisCall
-from proxywasm_host.core.hostcalls.base import AbiHostBase
+from proxywasm_host.core.hostcalls.wasi import WasiCalls
 from proxywasm_host.core.spec import MASK32, hostcall
 from proxywasm_host.core.types import BAD_ARGUMENT as _BAD_ARGUMENT
 from proxywasm_host.core.types import OK as _OK
 from proxywasm_host.core.types import Status
 
 
-class HigressCalls(AbiHostBase):
+@mypyc_attr(allow_interpreted_subclasses=True)
+class HigressCalls(WasiCalls):
     """proxy_redis_init / proxy_redis_call and Higress's upstream extras."""
 
     @hostcall("proxy_redis_init")

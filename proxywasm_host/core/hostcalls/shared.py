@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from proxywasm_host.core.hostcalls.base import AbiHostBase
+from mypy_extensions import mypyc_attr
+
+from proxywasm_host.core.hostcalls.callouts import CalloutCalls
 from proxywasm_host.core.spec import MASK32, hostcall
 from proxywasm_host.core.state import Metric, SharedQueue
 from proxywasm_host.core.types import BAD_ARGUMENT as _BAD_ARGUMENT
@@ -14,7 +16,8 @@ from proxywasm_host.core.types import (
 )
 
 
-class SharedCalls(AbiHostBase):
+@mypyc_attr(allow_interpreted_subclasses=True)
+class SharedCalls(CalloutCalls):
     """Shared data, shared queues and metrics."""
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from mypy_extensions import mypyc_attr
+
 from proxywasm_host.core import properties
-from proxywasm_host.core.hostcalls.base import AbiHostBase
+from proxywasm_host.core.hostcalls.shared import SharedCalls
 from proxywasm_host.core.spec import hostcall
 from proxywasm_host.core.types import BAD_ARGUMENT as _BAD_ARGUMENT
 from proxywasm_host.core.types import NOT_FOUND as _NOT_FOUND
@@ -13,7 +15,8 @@ from proxywasm_host.core.types import (
 )
 
 
-class StreamCalls(AbiHostBase):
+@mypyc_attr(allow_interpreted_subclasses=True)
+class StreamCalls(SharedCalls):
     """Stream control, local responses, context switches and properties."""
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import struct
 
+from mypy_extensions import mypyc_attr
+
 from proxywasm_host.core.guest import GuestMemoryError
 from proxywasm_host.core.hostcalls.base import AbiHostBase
 from proxywasm_host.core.observer import LogEntry
@@ -23,6 +25,7 @@ from proxywasm_host.core.types import (
 )
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class WasiCalls(AbiHostBase):
     """The WASI preview1 imports."""
 
