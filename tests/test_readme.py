@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,7 +34,11 @@ SKIP_SH = {
     "proxywasm-host package": "writes an image (tests/deploy)",
     "envoy": "a real Envoy (tests/envoy)",
     "curl": "talks to a running server",
+    "genhtml": "reads what the pytest command before it wrote (test_python_example_runs loads it with genhtml)",
 }
+
+#: options whose value is a file a README command writes: it goes to the test's tmp_path
+OUTPUT_OPTIONS = ("--proxywasm-filter-coverage",)
 
 
 def blocks() -> list[tuple[int, str, str]]:
@@ -63,12 +68,21 @@ def test_python_example_runs(line: int, code: str, tmp_path: Path) -> None:
     assert commands, f"README.md:{line}: no `pytest ... {name}` command in the sh block after it"
     for cmd in commands:
         args = shlex.split(cmd.split("  #")[0])[1:]
-        args = [str(tmp_path / a) if a == name else a for a in args]
+        args = [str(tmp_path / a) if a == name or (i and args[i - 1] in OUTPUT_OPTIONS) else a
+                for i, a in enumerate(args)]
+        outputs = [a for i, a in enumerate(args) if i and args[i - 1] in OUTPUT_OPTIONS]
         # run from the repository root, as a user of this README does (paths are relative to it)
         proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(REPO),
                                *args], cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
         skipped_for_envoy = "--proxywasm-backend=envoy" in cmd and " skipped" in proc.stdout
         assert proc.returncode == 0 or skipped_for_envoy, f"README.md:{line}: `{cmd}` failed:\n{proc.stdout[-3000:]}"
+        for output in outputs:  # e.g. the filter coverage lcov: written, and genhtml loads it
+            assert Path(output).stat().st_size > 0, f"README.md:{line}: `{cmd}` wrote no {output}"
+            genhtml = shutil.which("genhtml")
+            if output.endswith(".info") and genhtml is not None:
+                run = subprocess.run([genhtml, "--demangle-cpp", "-o", str(tmp_path / "html"), output],
+                                     capture_output=True, text=True, check=False)
+                assert run.returncode == 0, f"README.md:{line}: genhtml failed on {output}:\n{run.stderr}"
 
 
 SH = [(line, cmd) for line, lang, code in blocks() if lang == "sh" for cmd in code.splitlines()

@@ -134,6 +134,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--response-trailer", action="append", type=parse_header, default=[], metavar="'NAME: VALUE'")
     run.add_argument("--wait-ms", type=float, default=0, help="virtual time to let a paused stream resume on ticks")
     run.add_argument("--json", action="store_true", help="print one JSON object")
+    run.add_argument("--coverage", type=Path, metavar="PATH",
+                     help="write which of the filter's own functions and source lines ran to PATH (lcov; Cobertura "
+                     "for a .xml name; lines need DWARF); the summary goes to stderr")
+    run.add_argument("--coverage-map", action="append", type=_label_arg, default=[], metavar="FROM=TO",
+                     help="for --coverage: source path prefix FROM (as the module's DWARF names it) is TO here")
     tcp = run.add_argument_group("TCP mode (a network filter in front of tcp_proxy)")
     tcp.add_argument("--tcp", action="append", metavar="DATA", default=None,
                      help="run a TCP connection instead of an HTTP exchange: the client sends DATA "
@@ -237,7 +242,25 @@ def _run(args: argparse.Namespace) -> int:
         body_chunks=tuple(b.encode() for b in args.response_body),
         trailers=tuple(args.response_trailer) or None,
     )
-    host = Host()
+    collector = None
+    if args.coverage is not None:
+        from proxywasm_host.runtime.coverage import CodeCoverage
+
+        collector = CodeCoverage()
+    host = Host(code_coverage=collector)
+    try:
+        return _run_exchange(args, host, request, response)
+    finally:
+        if collector is not None:
+            from proxywasm_host.runtime.coverage import SourceFilter, summary, write_report
+
+            report = write_report(collector.data(), args.coverage,
+                                  SourceFilter(root=Path.cwd(), path_map=list(args.coverage_map)))
+            for line in summary(report, args.coverage):
+                print(f"proxywasm-host: coverage: {line}", file=sys.stderr)
+
+
+def _run_exchange(args: argparse.Namespace, host: Host, request: HttpRequest, response: HttpResponse) -> int:
     try:
         plugin = host.load_plugin(
             PluginSpec.of(

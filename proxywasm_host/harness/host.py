@@ -38,6 +38,8 @@ from proxywasm_host.harness.stream import HttpStream
 from proxywasm_host.http.scenario import (
     PluginSpec,
 )
+from proxywasm_host.runtime.coverage import CodeCoverage
+from proxywasm_host.runtime.coverage import active as active_code_coverage
 from proxywasm_host.runtime.module import CompiledModule, WasmInstance
 
 if TYPE_CHECKING:
@@ -72,6 +74,7 @@ class Host:
         raise_on_trap: bool = True,
         call_observer: CallObserver | None = None,
         redis: Mapping[str, str | None] | None = None,
+        code_coverage: CodeCoverage | None = None,
     ) -> None:
         """``clusters``: upstream names ``proxy_http_call``/``proxy_grpc_*`` may target. ``None``
         (default) accepts any name (the permissive mode); otherwise an undeclared name gets
@@ -90,7 +93,11 @@ class Host:
         ``trace`` records every hostcall (see :attr:`hostcall_trace`); ``allowed_hostcalls``
         turns on strict mode (any other hostcall fails the callback with
         :class:`~proxywasm_host.errors.UnexpectedHostcall`); ``coverage`` is a dict this host
-        adds hostcall counts to.
+        adds hostcall counts to.  ``code_coverage`` counts which of the filter's own
+        functions and source lines run (:mod:`proxywasm_host.runtime.coverage`: every module
+        this host loads is instrumented); without it, the collector
+        :func:`proxywasm_host.runtime.coverage.activate` installed, if any
+        (``--proxywasm-filter-coverage`` does).
 
         ``callback_deadline_s`` stops a guest callback that runs longer (a trap, reported as
         ``FilterTrap``); ``memory_limit_bytes`` caps each VM's linear memory (Envoy: 1 GiB).
@@ -111,6 +118,7 @@ class Host:
         self.callback_deadline_s = callback_deadline_s
         self.memory_limit_bytes = memory_limit_bytes
         self.raise_on_trap = raise_on_trap
+        self.code_coverage = code_coverage if code_coverage is not None else active_code_coverage()
         self.clock = Clock() if start_time_ns is None else Clock(wall_ns=start_time_ns)
         if clusters is None or isinstance(clusters, Mapping):
             self.clusters = None if clusters is None else dict(clusters)
@@ -202,6 +210,8 @@ class Host:
                 f"failure_policy must be 'fail_closed', 'fail_open' or 'fail_reload', not {failure_policy!r}"
             )
         compiled = wasm if isinstance(wasm, CompiledModule) else CompiledModule.load(wasm)
+        if self.code_coverage is not None:
+            compiled = compiled.instrumented()
         vm_config = _bytes(vm_configuration)
         key: tuple[Any, ...] = (compiled.sha256, vm_id, vm_config)
         if _service:  # the singleton's own VM (Envoy: on the main thread, apart from the workers')
@@ -226,7 +236,7 @@ class Host:
             abi.on_redis_call = self._route_redis
             abi.on_grpc_call = self._route_grpc
             vm = Vm(abi, WasmInstance(compiled, abi, deadline_s=self.callback_deadline_s,
-                                      memory_limit=self.memory_limit_bytes),
+                                      memory_limit=self.memory_limit_bytes, coverage=self.code_coverage),
                     call_observer=self.call_observer)
             vm.raise_on_trap = self.raise_on_trap
             vm.start_vm()

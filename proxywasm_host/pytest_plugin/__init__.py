@@ -31,10 +31,13 @@ from proxywasm_host.errors import HarnessUsageError
 if TYPE_CHECKING:  # the harness (and wasmtime) load when a fixture is first used, not at pytest start
     from proxywasm_host.fuzz import FuzzReport
     from proxywasm_host.harness.host import Host, Plugin
+    from proxywasm_host.runtime.coverage import CodeCoverage
     from proxywasm_host.runtime.module import CompiledModule
 
 _HOSTS = pytest.StashKey[list["Host"]]()
 _COVERAGE = pytest.StashKey[dict[str, int]]()
+_FILTER_COVERAGE: pytest.StashKey[CodeCoverage] = pytest.StashKey()
+_FILTER_COVERAGE_SUMMARY = pytest.StashKey[list[str]]()
 
 
 #: lines per report section by default (--proxywasm-log-lines)
@@ -90,6 +93,41 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="report which host functions the test session exercised, summed over pytest-xdist workers "
         "(ini: proxywasm_coverage)",
     )
+    group.addoption(
+        "--proxywasm-filter-coverage",
+        dest="proxywasm_filter_coverage",
+        default=None,
+        metavar="PATH",
+        help="write which of the filter's own functions and source lines ran (every module loaded in the "
+        "session, instrumented at load; lines need DWARF) to PATH: lcov, or Cobertura XML for a .xml name; "
+        "summed over pytest-xdist workers (ini: proxywasm_filter_coverage)",
+    )
+    group.addoption(
+        "--proxywasm-filter-coverage-map",
+        dest="proxywasm_filter_coverage_map",
+        action="append",
+        default=None,
+        metavar="FROM=TO",
+        help="source path prefix FROM (as the module's DWARF names it, e.g. a --remap-path-prefix target) is TO "
+        "here (relative: to the rootdir); repeatable (ini: proxywasm_filter_coverage_map, one a line)",
+    )
+    group.addoption(
+        "--proxywasm-filter-coverage-include",
+        dest="proxywasm_filter_coverage_include",
+        action="append",
+        default=None,
+        metavar="GLOB",
+        help="report only source files matching GLOB (default: the files under the rootdir); repeatable "
+        "(ini: proxywasm_filter_coverage_include)",
+    )
+    group.addoption(
+        "--proxywasm-filter-coverage-exclude",
+        dest="proxywasm_filter_coverage_exclude",
+        action="append",
+        default=None,
+        metavar="GLOB",
+        help="leave out source files matching GLOB; repeatable (ini: proxywasm_filter_coverage_exclude)",
+    )
     parser.addini("proxywasm_module", "default .wasm filter for the proxywasm_plugin fixture", default="")
     parser.addini("proxywasm_show_logs", "show the filter's log lines for passing tests too", type="bool",
                   default=False)
@@ -101,6 +139,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                   default="inprocess")
     parser.addini("proxywasm_coverage", "report which host functions the session exercised", type="bool",
                   default=False)
+    parser.addini("proxywasm_filter_coverage", "write the filter's own function/line coverage to this path "
+                  "(lcov; Cobertura for .xml)", default="")
+    parser.addini("proxywasm_filter_coverage_map", "FROM=TO source path prefixes for filter coverage",
+                  type="linelist", default=[])
+    parser.addini("proxywasm_filter_coverage_include", "globs of the source files filter coverage reports",
+                  type="linelist", default=[])
+    parser.addini("proxywasm_filter_coverage_exclude", "globs of source files filter coverage leaves out",
+                  type="linelist", default=[])
     parser.addini("proxywasm_teardown_check", "fail tests that leave a callout/gRPC call unanswered or where "
                   "the host recorded an error", type="bool", default=True)
 
@@ -120,6 +166,14 @@ def pytest_report_header(config: pytest.Config) -> str:
 def pytest_configure(config: pytest.Config) -> None:
     if option(config, "proxywasm_coverage"):
         config.stash[_COVERAGE] = {}
+    if option(config, "proxywasm_filter_coverage"):
+        from proxywasm_host.runtime.coverage import CodeCoverage, activate
+
+        for entry in option(config, "proxywasm_filter_coverage_map"):
+            if "=" not in entry:
+                raise pytest.UsageError(f"proxywasm_filter_coverage_map: {entry!r} is not FROM=TO")
+        collector = config.stash[_FILTER_COVERAGE] = CodeCoverage()
+        activate(collector)  # every Host of the session counts into it (Host(code_coverage=...) is the seam)
     backend = option(config, "proxywasm_backend")
     if backend not in BACKENDS:
         raise pytest.UsageError(f"proxywasm_backend = {backend!r}: expected one of {', '.join(BACKENDS)}")
@@ -272,7 +326,7 @@ def _record_module_facts(item: pytest.Item, hosts: list[Host]) -> None:
     for host in hosts:
         for plugin in host.plugins:
             module = plugin.module
-            facts += [("proxywasm_module", module.origin), ("proxywasm_module_sha256", module.sha256),
+            facts += [("proxywasm_module", module.origin), ("proxywasm_module_sha256", module.source_sha256),
                       ("proxywasm_abi_version", plugin.abi_version)]
             logs += [f"[{e.level.label}] ctx={e.context_id} {e.message}" for e in plugin.logs]
         if host._observer is not None and host._observer.trace:
@@ -318,25 +372,68 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     return result
 
 
+def _session_results(config: pytest.Config) -> dict[str, Any]:
+    """What this process counted, as plain data (an xdist worker hands it to the controller)."""
+    out: dict[str, Any] = {}
+    counts = config.stash.get(_COVERAGE, None)
+    if counts is not None:
+        out["proxywasm_coverage"] = dict(counts)
+    collector = config.stash.get(_FILTER_COVERAGE, None)
+    if collector is not None:
+        out["proxywasm_filter_coverage"] = collector.data().to_plain()
+    return out
+
+
+def _add_results(config: pytest.Config, theirs: dict[str, Any]) -> None:
+    """Add another process's :func:`_session_results` to this one's."""
+    counts = config.stash.get(_COVERAGE, None)
+    if counts is not None:
+        for name, n in theirs.get("proxywasm_coverage", {}).items():
+            counts[name] = counts.get(name, 0) + n
+    collector = config.stash.get(_FILTER_COVERAGE, None)
+    if collector is not None and theirs.get("proxywasm_filter_coverage"):
+        from proxywasm_host.runtime.coverage import CoverageData
+
+        collector.add(CoverageData.from_plain(theirs["proxywasm_filter_coverage"]))
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """An xdist worker hands its hostcall counts to the controller (pytest_testnodedown)."""
-    counts = session.config.stash.get(_COVERAGE, None)
-    workeroutput = getattr(session.config, "workeroutput", None)
-    if counts is not None and workeroutput is not None:
-        workeroutput["proxywasm_coverage"] = dict(counts)
+    """An xdist worker hands what it counted to the controller (pytest_testnodedown); the
+    controller (or a run without xdist) writes the filter coverage report."""
+    config = session.config
+    workeroutput = getattr(config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput.update(_session_results(config))
+        return
+    collector = config.stash.get(_FILTER_COVERAGE, None)
+    if collector is None:
+        return
+    from proxywasm_host.runtime.coverage import SourceFilter, activate, summary, write_report
+
+    activate(None)
+    sources = SourceFilter(
+        root=Path(config.rootpath),
+        path_map=[(entry.partition("=")[0], entry.partition("=")[2]) for entry in option(config, "proxywasm_filter_coverage_map")],
+        include=list(option(config, "proxywasm_filter_coverage_include")),
+        exclude=list(option(config, "proxywasm_filter_coverage_exclude")),
+    )
+    path = Path(config.invocation_params.dir) / option(config, "proxywasm_filter_coverage")
+    report = write_report(collector.data(), path, sources)
+    config.stash[_FILTER_COVERAGE_SUMMARY] = summary(report, path)
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: Any, error: Any) -> None:
-    """xdist controller: add a finished worker's hostcall counts to the session's."""
-    counts = node.config.stash.get(_COVERAGE, None)
-    theirs = getattr(node, "workeroutput", {}).get("proxywasm_coverage")
-    if counts is not None and theirs:
-        for name, n in theirs.items():
-            counts[name] = counts.get(name, 0) + n
+    """xdist controller: add a finished worker's counts to the session's."""
+    _add_results(node.config, getattr(node, "workeroutput", {}))
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    lines = config.stash.get(_FILTER_COVERAGE_SUMMARY, None)
+    if lines is not None:
+        terminalreporter.section("proxy-wasm filter coverage")
+        for line in lines:
+            terminalreporter.write_line(line)
     counts = config.stash.get(_COVERAGE, None)
     if counts is None:
         return

@@ -49,6 +49,8 @@ from proxywasm_host.runtime.cache import (
     ModuleCache,
     resolve_cache_dir,
 )
+from proxywasm_host.runtime.coverage import CodeCoverage
+from proxywasm_host.runtime.instrument import COUNTERS_EXPORT, CoverageMap
 
 MAX_MEMORY_BYTES = 1 << 30
 
@@ -204,6 +206,13 @@ class CompiledModule:
         self.origin = origin
         self.sha256 = _sha256 or hashlib.sha256(wasm).hexdigest()  # (load has it already)
         self.size = len(wasm) if _size is None else _size
+        #: the module's bytes (empty when load() found it in the disk cache without reading it)
+        self._wasm = wasm
+        self._cache_dir = cache_dir
+        #: what the counters of an instrumented module count (None: not instrumented)
+        self.coverage_map: CoverageMap | None = None
+        #: the sha256 of the module as given (an instrumented module's own differs)
+        self.source_sha256 = self.sha256
         if _found is not None and _found.module is not None and _found.meta is not None:
             # found on disk by load() without reading the module
             self.module, meta, self.cache_status = _found.module, _found.meta, "hit"
@@ -261,7 +270,7 @@ class CompiledModule:
                         return cached
                     found = cache.load(known[0])
                     if found.module is not None and found.meta is not None:
-                        cached = cls(b"", origin, _sha256=known[0], _found=found, _size=known[1])
+                        cached = cls(b"", origin, cache_dir=cache_dir, _sha256=known[0], _found=found, _size=known[1])
                         _module_cache[known[0]] = cached
                         return cached
             try:
@@ -287,6 +296,51 @@ class CompiledModule:
         if remember is not None:  # (after a successful load: an invalid module is not remembered)
             remember[0].remember_source(remember[1], remember[2], remember[3], key)
         return cached
+
+    def instrumented(self) -> CompiledModule:
+        """This module with coverage counters (:mod:`.instrument`; line counters where it has
+        DWARF line tables), compiled once per process; itself when it is instrumented."""
+        if self.coverage_map is not None:
+            return self
+        key = self.sha256 + "+coverage"
+        found = _module_cache.get(key)
+        if found is None:
+            found = _module_cache[key] = self.instrument(self._bytes(), self.origin, cache_dir=self._cache_dir)
+        return found
+
+    def _bytes(self) -> bytes:
+        """The module's bytes: kept, or read again from its file when load() took the compiled
+        code from the disk cache without reading it."""
+        if self._wasm:
+            return self._wasm
+        try:
+            wasm = Path(self.origin).read_bytes()
+        except OSError as exc:
+            raise ModuleLoadError(f"cannot read {self.origin}: {exc.strerror or exc}") from None
+        if hashlib.sha256(wasm).hexdigest() != self.sha256:
+            raise ModuleLoadError(f"{self.origin}: the file changed since it was loaded: load it again")
+        return wasm
+
+    @classmethod
+    def instrument(cls, wasm: bytes, origin: str = "<bytes>", *, cache_dir: CacheDirArg = False) -> CompiledModule:
+        """Instrument ``wasm`` and compile it (no per-process cache: see :meth:`instrumented`)."""
+        from proxywasm_host.runtime.dwarf import line_rows
+        from proxywasm_host.runtime.instrument import InstrumentError, custom_sections, instrument
+
+        note = ""
+        try:
+            result = instrument(wasm, line_rows(custom_sections(wasm)))
+        except InstrumentError as exc:  # an instruction the decoder does not know: functions only
+            note = f"line coverage off: {exc}"
+            try:
+                result = instrument(wasm)
+            except InstrumentError as again:
+                raise ModuleLoadError(f"{origin}: cannot instrument for coverage: {again}") from None
+        result.map.note = note
+        found = cls(result.wasm, origin, cache_dir=cache_dir)
+        found.coverage_map = result.map
+        found.source_sha256 = hashlib.sha256(wasm).hexdigest()
+        return found
 
     # -- validation as cpp-host/Envoy (V8) do it ------------------------------------------
     def _detect_abi(self) -> AbiVersion:
@@ -344,7 +398,7 @@ class CompiledModule:
         return infos
 
     def _check_exports(self) -> None:
-        memories = [n for n, (kind, _p, _r) in self.export_types.items() if kind == "memory"]
+        memories = [n for n, (kind, _p, _r) in self.export_types.items() if kind == "memory" and n != COUNTERS_EXPORT]
         if len(memories) != 1:
             raise ModuleLoadError(f"{self.origin}: expected exactly one exported memory, found {len(memories)}")
         self.memory_export = memories[0]
@@ -406,7 +460,10 @@ class WasmInstance:
         *,
         deadline_s: float = DEFAULT_DEADLINE_S,
         memory_limit: int = MAX_MEMORY_BYTES,
+        coverage: CodeCoverage | None = None,
     ) -> None:
+        """``coverage``: the collector the counters of an instrumented module
+        (:meth:`CompiledModule.instrumented`) are read into."""
         self.compiled = compiled
         self.host = host
         self.deadline_s = deadline_s
@@ -456,6 +513,12 @@ class WasmInstance:
         # the host says which proxy_log calls the C trampoline may drop, now and whenever its
         # log level or observer changes
         host.watch_log_filter(boundary.set_log_filter)
+        if coverage is not None and compiled.coverage_map is not None:
+            counters = _capi.export_get(self._ctx, self.instance, COUNTERS_EXPORT)
+            if counters is None or counters[0] != _capi.EXTERN_MEMORY:
+                raise ModuleLoadError(f"{compiled.origin}: the instrumented module has no counters memory")
+            coverage.attach(self, compiled.source_sha256, compiled.origin, compiled.coverage_map,
+                            partial(_capi._py_memory_view, self._ctx, counters[2]), (self.store, counters[1]))
 
     def _resolve(self, name: str) -> tuple[int, int, int, bool]:
         """(func address, raw slots, param count, has result) of an export (looked up once per

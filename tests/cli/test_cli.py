@@ -127,3 +127,21 @@ def test_a_higress_module_is_named_as_such() -> None:
     ran = run_cli("run", str(WAT / "higress_redis.wat"))
     assert ran.returncode == 0, ran.stderr
     assert "upstream request: none" in ran.stdout  # held for its Redis call, which nobody answers
+
+
+def test_run_writes_the_filter_coverage(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from conftest import REPO
+
+    wasm = fixture_wasm("panic_debug-wasm32-unknown-unknown")
+    out = tmp_path / "run.info"
+    for panic, code in ((False, 0), (True, 1)):
+        proc = subprocess.run(
+            [sys.executable, "-m", "proxywasm_host", "run", str(wasm), "--coverage", str(out),
+             "--coverage-map", "/fixtures/rust=fixtures/rust", *(["-H", "x-panic: 1"] if panic else [])],
+            capture_output=True, text=True, timeout=120, cwd=REPO)
+        assert proc.returncode == code, proc.stderr
+        assert f"proxywasm-host: coverage: wrote {out}: 1 source files, lines 6/7, functions 3/3" in proc.stderr
+        text = out.read_text()
+        assert f"SF:{REPO / 'fixtures/rust/panic/src/lib.rs'}\n" in text
+        # line 33 panics, line 37 ends the callback without a panic
+        assert ("DA:33,1\n" in text and "DA:37,0\n" in text) if panic else ("DA:33,0\n" in text and "DA:37,1\n" in text)

@@ -113,3 +113,80 @@ def test_coverage_is_summed_over_xdist_workers(pytester: pytest.Pytester) -> Non
     env = next(line for line in result.stdout.lines if line.startswith("env: "))
     assert not env.startswith("env: 0/"), env
     result.stdout.fnmatch_lines(["*2  proxy_add_header_map_value"])
+
+
+PANIC_DEBUG = str(fixture_wasm("panic_debug-wasm32-unknown-unknown"))
+SURVIVES = '''
+def test_survives{n}(proxywasm_plugin):
+    stream = proxywasm_plugin.http_stream()
+    stream.send_request_headers({{":authority": "h", ":path": "/"}}, end_of_stream=True)
+    assert stream.request_headers["x-survived"] == "yes"
+'''
+
+
+def _lcov_records(text: str) -> dict[str, dict[str, list[str]]]:
+    records: dict[str, dict[str, list[str]]] = {}
+    current: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key == "SF":
+            current = records.setdefault(value, {})
+        elif line != "end_of_record":
+            current.setdefault(key, []).append(value)
+    return records
+
+
+def test_filter_coverage_under_xdist_is_lcov_that_genhtml_loads(pytester: pytest.Pytester) -> None:
+    import shutil
+    import subprocess
+
+    from conftest import REPO
+
+    pytester.makepyfile(test_a=SURVIVES.format(n=1), test_b=SURVIVES.format(n=2))
+    result = pytester.runpytest_subprocess(
+        "-v", "-n", "2", "--proxywasm-module", PANIC_DEBUG, "--proxywasm-coverage",
+        "--proxywasm-filter-coverage", "out/filter.info",
+        "--proxywasm-filter-coverage-map", f"/fixtures/rust={REPO / 'fixtures/rust'}",
+        "--proxywasm-filter-coverage-include", "*/fixtures/rust/*")
+    result.assert_outcomes(passed=2)
+    workers = {line.split("]")[0] for line in result.stdout.lines if line.startswith("[gw") and "PASSED" in line}
+    assert workers == {"[gw0", "[gw1"}, result.stdout.str()  # one test on each worker
+    result.stdout.fnmatch_lines(["*proxy-wasm filter coverage*", "*wrote *filter.info: 1 source files, lines 6/7, functions 3/3*",
+                                 "*source files left out*"])
+    # both workers' counts, summed: hostcalls and the filter's lines alike
+    result.stdout.fnmatch_lines(["*2  proxy_add_header_map_value"])
+    text = (pytester.path / "out" / "filter.info").read_text()
+    source = str(REPO / "fixtures/rust/panic/src/lib.rs")
+    record = _lcov_records(text)[source]
+    da = dict(entry.split(",") for entry in record["DA"])
+    assert da["32"] == "2" and da["37"] == "2" and da["33"] == "0"  # 33 panics: no test sent x-panic
+    assert record["LF"] == ["7"] and record["LH"] == ["6"] and record["FNH"] == ["3"]
+    genhtml = shutil.which("genhtml")
+    if genhtml is None:
+        pytest.skip("genhtml (Debian's lcov package) is not installed: the lcov was checked, not loaded")
+    run = subprocess.run([genhtml, "-o", str(pytester.path / "html"), str(pytester.path / "out" / "filter.info")],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "lines......: 85.7% (6 of 7 lines)" in run.stdout
+    assert not run.stderr.strip(), run.stderr  # no warnings either
+    assert (pytester.path / "html" / "index.html").exists()
+
+
+def test_filter_coverage_as_cobertura_and_from_the_ini(pytester: pytest.Pytester) -> None:
+    from conftest import REPO
+
+    pytester.makeini(f"""
+[pytest]
+proxywasm_module = {PANIC_DEBUG}
+proxywasm_filter_coverage = cov.xml
+proxywasm_filter_coverage_map = /fixtures/rust={REPO / 'fixtures/rust'}
+proxywasm_filter_coverage_include = */panic/src/*
+""")
+    pytester.makepyfile(test_a=SURVIVES.format(n=1))
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(passed=1)
+    xml = ET.parse(pytester.path / "cov.xml").getroot()
+    [cls] = list(xml.iter("class"))
+    assert cls.get("filename", "").endswith("panic/src/lib.rs")
+    hits = {line.get("number"): line.get("hits") for line in cls.find("lines").iter("line")}  # type: ignore[union-attr]
+    assert hits["32"] == "1" and hits["33"] == "0"
