@@ -188,3 +188,32 @@ def test_dwarf_rows_of_the_debug_fixture() -> None:
     assert line_rows(custom_sections(fixture_wasm("panic-wasm32-unknown-unknown").read_bytes())) == []
     instrumented = instrument(data, rows).wasm
     assert not any(name.startswith(".debug_") for name in custom_sections(instrumented))
+
+
+def test_a_module_taken_from_the_disk_cache_unread_is_instrumented_from_its_file(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    wasm = tmp_path / "panic.wasm"
+    shutil.copyfile(PANIC_DEBUG, wasm)
+    child = f"""
+from pathlib import Path
+from proxywasm_host import Host
+from proxywasm_host.runtime.coverage import CodeCoverage
+from proxywasm_host.runtime.cache import ModuleCache
+from proxywasm_host.runtime.module import ENGINE_SETTINGS, CompiledModule, engine
+cache = ModuleCache(Path({str(tmp_path / "cache")!r}), engine(), ENGINE_SETTINGS, settle_s=0)
+module = CompiledModule.load({str(wasm)!r}, cache_dir=cache)
+print(module.cache_status, len(module._wasm))
+collector = CodeCoverage()
+plugin = Host(code_coverage=collector).load_plugin(module)
+stream = plugin.http_stream()
+stream.send_request_headers({{":authority": "a", ":path": "/"}}, end_of_stream=True)
+print(next(iter(collector.data().modules.values())).lines[({PANIC_SRC!r}, {LINE_IF})])
+"""
+    runs = [subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, cwd=REPO, timeout=300)
+            for _ in range(2)]
+    assert [r.returncode for r in runs] == [0, 0], runs[-1].stderr
+    assert runs[0].stdout.split() == ["miss", str(len(PANIC_DEBUG.read_bytes())), "1"]
+    assert runs[1].stdout.split() == ["hit", "0", "1"]  # known by its stamp: not read, then read to instrument
