@@ -215,6 +215,8 @@ def _groups() -> list[Group]:
     groups.append(Group(f"panic_debug-{one}", f"panic_debug-{one}", _spec(f"panic_debug-{one}"), (GET,) + PANIC_CASES))
     for name in ("tenant", "tenant_fixed"):
         groups.append(Group(f"{name}-{one}", f"{name}-{one}", _spec(f"{name}-{one}"), TENANT_CASES))
+    # the filter coverage's hot-loop fixture: body_rewrite with line tables
+    groups.append(Group(f"body_rewrite_debug-{one}", f"body_rewrite_debug-{one}", _spec(f"body_rewrite_debug-{one}"), BASE))
     # Go (each Envoy start costs seconds: few scenarios)
     groups.append(Group("go_hello_world-wasip1", "go_hello_world-wasip1", _spec("go_hello_world-wasip1"), (GET, HEADERS, H2_TRAILERS)))
     groups.append(Group("go_callout-wasip1", "go_callout-wasip1", _spec("go_callout-wasip1"), CALLOUT_CASES[:2], callouts=True))
