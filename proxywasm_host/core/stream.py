@@ -628,12 +628,17 @@ class HttpContext(Context):
                 return v.startswith(b"application/grpc") and (len(v) == 16 or v[16:17] in (b"+", b";"))
         return False
 
-    def _apply_local_reply(self, reply: LocalResponse) -> None:
-        self.local_response = reply
+    def _reset_incomplete_upstream_request(self) -> None:
+        """A local reply (the filter's, or Envoy's fail-closed one) while the request's headers
+        are upstream but its end is not: Envoy resets the upstream request (docs/abi-notes.md §7.4)."""
         req = self.request
         if req._forwarded_headers is not None and not req.end_forwarded:
             self.upstream_reset = True
-        req.stopped = None
+
+    def _apply_local_reply(self, reply: LocalResponse) -> None:
+        self.local_response = reply
+        self._reset_incomplete_upstream_request()
+        self.request.stopped = None
         grpc = self.is_grpc_request()
         headers = local_reply_headers(reply, grpc=grpc)
         body = b"" if grpc else reply.body  # (a gRPC reply carries it in grpc-message)
@@ -674,6 +679,7 @@ class HttpContext(Context):
         if self.completed:
             return
         self.local_response = reply = LocalResponse(503, b"", [], "wasm_fail_stream", 14)
+        self._reset_incomplete_upstream_request()
         resp = self.response
         resp.forwarded_headers = HeaderMap(local_reply_headers(reply, grpc=self.is_grpc_request()))
         resp.forwarded_body = bytearray()

@@ -5,6 +5,8 @@ host: cookies of an HTTP/2 client (docs/abi-notes.md §5.4), a callout with an e
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from conftest import fixture_wasm
 
@@ -18,6 +20,7 @@ pytestmark = [
 ]
 
 A = (":authority", "example.com")
+REPO = Path(__file__).resolve().parents[2]
 HEADERS = fixture_wasm("rust_ex_http_headers-wasm32-unknown-unknown")  # logs every request header it sees
 
 
@@ -107,3 +110,19 @@ def test_a_named_plugins_root_context_logs_are_its_logs() -> None:
         assert [r.message for r in runner.runner.startup_logs()] == ["vm config: vm settings"]
         report = runner.run(HttpRequest((A, (":path", "/"))))
         assert report.agrees, str(report)
+
+
+@pytest.mark.parametrize("http2", [False, True], ids=["h1", "h2"])
+def test_a_trap_after_the_headers_went_on_fails_closed_and_resets_the_upstream_request(tmp_path: Path, http2: bool) -> None:
+    """Envoy's own fail-closed reply (503, wasm_fail_stream) from a body callback after the
+    headers went on resets the upstream request the same way (fixtures/wat/trap_in_body.wat)."""
+    import wasmtime
+
+    wasm = tmp_path / "trap_in_body.wasm"
+    wasm.write_bytes(wasmtime.wat2wasm((REPO / "fixtures" / "wat" / "trap_in_body.wat").read_text()))
+    request = HttpRequest((A, (":path", "/"), (":method", "POST"), ("content-length", "4")), (b"data",))
+    with DifferentialRunner(PluginSpec(wasm=wasm)) as runner:
+        report = runner.run(request, http2=http2)
+    assert report.agrees, str(report)
+    assert report.envoy is not None and report.envoy.upstream_request is None
+    assert report.envoy.local_reply is not None and report.envoy.local_reply.details == "wasm_fail_stream"

@@ -333,3 +333,17 @@ def test_local_reply_after_the_headers_went_on_resets_the_upstream_request(profi
     assert stream.upstream_request is not None and stream.upstream_request.body == b""
     stream.send_request_body(b"{nope", end_of_stream=True)
     assert stream.local_response is not None and stream.upstream_request is None
+
+
+def test_a_trap_after_the_headers_went_on_resets_the_upstream_request_too() -> None:
+    """Envoy's fail-closed reply (503, wasm_fail_stream) from the body callback resets the
+    upstream request like the filter's own local reply (measured with the same WAT module in
+    tests/envoy/test_corpus_fidelity.py); with fail_open the request goes on whole."""
+    from conftest import WAT
+
+    request = HttpRequest((A, (":path", "/"), (":method", "POST")), (b"data",))
+    closed = Host(raise_on_trap=False).load_plugin(WAT / "trap_in_body.wat").exchange(request)
+    assert closed.upstream_request is None
+    assert closed.local_reply is not None and closed.local_reply.details == "wasm_fail_stream"
+    opened = Host(raise_on_trap=False).load_plugin(WAT / "trap_in_body.wat", failure_policy="fail_open").exchange(request)
+    assert opened.upstream_request is not None and opened.upstream_request.body == b"data"
