@@ -137,6 +137,11 @@ class Direction:
     def forwarded_headers(self, hmap: HeaderMap | None) -> None:
         self._forwarded_headers = None if hmap is None else hmap.frozen_pairs()
 
+    @property
+    def forwarded_pairs(self) -> tuple[tuple[bytes, bytes], ...] | None:
+        """What went past the filter as its immutable pairs (no map made), or None."""
+        return self._forwarded_headers
+
     def __repr__(self) -> str:
         fields = [k.lstrip("_") for k in _DIRECTION_FIELDS]
         return "Direction(" + ", ".join(f"{k}={getattr(self, k)!r}" for k in fields) + ")"

@@ -303,7 +303,7 @@ class Plugin:
             context.receive_trailers(d, _pairs(trailers))
         if wait_ms > 0:
             self._wait(stream, wait_ms, lambda: stream.request_paused)
-        if d._forwarded_headers is not None and not context.completed:  # (the pairs: no map made)
+        if d.forwarded_pairs is not None and not context.completed:  # (the pairs: no map made)
             headers, chunks, trailers = prof.response_events(response)
             d = context.response
             # :status first (send_response_headers would add a 200 in front when absent)
@@ -329,12 +329,12 @@ class Plugin:
         # response trailers (prof.apply_result's rule, applied here so that it does not
         # decode the response to look at them).
         d = context.request
-        pairs = d._forwarded_headers
+        pairs = d.forwarded_pairs
         # (a local reply after the headers went on reset the upstream request: HttpStream.upstream_request)
         upstream = None if pairs is None or context.upstream_reset else Later(
             upstream_request_of, pairs, bytes(d.forwarded_body), snapshot(d.forwarded_trailers))
         d = context.response
-        pairs = d._forwarded_headers
+        pairs = d.forwarded_pairs
         down_body = bytes(d.forwarded_body)
         downstream = None if pairs is None else Later(
             downstream_response_of, pairs, down_body,

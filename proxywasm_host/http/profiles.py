@@ -62,7 +62,7 @@ HTTP/2 only:
   :authority :path``); ``:scheme`` is the client's (default ``http``);
 * a ``host`` header equal to ``:authority`` is dropped;
 * ``cookie`` headers (an HTTP/2 client may split one into crumbs) become one
-  ``cookie`` header, the values joined with ``"; "``, after the client's other
+  ``cookie`` header, the non-empty values joined with ``"; "`` (none: no header), after the client's other
   headers and before what the HCM appends (``x-forwarded-proto``,
   ``x-request-id``): Envoy's HTTP/2 codec collects them while it decodes and
   adds the joined header last.  An HTTP/1.1 client's ``cookie`` headers stay
@@ -231,7 +231,8 @@ def envoy_request_headers(
         elif lname == "x-request-id":
             has_request_id = True
         elif lname == "cookie" and h2:
-            cookies.append(value)  # joined and appended after the loop
+            if value:  # joined and appended after the loop; Envoy's append skips an empty crumb
+                cookies.append(value)
             continue
         body.append((lname, value))
     authority = pseudo.get(":authority", host if host is not None else "localhost")

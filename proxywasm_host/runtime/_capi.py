@@ -227,6 +227,12 @@ def _py_set_active(boundary: Any) -> Any:
 _py_views: dict[tuple[int, int], tuple[int, memoryview]] = {}
 
 
+def linear_memory_view(ctx: int, mem: int) -> memoryview:
+    """A view of one linear memory through ctypes (re-made only when it has grown): for reads
+    off the hot path, e.g. the coverage counters' memory."""
+    return _py_memory_view(ctx, mem)
+
+
 def _py_memory_view(ctx: int, mem: int) -> memoryview:
     size = memory_data_size(ctx, mem)
     found = _py_views.get((ctx, mem))

@@ -518,7 +518,7 @@ class WasmInstance:
             if counters is None or counters[0] != _capi.EXTERN_MEMORY:
                 raise ModuleLoadError(f"{compiled.origin}: the instrumented module has no counters memory")
             coverage.attach(self, compiled.source_sha256, compiled.origin, compiled.coverage_map,
-                            partial(_capi._py_memory_view, self._ctx, counters[2]), (self.store, counters[1]))
+                            partial(_capi.linear_memory_view, self._ctx, counters[2]), (self.store, counters[1]))
 
     def _resolve(self, name: str) -> tuple[int, int, int, bool]:
         """(func address, raw slots, param count, has result) of an export (looked up once per

@@ -568,20 +568,28 @@ def _children(pid: int) -> list[int]:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_workers_serve_the_same_port_each_with_its_own_vm():
     """serve --workers 2: hypercorn's worker processes on one port, each loading the filter
-    (its own root context): both protocols answered through the filter; Ctrl-C stops them all."""
+    (its own root context): both protocols answered through the filter; Ctrl-C stops them all.
+    A worker's "stopped after" line is not always written (1 of 2 workers in about half the
+    runs here: hypercorn may end a worker before its lifespan shutdown runs; docs/serve.md), so
+    the test asks that no worker process outlives serve and that at least one line came."""
     proc, port, lines = _start_cli(str(HELLO), "--host", "127.0.0.1", "--port", "0", "--workers", "2")
+    workers: list[int] = []
     try:
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and len([p for p in _children(proc.pid)]) < 3:  # + resource tracker
+        while time.monotonic() < deadline and len(workers := _children(proc.pid)) < 3:  # + resource tracker
             time.sleep(0.1)
+        assert len(workers) >= 3, workers
         for _ in range(6):
             assert get(f"http://127.0.0.1:{port}/headers").json()["headers"]["X-Hello"].startswith("Hello world")
         with httpx.Client(trust_env=False, timeout=10, http1=False, http2=True) as client:
             assert client.get(f"http://127.0.0.1:{port}/headers").status_code == 200
     finally:
         code = _stop_cli(proc, signal.SIGINT)
-    time.sleep(0.2)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
+        time.sleep(0.05)
     text = "".join(lines)
     assert code == 0, text
-    assert "2 worker processes" in text and text.count("stopped after") == 2, text
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()], "a worker outlived serve"
+    assert "2 worker processes" in text and 1 <= text.count("stopped after") <= 2, text
     assert "Traceback" not in text, text
