@@ -175,7 +175,7 @@ class PyBoundary:
     def memory(self) -> memoryview:
         view = self.view
         if view is None:
-            view = self.view = _py_memory_view(self.ctx, self.mem) if self.mem else _EMPTY_VIEW
+            view = self.view = linear_memory_view(self.ctx, self.mem) if self.mem else _EMPTY_VIEW
         return view
 
 
@@ -228,12 +228,8 @@ _py_views: dict[tuple[int, int], tuple[int, memoryview]] = {}
 
 
 def linear_memory_view(ctx: int, mem: int) -> memoryview:
-    """A view of one linear memory through ctypes (re-made only when it has grown): for reads
-    off the hot path, e.g. the coverage counters' memory."""
-    return _py_memory_view(ctx, mem)
-
-
-def _py_memory_view(ctx: int, mem: int) -> memoryview:
+    """A view of one linear memory through ctypes (re-made only when it has grown): the ctypes
+    path's views, and reads off the hot path, e.g. the coverage counters' memory."""
     size = memory_data_size(ctx, mem)
     found = _py_views.get((ctx, mem))
     if found is not None and found[0] == size:
