@@ -2,8 +2,8 @@
 
 Three optional parts are built by ``pip install`` when a C compiler is there (``setup.py``):
 
-* the hot core modules (:data:`COMPILED_MODULES`), compiled by mypyc from their own typed
-  Python source: the same ``.py`` files run interpreted without it;
+* the hot core modules and the harness's stream driver (:data:`COMPILED_MODULES`), compiled
+  by mypyc from their own typed Python source: the same ``.py`` files run interpreted without it;
 * ``core/_codec.c``, the serialized-map codec (kept in C: faster than mypyc's build of
   ``core/codec.py``'s Python twin, see benchmarks/README.md);
 * ``runtime/_speedups.c``, the crossings into and out of wasmtime that need C function
@@ -52,6 +52,8 @@ COMPILED_MODULES = (
     "proxywasm_host.core.hostcalls.callouts",
     "proxywasm_host.core.hostcalls.higress",
     "proxywasm_host.core.hostcalls.wasi",
+    # the harness's stream driver: every test event goes through it (it imports only the core)
+    "proxywasm_host.harness.stream",
 )
 
 #: the library mypyc puts the compiled code of all of them in (setup.py's group name)

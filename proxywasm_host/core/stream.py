@@ -369,7 +369,7 @@ class HttpContext(Context):
     def _call(self, name: str, args: tuple[int, ...]) -> int:
         vm = self.vm
         result = vm.call_with(self, name, args)
-        if vm.runtime.has_export(name):
+        if vm.exported(name):
             self._callback_log += (name, args, result)
         return result
 
@@ -388,7 +388,7 @@ class HttpContext(Context):
         vm = self.vm
         try:  # self._call(name, args), inline: two of these per request
             result = vm.call_with(self, name, args)
-            if vm.runtime.has_export(name):
+            if vm.exported(name):
                 self._callback_log += (name, args, result)
             return result
         except FilterTrap:

@@ -129,6 +129,14 @@ class Vm:
             )
         return default if result is None else result & 0xFFFFFFFF
 
+    def exported(self, name: str) -> bool:
+        """Whether the module exports ``name``: what :meth:`call_with` found when it last
+        called it (no crossing into the runtime after the first time)."""
+        try:
+            return self._exports[name] is not None
+        except KeyError:
+            return self.runtime.has_export(name)
+
     def flush(self) -> None:
         """Run what Envoy defers until the guest call returns, then posted notifications."""
         host = self.host

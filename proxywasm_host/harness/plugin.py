@@ -12,21 +12,15 @@ from proxywasm_host.core.observer import (
     LogEntry,
 )
 from proxywasm_host.core.stream import HttpContext
-from proxywasm_host.core.text import body_bytes as _bytes
-from proxywasm_host.core.text import header_pairs as _pairs
-from proxywasm_host.core.text import header_pairs_for_map as _pairs_for_map
 from proxywasm_host.core.types import LogLevel, MetricType
 from proxywasm_host.core.vm import Vm
 from proxywasm_host.errors import FilterTrap, HarnessUsageError
-from proxywasm_host.harness.stream import HttpStream, downstream_response_of, snapshot, upstream_request_of
+from proxywasm_host.harness.stream import HttpStream, run_exchange
 from proxywasm_host.http.profiles import StreamProfile, get_profile
 from proxywasm_host.http.scenario import (
     ExchangeResult,
     HttpRequest,
     HttpResponse,
-    Later,
-    LocalReply,
-    LogRecord,
 )
 from proxywasm_host.runtime.module import CompiledModule
 
@@ -283,74 +277,14 @@ class Plugin:
         on ticks or callout timeouts by advancing the virtual clock while it is held.
         ``attributes``: the stream's own attributes, as for :meth:`http_stream`."""
         # One exchange per call in a test loop: the profile's events go straight to the stream
-        # (no intermediate HttpRequest/HttpResponse), and what each side saw is read once
-        # (benchmarks/README.md: exchange vs stream).
+        # (no intermediate HttpRequest/HttpResponse), what each side saw is read once, and
+        # the rest runs compiled with the stream driver (harness/stream.run_exchange;
+        # benchmarks/README.md: exchange vs stream).
         prof = get_profile(profile).resolve(request, response)
-        headers, chunks, trailers = prof.request_events(request)
-        host_logs = self.vm.host.logs
-        log_mark = len(host_logs)
+        events = prof.request_events(request)
+        log_mark = len(self.vm.host.logs)
         stream = self.http_stream(attributes=attributes)
-        # what HttpStream.send_* do, without their return values (not used here)
-        context = stream.context
-        d = context.request
-        context.receive_headers(d, _pairs_for_map(headers), not chunks and trailers is None)
-        last = len(chunks) - 1
-        for i, chunk in enumerate(chunks):
-            if context.completed:
-                break  # the filter answered locally: Envoy reads no more of the request
-            context.receive_data(d, _bytes(chunk), i == last and trailers is None)
-        if trailers is not None and not context.completed:
-            context.receive_trailers(d, _pairs(trailers))
-        if wait_ms > 0:
-            self._wait(stream, wait_ms, lambda: stream.request_paused)
-        if d.forwarded_pairs is not None and not context.completed:  # (the pairs: no map made)
-            headers, chunks, trailers = prof.response_events(response)
-            d = context.response
-            # :status first (send_response_headers would add a 200 in front when absent)
-            context.receive_headers(d, [(":status", str(response.status)), *headers], not chunks and trailers is None)
-            last = len(chunks) - 1
-            for i, chunk in enumerate(chunks):
-                if context.completed:
-                    break
-                context.receive_data(d, _bytes(chunk), i == last and trailers is None)
-            if trailers is not None and not context.completed:
-                context.receive_trailers(d, _pairs(trailers))
-            if wait_ms > 0:
-                self._wait(stream, wait_ms, lambda: not stream.completed)
-        root_id = self.root.id
-        logs = [
-            LogRecord(e.level.label, e.message)
-            for e in host_logs[log_mark:]
-            if e.root_id == root_id or e.root_id == 0
-        ] if len(host_logs) > log_mark else []
-        local = context.local_response
-        # Both sides as they are now (immutable snapshots: the forwarded headers' frozen
-        # pairs, a copy of the trailers), decoded when first read; an HTTP/1.1 client gets no
-        # response trailers (prof.apply_result's rule, applied here so that it does not
-        # decode the response to look at them).
-        d = context.request
-        pairs = d.forwarded_pairs
-        # (a local reply after the headers went on reset the upstream request: HttpStream.upstream_request)
-        upstream = None if pairs is None or context.upstream_reset else Later(
-            upstream_request_of, pairs, bytes(d.forwarded_body), snapshot(d.forwarded_trailers))
-        d = context.response
-        pairs = d.forwarded_pairs
-        down_body = bytes(d.forwarded_body)
-        downstream = None if pairs is None else Later(
-            downstream_response_of, pairs, down_body,
-            None if prof.drops_response_trailers else snapshot(d.forwarded_trailers))
-        # A local reply's body is what the client got (a gRPC request gets none: the text
-        # travels in grpc-message), as the Envoy backend reports it.
-        local_body = b"" if local is None else (local.body if pairs is None else down_body)
-        return ExchangeResult.of(
-            self.vm.abi_version._value_,
-            upstream,
-            downstream,
-            None
-            if local is None
-            else LocalReply(local.status_code, local_body, list(local.headers), local.details, local.grpc_status),
-            logs,
-        )
+        return run_exchange(self, stream, prof, events, response, wait_ms, self._wait, log_mark)
 
     def _wait(self, stream: HttpStream, wait_ms: float, held: Callable[[], bool]) -> None:
         step = 10.0

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
+
+from mypy_extensions import mypyc_attr
 
 from proxywasm_host.core.callouts import HttpCallout
 from proxywasm_host.core.headers import HeaderMap
@@ -17,25 +20,33 @@ from proxywasm_host.core.text import header_pairs_for_map as _pairs_for_map
 from proxywasm_host.core.types import Action
 from proxywasm_host.http.scenario import (
     DownstreamResponse,
+    ExchangeResult,
+    Later,
+    LocalReply,
+    LogRecord,
     UpstreamRequest,
 )
 
 if TYPE_CHECKING:
     from proxywasm_host.harness.plugin import Plugin
-    pass
+    from proxywasm_host.http.profiles import StreamProfile
+    from proxywasm_host.http.scenario import HttpResponse
 
 
-def _has_status(pairs: list[tuple[str, str]]) -> bool:
+def _has_status(pairs: list[Any]) -> bool:
+    """Whether a response header list has ``:status`` (malformed lists count as having it:
+    nothing is added, the HeaderMap reports them)."""
     for item in pairs:  # a loop, not any(<generator>): this runs for every response
         if isinstance(item, (str, bytes)) or len(item) != 2:
-            return True  # malformed: add nothing, the HeaderMap reports it
+            return True
         k = item[0]
         if (k if type(k) is str else str(k)) == ":status":
             return True
     return False
 
 
-_ACTIONS = {0: Action(0), 1: Action(1)}
+#: the return values tests compare most, as the enum (an unknown status stays an int)
+_ACTIONS: dict[int, int] = {0: Action(0), 1: Action(1)}
 
 
 def _action(result: int | None) -> int | None:
@@ -44,10 +55,14 @@ def _action(result: int | None) -> int | None:
     return _ACTIONS.get(result, result)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class HttpStream:
     """Drive one HTTP stream and read back what the filter did with it."""
 
-    __slots__ = ("plugin", "context")  # one per request, kept for a while (Plugin.streams)
+    # Compiled with the hot core (speedups.COMPILED_MODULES): a test's send_* calls reach the
+    # stream context without an interpreted frame each.  One per request, kept for a while
+    # (Plugin.streams): two fields, no __dict__.
+    __slots__ = ("plugin", "context")
 
     def __init__(self, plugin: Plugin, ctx: HttpContext) -> None:
         self.plugin = plugin
@@ -220,3 +235,80 @@ def downstream_response(
         elif status is None:
             status = v
     return DownstreamResponse(int(status or 0), pairs, body, None if trailers is None else trailers.items())
+
+
+# -- one whole exchange (Plugin.exchange) -------------------------------------------------
+# Here, compiled with the stream driver: an exchange's own work around the callbacks is
+# what Plugin.exchange costs more than the stream driven by hand (benchmarks/README.md).
+def deliver_side(
+    context: HttpContext, d: Any, headers: list[Any], chunks: Sequence[Any], trailers: Headers | None
+) -> None:
+    """One side's events as a profile gives them: headers, body chunks, trailers, the end on
+    the last; what a local reply cuts short is not delivered (Envoy reads no more of it)."""
+    context.receive_headers(d, headers, not chunks and trailers is None)
+    last = len(chunks) - 1
+    for i, chunk in enumerate(chunks):
+        if context.completed:
+            break
+        context.receive_data(d, _bytes(chunk), i == last and trailers is None)
+    if trailers is not None and not context.completed:
+        context.receive_trailers(d, _pairs(trailers))
+
+
+def run_exchange(
+    plugin: Plugin,
+    stream: HttpStream,
+    prof: StreamProfile,
+    request_events: tuple[Any, Sequence[Any], Headers | None],
+    response: HttpResponse,
+    wait_ms: float,
+    wait: Callable[[HttpStream, float, Callable[[], bool]], None],
+    log_mark: int,
+) -> ExchangeResult:
+    """Plugin.exchange after the profile is resolved and the stream opened: deliver both
+    sides, let ``wait`` advance the clock while the stream is held (up to ``wait_ms``), and
+    report what each side saw."""
+    context = stream.context
+    headers, chunks, trailers = request_events
+    deliver_side(context, context.request, _pairs_for_map(headers), chunks, trailers)
+    if wait_ms > 0:
+        wait(stream, wait_ms, lambda: stream.request_paused)
+    if context.request.forwarded_pairs is not None and not context.completed:  # (the pairs: no map made)
+        headers, chunks, trailers = prof.response_events(response)
+        # :status first (send_response_headers would add a 200 in front when absent)
+        deliver_side(context, context.response, [(":status", str(response.status)), *headers], chunks, trailers)
+        if wait_ms > 0:
+            wait(stream, wait_ms, lambda: not stream.completed)
+    host_logs = plugin.vm.host.logs
+    root_id = plugin.root.id
+    logs = [
+        LogRecord(e.level.label, e.message)
+        for e in host_logs[log_mark:]
+        if e.root_id == root_id or e.root_id == 0
+    ] if len(host_logs) > log_mark else []
+    local = context.local_response
+    # Both sides as they are now (immutable snapshots: the forwarded headers' frozen pairs, a
+    # copy of the trailers), decoded when first read; an HTTP/1.1 client gets no response
+    # trailers (prof.apply_result's rule, applied here so that it does not decode the
+    # response to look at them).
+    d = context.request
+    pairs = d.forwarded_pairs
+    # (a local reply after the headers went on reset the upstream request: HttpStream.upstream_request)
+    upstream = None if pairs is None or context.upstream_reset else Later(
+        upstream_request_of, pairs, bytes(d.forwarded_body), snapshot(d.forwarded_trailers))
+    d = context.response
+    pairs = d.forwarded_pairs
+    down_body = bytes(d.forwarded_body)
+    downstream = None if pairs is None else Later(
+        downstream_response_of, pairs, down_body,
+        None if prof.drops_response_trailers else snapshot(d.forwarded_trailers))
+    # A local reply's body is what the client got (a gRPC request gets none: the text travels
+    # in grpc-message), as the Envoy backend reports it.
+    local_body = b"" if local is None else (local.body if pairs is None else down_body)
+    return ExchangeResult.of(
+        plugin.vm.abi_version._value_,
+        upstream,
+        downstream,
+        None if local is None else LocalReply(local.status_code, local_body, list(local.headers), local.details, local.grpc_status),
+        logs,
+    )
