@@ -25,7 +25,9 @@ Prototypes are declared here (``CFUNCTYPE`` on the package's ``dll``, plain ints
 pointers) rather than through the package's ``argtypes``-typed wrappers: same library,
 same functions, about half the per-call ctypes overhead (measured: 0.6 µs against 1.1 µs
 per ``wasmtime_func_call_unchecked``).  ``CFUNCTYPE`` foreign calls release the GIL, so
-the epoch ticker thread keeps running while a guest loops.
+the epoch ticker thread (a Python thread on this path) keeps running while a guest loops;
+the C ``call()`` keeps the GIL while the guest runs (its ticker is a C thread, see
+``_speedups.c``).
 """
 
 from __future__ import annotations

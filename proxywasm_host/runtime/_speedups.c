@@ -12,9 +12,14 @@
  *                 the AbiHost calls when its log level or observer changes).  _capi.py has
  *                 its Python twin (PyBoundary) for the ctypes crossings;
  *   call()        a guest export through wasmtime_func_call_unchecked: the arguments go
- *                 into a raw-value buffer on the C stack, the GIL is released for the guest
- *                 (so the epoch ticker thread can interrupt a looping one), and the
- *                 Boundary whose guest runs is remembered per thread;
+ *                 into a raw-value buffer on the C stack, and the Boundary whose guest runs
+ *                 is remembered per thread.  The GIL stays held while the guest runs: a
+ *                 guest call takes microseconds and nearly every one calls back into Python,
+ *                 so handing the GIL off and taking it back around the call and each
+ *                 hostcall cost ~10 % of a request (benchmarks/README.md); the epoch ticker
+ *                 that interrupts a looping guest is a C thread here (start_ticker), which
+ *                 never needs the GIL.  Another Python thread waits while a guest runs (a
+ *                 runaway guest: until its deadline traps it);
  *   trampoline    the one C host callback every imported host function is defined with
  *                 (wasmtime_linker_define_func_unchecked): it reads the raw argument
  *                 slots as its hostcall's spec says (i32 masked unsigned, i64 signed or
@@ -83,10 +88,8 @@ typedef struct {
 
 static PyTypeObject BoundaryType;
 
-/* per thread: the Boundary whose guest code runs (innermost), and the thread state saved
- * while a call() runs guest code without the GIL (NULL when the GIL is held) */
+/* per thread: the Boundary whose guest code runs (innermost) */
 static _Thread_local Boundary *tl_inst;
-static _Thread_local PyThreadState *tl_saved;
 
 static int ready(void) {
     if (p_call_unchecked == NULL) {
@@ -310,14 +313,10 @@ static PyObject *sp_call(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     Boundary *prev_inst = tl_inst;
     if (prev_inst != b)
         p_set_epoch_deadline(ctx, ticks);
-    PyThreadState *prev_saved = tl_saved;
     void *trap = NULL;
     Py_INCREF(b);
     tl_inst = b;
-    tl_saved = PyEval_SaveThread();
     void *err = p_call_unchecked(ctx, func, buf, nslots, &trap);
-    PyEval_RestoreThread(tl_saved);
-    tl_saved = prev_saved;
     tl_inst = prev_inst;
 
     Py_CLEAR(b->view);
@@ -439,22 +438,12 @@ static void *run_hostcall(const hostcall_spec *spec, uint64_t *raw) {
 static void *trampoline(void *env, void *caller, uint64_t *raw, size_t n) {
     (void)caller;
     (void)n;
-    PyThreadState *saved = tl_saved;
-    PyGILState_STATE gil = PyGILState_UNLOCKED;
-    if (saved != NULL) {
-        /* inside call(): take the GIL back with this thread's own state */
-        tl_saved = NULL;
-        PyEval_RestoreThread(saved);
-    } else {
-        /* a guest entered some other way (e.g. a start function during instantiation) */
-        gil = PyGILState_Ensure();
-    }
+    /* Inside call() this thread holds the GIL and Ensure only counts; a guest entered some
+     * other way (e.g. a start function during instantiation, called by wasmtime-py, which
+     * lets the GIL go) gets it here. */
+    PyGILState_STATE gil = PyGILState_Ensure();
     void *trap = run_hostcall((const hostcall_spec *)env, raw);
-    if (saved != NULL) {
-        tl_saved = PyEval_SaveThread();
-    } else {
-        PyGILState_Release(gil);
-    }
+    PyGILState_Release(gil);
     return trap;
 }
 
