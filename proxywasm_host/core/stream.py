@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from proxywasm_host.core.attributes import ABSENT, ATTRIBUTES, HEADER_MAPS, joined_value
 from proxywasm_host.core.context import Context, RootContext
@@ -42,12 +42,17 @@ REQUEST, RESPONSE = "request", "response"
 
 # Built once: ``x in (MapType.A, MapType.B)`` inside a function looks up both members and
 # builds the tuple on every call, and get_map runs for every header hostcall.
-_REQUEST_MAPS = frozenset((MapType.HTTP_REQUEST_HEADERS, MapType.HTTP_REQUEST_TRAILERS))
-_TRAILER_MAPS = frozenset((MapType.HTTP_REQUEST_TRAILERS, MapType.HTTP_RESPONSE_TRAILERS))
-_FIRST_CALLOUT_MAP = int(MapType.GRPC_CALL_INITIAL_METADATA)
+# The stream's four maps as plain ints (compiled: compared as machine ints, where a set of
+# enum members is a hash lookup and an enum comparison a generic call): request headers and
+# trailers are the two lowest, trailers the odd ones of the four.
+_LAST_REQUEST_MAP: Final = 1
+_REQUEST_TRAILERS_MAP: Final = 1
+_RESPONSE_TRAILERS_MAP: Final = 3
+_FIRST_CALLOUT_MAP: Final = 4
+assert (MapType.HTTP_REQUEST_HEADERS, MapType.HTTP_REQUEST_TRAILERS, MapType.HTTP_RESPONSE_TRAILERS,
+        MapType.GRPC_CALL_INITIAL_METADATA) == (0, _REQUEST_TRAILERS_MAP, _RESPONSE_TRAILERS_MAP, _FIRST_CALLOUT_MAP)
 _HTTP_BODIES = frozenset((BufferType.HTTP_REQUEST_BODY, BufferType.HTTP_RESPONSE_BODY))
 # (enum members as globals, see types.OK)
-_REQUEST_TRAILERS = MapType.HTTP_REQUEST_TRAILERS
 _ABI_0_1_0 = AbiVersion.V0_1_0
 _HEADERS, _BODY, _TRAILERS = Phase.HEADERS, Phase.BODY, Phase.TRAILERS
 #: what the filter's return value means (plain ints: compared once per callback)
@@ -221,11 +226,11 @@ class HttpContext(Context):
     def get_map(self, map_type: int, *, for_write: bool) -> tuple[Status, HeaderMap | None]:
         if map_type >= _FIRST_CALLOUT_MAP:
             return super().get_map(map_type, for_write=for_write)
-        d = self.request if map_type in _REQUEST_MAPS else self.response
-        is_trailers = map_type in _TRAILER_MAPS
+        d = self.request if map_type <= _LAST_REQUEST_MAP else self.response
+        is_trailers = map_type == _REQUEST_TRAILERS_MAP or map_type == _RESPONSE_TRAILERS_MAP
         if self.in_log or self.completed:
             # on_log sees read-only copies; request trailers are gone (docs/abi-notes.md §4.2)
-            if for_write or map_type == _REQUEST_TRAILERS:
+            if for_write or map_type == _REQUEST_TRAILERS_MAP:
                 return (_BAD_ARGUMENT if for_write else _NOT_FOUND), None
             hmap = d.forwarded_trailers if is_trailers else (d.forwarded_headers or d.headers)
             return (_OK, hmap) if hmap is not None else (_NOT_FOUND, None)

@@ -72,15 +72,8 @@ class Plugin:
 
     def http_stream(self, *, attributes: Mapping[str | Sequence[str], Any] | None = None) -> HttpStream:
         """Open a new HTTP stream; its context is created when the request headers arrive."""
-        if self.is_service:
-            raise HarnessUsageError(
-                "this plugin is a VM-level service (Host.load_service, Envoy's envoy.bootstrap.wasm): it has a "
-                "root context only and gets no streams; load it with Host.load_plugin to use it as an HTTP filter"
-            )
-        if self.root.deleted:
-            raise HarnessUsageError("this plugin was shut down; load it again to open new streams")
-        if self.vm.failed is not None and self.root.plugin.failure_policy == "fail_reload":
-            self.host._reload(self)
+        if self.is_service or self.root.deleted or self.vm.failed is not None:  # (one test per request)
+            self._before_stream()
         if attributes:
             ctx = HttpContext(self.vm, self.root, attributes={_property_key(k): v for k, v in attributes.items()})
         else:
@@ -91,6 +84,19 @@ class Plugin:
             self._trim_streams()
         streams.append(stream)
         return stream
+
+    def _before_stream(self) -> None:
+        """What http_stream checks first: raise for a plugin that takes no streams, reload a
+        failed VM under ``fail_reload``."""
+        if self.is_service:
+            raise HarnessUsageError(
+                "this plugin is a VM-level service (Host.load_service, Envoy's envoy.bootstrap.wasm): it has a "
+                "root context only and gets no streams; load it with Host.load_plugin to use it as an HTTP filter"
+            )
+        if self.root.deleted:
+            raise HarnessUsageError("this plugin was shut down; load it again to open new streams")
+        if self.vm.failed is not None and self.root.plugin.failure_policy == "fail_reload":
+            self.host._reload(self)
 
     def tcp_connection(
         self,
