@@ -16,8 +16,8 @@ The runtime layer's fast path (:mod:`proxywasm_host.runtime.module` is the only 
 Both crossings exist twice: in C (``_speedups.c``, built at install when a C compiler is
 there; a guest call costs ~0.2 µs and a host callback ~0.3 µs) and in ctypes (the fallback:
 ~0.6 µs and ~2 µs).  Same behaviour; ``PROXYWASM_HOST_NO_SPEEDUPS=1`` forces the ctypes one
-(with the rest of the pure path: proxywasm_host/speedups.py; CI runs a part of the suite
-that way).  :data:`SPEEDUPS` says which is in use.  Both read one declared object per
+(with the rest of the pure path: proxywasm_host/speedups.py; CI runs the whole suite
+that way too).  :data:`SPEEDUPS` says which is in use.  Both read one declared object per
 instance, :data:`Boundary` (C: a struct; ctypes: :class:`PyBoundary`), never the instance's
 attributes by name.
 
@@ -225,23 +225,27 @@ def _py_set_active(boundary: Any) -> Any:
     return prev
 
 
-#: (ctx, memory) -> (size, view): a view is re-made only when the memory has grown
-_py_views: dict[tuple[int, int], tuple[int, memoryview]] = {}
+#: (data address, size) -> a view over exactly that range: keyed by the memory itself, not by
+#: the (ctx, memory) addresses asked with; those name another memory once their store is
+#: freed and the next store or extern reuses the address (the view would then be over the
+#: freed memory: stale reads, writes to unmapped pages)
+_py_views: dict[tuple[int, int], memoryview] = {}
 
 
 def linear_memory_view(ctx: int, mem: int) -> memoryview:
-    """A view of one linear memory through ctypes (re-made only when it has grown): the ctypes
-    path's views, and reads off the hot path, e.g. the coverage counters' memory."""
+    """A view of one linear memory as it is now, through ctypes (made once per data address
+    and size: again only when the memory has grown or moved): the ctypes path's views, and
+    reads off the hot path, e.g. the coverage counters' memory."""
     size = memory_data_size(ctx, mem)
-    found = _py_views.get((ctx, mem))
-    if found is not None and found[0] == size:
-        return found[1]
     if not size:
         return memoryview(bytearray())
-    view = memoryview((ctypes.c_ubyte * size).from_address(memory_data(ctx, mem))).cast("B")
-    if len(_py_views) > 256:  # stores come and go; keep this a cache, not a leak
-        _py_views.clear()
-    _py_views[(ctx, mem)] = (size, view)
+    key = (memory_data(ctx, mem), size)
+    view = _py_views.get(key)
+    if view is None:
+        view = memoryview((ctypes.c_ubyte * size).from_address(key[0])).cast("B")
+        if len(_py_views) > 256:  # stores come and go; keep this a cache, not a leak
+            _py_views.clear()
+        _py_views[key] = view
     return view
 
 

@@ -222,6 +222,41 @@ def test_memory_growth_during_a_call_is_seen(compiled: CompiledModule) -> None:
     inst.memory()[4 * 65536 - 1] = 9  # the new view reaches the new pages
 
 
+def test_a_memory_view_is_over_the_memory_its_address_names_now() -> None:
+    """linear_memory_view(ctx, mem) (the ctypes path's views, and the coverage counters on both
+    paths) takes addresses that are reused: once a store and its memory export are freed,
+    the next instance's store and extern struct may sit at the same addresses with another
+    memory of the same size behind them.  The view must be over the memory named now (a
+    view of the freed one read stale bytes, and writing through it crashed the process)."""
+    import ctypes
+
+    import wasmtime
+
+    from proxywasm_host.runtime import _capi
+    from proxywasm_host.runtime.module import engine
+
+    store = wasmtime.Store(engine())
+    module = wasmtime.Module(engine(), '(module (memory (export "memory") 1))')
+    ctx = _capi.context_address(store)
+    memories = []
+    for marker in (b"A", b"B"):
+        inst = wasmtime.Instance(store, module, [])
+        found = _capi.export_get(ctx, inst, "memory")
+        assert found is not None
+        memory = inst.exports(store)["memory"]
+        assert isinstance(memory, wasmtime.Memory)
+        memory.write(store, marker, 0)
+        memories.append((inst, found))
+    # one wasmtime_memory_t address that names memory A, then (reused) memory B
+    size = ctypes.sizeof(_capi._b.wasmtime_memory_t)
+    slot = ctypes.create_string_buffer(size)
+    for (_inst, (_kind, _keep, address)), marker in zip(memories, (b"A", b"B"), strict=True):
+        ctypes.memmove(slot, address, size)
+        view = _capi.linear_memory_view(ctx, ctypes.addressof(slot))
+        assert bytes(view[:1]) == marker
+        assert len(view) == 65536
+
+
 def test_the_hosts_reader_copies_exactly_what_the_view_holds(compiled: CompiledModule) -> None:
     """host.read (the C copy when built) against the Python reader over the view, at the edges of
     memory, before and after it grows."""
