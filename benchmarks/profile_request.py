@@ -33,12 +33,20 @@ RESPONSE = [(":status", "200"), ("content-length", "0")]
 def instrument(vm: Any) -> dict[str, int]:
     acc = {"call": 0, "ncall": 0, "host": 0, "nhost": 0, "alloc": 0, "nalloc": 0}
 
+    depth = {"call": 0, "host": 0, "alloc": 0}
+
     def timed(fn: Any, key: str) -> Any:
+        # only the outermost of each kind counts: a guest allocation inside a hostcall (Go's
+        # malloc export) is a guest call too, and would be counted twice
         def wrapper(*args: Any) -> Any:
+            if depth[key]:
+                return fn(*args)
+            depth[key] += 1
             t = now()
             try:
                 return fn(*args)
             finally:
+                depth[key] -= 1
                 acc[key] += now() - t
                 acc["n" + key] += 1
         return wrapper
