@@ -41,6 +41,7 @@ from proxywasm_host.net._http_conn import (
     Limits,
     _Connection,
     _deadline,
+    bound_h2_closed_streams,
 )
 
 __all__ = ["EXT_RAW_HEADERS", "EXT_TRAILERS", "ASGIApp", "HttpServer", "Limits"]
@@ -123,6 +124,7 @@ class HttpServer:
 
     async def serve(self, sockets: list[socket.socket], shutdown: asyncio.Event) -> None:
         """Accept on ``sockets`` until ``shutdown`` is set; then close quickly (module doc)."""
+        bound_h2_closed_streams(self.limits.max_concurrent_streams)
         servers = [await asyncio.start_server(self._accept, sock=sock, limit=self.limits.max_header_bytes * 2)
                    for sock in sockets]
         try:

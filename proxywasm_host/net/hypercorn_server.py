@@ -14,8 +14,9 @@ What each limit becomes (docs/serve.md has the table):
   ASGI app cannot see a connection before its request, so they are only held by our own server.
 
 ``keep_alive_max_requests`` is lifted (hypercorn closes a connection after 1,000 requests;
-Envoy has no such limit by default), the ``server`` header is left to the app, ``date`` is
-kept (Envoy sends one).  hypercorn's error log goes to ``report``; an app that raises
+Envoy has no such limit by default), the ``server`` and ``date`` headers are left to the app
+(hypercorn's ``date`` came on top of the upstream's: two of them).  h2's record of closed
+streams is bounded (:func:`~proxywasm_host.net._http_conn.bound_h2_closed_streams`).  hypercorn's error log goes to ``report``; an app that raises
 ``ConnectionAbortedError`` (a response cut short on purpose) is not reported.
 """
 
@@ -27,9 +28,9 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from proxywasm_host.net._http_conn import ASGIApp, Limits
+from proxywasm_host.net._http_conn import ASGIApp, Limits, bound_h2_closed_streams
 
-__all__ = ["HYPERCORN_LACKS", "hypercorn_config", "serve_hypercorn"]
+__all__ = ["HYPERCORN_LACKS", "bound_h2_closed_streams", "hypercorn_config", "serve_hypercorn"]
 
 #: Limits fields hypercorn's public configuration cannot express
 HYPERCORN_LACKS = ("request_headers_timeout", "max_connections")
@@ -71,6 +72,7 @@ def hypercorn_config(sockets: list[socket.socket], limits: Limits,
     config.h2_max_concurrent_streams = limits.max_concurrent_streams
     config.graceful_timeout = limits.graceful_timeout
     config.include_server_header = False
+    config.include_date_header = False  # the app's: Envoy keeps the upstream's date, adds one only when absent
     config.accesslog = None
     logger = logging.getLogger(f"proxywasm_host.net.hypercorn.{id(config)}")
     logger.propagate = False
@@ -91,6 +93,7 @@ async def serve_hypercorn(app: ASGIApp, sockets: list[socket.socket], shutdown: 
     from hypercorn.asyncio import serve
 
     limits = limits or Limits()
+    bound_h2_closed_streams(limits.max_concurrent_streams)
     config = hypercorn_config(sockets, limits, report)
     if end_in_flight is not None:
         config.graceful_timeout = limits.graceful_timeout + 1.0  # for the connections to close after it

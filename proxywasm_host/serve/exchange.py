@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 
 from proxywasm_host.errors import HarnessUsageError
@@ -26,6 +28,29 @@ __all__ = ["Exchange"]
 #: response headers not sent to the client: hop-by-hop ones and ``server`` (serve adds its own)
 _NOT_FORWARDED = frozenset(name.encode() for name in HOP_BY_HOP) | {b"server"}
 _SERVER = SERVER_NAME.encode()
+
+
+if sys.version_info >= (3, 11):
+    async def receive_within(receive: Callable[[], Awaitable[dict[str, Any]]], seconds: float) -> dict[str, Any]:
+        """``await receive()``, or :class:`asyncio.TimeoutError` after ``seconds``: a timer on
+        this task (``asyncio.wait_for`` would run the receive in a task of its own, per request)."""
+        async with asyncio.timeout(seconds):
+            return await receive()
+else:  # pragma: no cover - Python 3.10
+    async def receive_within(receive: Callable[[], Awaitable[dict[str, Any]]], seconds: float) -> dict[str, Any]:
+        return await asyncio.wait_for(receive(), timeout=seconds)
+
+
+_date_cache: tuple[int, bytes] = (0, b"")
+
+
+def http_date() -> bytes:
+    """Now as an HTTP ``date`` value (formatted once a second)."""
+    global _date_cache
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache = (now, formatdate(now, usegmt=True).encode())
+    return _date_cache[1]
 
 
 def _wire_text(value: str) -> str:
@@ -153,7 +178,7 @@ class Exchange(UpstreamLeg):
             # end_of_stream on the headers is known with the first body event (HTTP/2, or a body)
             wait = min(t for t in (config.idle_timeout, config.request_timeout, 3600.0) if t > 0)
             try:
-                message = await asyncio.wait_for(self.receive(), timeout=wait)
+                message = await receive_within(self.receive, wait)
             except asyncio.TimeoutError:
                 await self._plain(408, "request timeout" if wait == config.request_timeout else "stream timeout")
                 return
@@ -290,10 +315,15 @@ class Exchange(UpstreamLeg):
                 if ev.local_reply.details == "wasm_fail_stream":
                     self.server.stats["fail_closed"] += 1
             headers = []
+            dated = False
             for k, v in ev.response_headers:
                 name = k.lower()
                 if name[:1] != b":" and name not in _NOT_FORWARDED:
                     headers.append((name, v))
+                    if name == b"date":
+                        dated = True
+            if not dated:  # Envoy's connection manager keeps the response's date, else adds one
+                headers.append((b"date", http_date()))
             headers.append((b"server", _SERVER))
             start: dict[str, Any] = {"type": "http.response.start", "status": self.status or 502, "headers": headers}
             if self.want_trailers and self.server.config.http_server == "hypercorn":
@@ -350,7 +380,7 @@ class Exchange(UpstreamLeg):
             body = (reason + "\n").encode()
             self._down_append({"type": "http.response.start", "status": status,
                                "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode()),
-                                           (b"server", SERVER_NAME.encode())]})
+                                           (b"date", http_date()), (b"server", _SERVER)]})
             self._down_append({"type": "http.response.body", "body": body, "more_body": False})
             self.down_done = True
             if self.up_task is not None and not self.up_task.done():
@@ -428,7 +458,7 @@ class Exchange(UpstreamLeg):
         body = (reason + "\n").encode()
         self.status = status
         headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode()),
-                   (b"server", SERVER_NAME.encode())]
+                   (b"date", http_date()), (b"server", _SERVER)]
         if status == 400 and not self.h2:
             headers.append((b"connection", b"close"))  # as Envoy's codec errors: the connection goes
         await self.send({"type": "http.response.start", "status": status, "headers": headers})

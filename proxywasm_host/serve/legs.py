@@ -17,7 +17,17 @@ if TYPE_CHECKING:  # pragma: no cover
     from proxywasm_host.harness.forwarded import ForwardedReader
     from proxywasm_host.serve.server import FilterServer
 
-__all__ = ["UpstreamFailure", "UpstreamLeg"]
+__all__ = ["UpstreamFailure", "UpstreamLeg", "upstream_url"]
+
+
+def upstream_url(base: str, target: str) -> Any:
+    """The URL for aiohttp: ``base``'s scheme, host and path prefix, then the filter's
+    ``:path`` as it is (``encoded``: aiohttp would otherwise re-quote it; Envoy sends the path
+    unchanged), as a ``yarl.URL``, the type aiohttp takes."""
+    from yarl import URL
+
+    parts = urlsplit(base)
+    return URL(f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}{target}", encoded=True)
 
 
 class UpstreamFailure(Exception):
@@ -189,11 +199,11 @@ class UpstreamLeg:
         config = self.server.config
         headers = [(text(k), text(v)) for k, v in forwarded]
         values = {k: v for k, v in reversed(headers)}
-        base = urlsplit(config.upstream or "")
+        base = config.upstream or ""
         target = values.get(":path", "/")
         method = values.get(":method", "GET")
-        url = f"{base.scheme}://{base.netloc}{base.path.rstrip('/')}{target}"
-        out = [("host", values.get(":authority", "") or base.netloc)]
+        url = upstream_url(base, target)
+        out = [("host", values.get(":authority", "") or urlsplit(base).netloc)]
         out += [(k, v) for k, v in headers if not k.startswith(":") and k != "host"]
         out.append(("x-envoy-expected-rq-timeout-ms", str(int(config.upstream_timeout * 1000))))
         content: Any = None

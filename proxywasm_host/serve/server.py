@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
+import importlib
 import importlib.util
 import os
 import signal
@@ -35,7 +37,6 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from proxywasm_host.core.callouts import GrpcCall, HttpCallout
 from proxywasm_host.core.observer import LogEntry
@@ -58,7 +59,7 @@ from proxywasm_host.serve.config import (
 )
 from proxywasm_host.serve.echo import bind, echo_app, run_echo
 from proxywasm_host.serve.exchange import Exchange
-from proxywasm_host.serve.legs import UpstreamLeg
+from proxywasm_host.serve.legs import UpstreamLeg, upstream_url
 from proxywasm_host.serve.reload import Reloader
 
 __all__ = ["FilterServer", "ServeConfig", "canonical_header_name", "echo_app", "parse_cluster", "run_echo", "serve"]
@@ -270,8 +271,7 @@ class FilterServer:
 
         method, path, headers = callout.http_request()
         timeout = aiohttp.ClientTimeout(total=callout.timeout_ms / 1000 if callout.timeout_ms else None, connect=5.0)
-        parts = urlsplit(base)
-        url = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}{path}"
+        url = upstream_url(base, path)
         try:
             async with self.client.request(method, url, headers=headers, data=callout.body or None,
                                            timeout=timeout) as response:
@@ -305,6 +305,9 @@ class FilterServer:
                 skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
                 timeout=aiohttp.ClientTimeout(total=None, connect=5.0, sock_read=self.config.upstream_timeout),
                 trust_env=False,
+                # a proxy keeps no cookies: aiohttp's default jar would store an upstream's
+                # set-cookie and add it to later requests (and costs a look-up per request)
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self._client
 
@@ -400,11 +403,36 @@ def limits_of(config: ServeConfig) -> Limits:
     )
 
 
+#: a serving process collects its youngest generation of objects after this many allocations
+#: (Python's default is 700: dozens of collections a second under load, each walking every
+#: request in flight; benchmarks/README.md, "serve vs Envoy")
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def tune_gc_for_serving() -> None:
+    """Set the cyclic garbage collector up for a process that only serves from now on (the
+    CLI's, and each ``--workers`` process; not a process that calls :func:`serve` among other
+    work, such as a test run): the modules and the filter loaded so far are frozen out of it
+    (``gc.freeze``: they live as long as the process, and a full collection no longer walks
+    them), and the youngest generation is collected every :data:`GC_YOUNG_THRESHOLD`
+    allocations.  Python's documented tuning (``gc.freeze``, ``gc.set_threshold``)."""
+    for name in ("aiohttp", "hypercorn.asyncio", "h2.connection", "h11"):  # loaded on the first request otherwise
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
+
 async def serve(config: ServeConfig, *, ready: Callable[[int, FilterServer], None] | None = None,
-                shutdown: asyncio.Event | None = None, out: Any = None) -> FilterServer:
+                shutdown: asyncio.Event | None = None, out: Any = None, own_process: bool = False) -> FilterServer:
     """Load the filter, listen, serve until SIGINT/SIGTERM (or ``shutdown`` is set), shut down.
 
-    ``ready(port, server)`` is called once listening; ``out`` replaces stderr for the log."""
+    ``ready(port, server)`` is called once listening; ``out`` replaces stderr for the log;
+    ``own_process``: the process does nothing else (:func:`tune_gc_for_serving`)."""
     server = FilterServer(config, out=out)
     sockets = bind(config.host, config.port)
     port = sockets[0].getsockname()[1]
@@ -444,6 +472,8 @@ async def serve(config: ServeConfig, *, ready: Callable[[int, FilterServer], Non
     server.log("info", f"failure policy {policy}{' (the default)' if policy == 'fail_closed' else ''}: "
                        f"if the filter fails (a panic or trap), {FAILURE_POLICIES[policy]}")
     await server.start()
+    if own_process:
+        tune_gc_for_serving()
     if ready is not None:
         ready(port, server)
     try:
@@ -478,8 +508,8 @@ def run(config: ServeConfig, *, loop: str = "auto") -> FilterServer:
     if event_loop_kind(loop) == "uvloop":
         import uvloop
 
-        return uvloop.run(serve(config))
-    return asyncio.run(serve(config))
+        return uvloop.run(serve(config, own_process=True))
+    return asyncio.run(serve(config, own_process=True))
 
 
 if __name__ == "__main__":  # pragma: no cover

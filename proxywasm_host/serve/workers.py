@@ -44,14 +44,18 @@ class _WorkerApp:
             await self.server.app(scope, receive, send)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
-        from proxywasm_host.serve.server import FilterServer
+        from proxywasm_host.net.hypercorn_server import bound_h2_closed_streams
+        from proxywasm_host.serve.server import FilterServer, tune_gc_for_serving
 
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
-                    self.server = FilterServer(pickle.loads(base64.b64decode(os.environ[ENV])))
+                    config: ServeConfig = pickle.loads(base64.b64decode(os.environ[ENV]))
+                    bound_h2_closed_streams(config.max_concurrent_streams)  # (a spawned process: set here too)
+                    self.server = FilterServer(config)
                     await self.server.start()
+                    tune_gc_for_serving()
                 except Exception as exc:  # noqa: BLE001 - hypercorn reports a failed start-up
                     await send({"type": "lifespan.startup.failed", "message": f"{type(exc).__name__}: {exc}"})
                     return
