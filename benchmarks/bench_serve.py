@@ -27,6 +27,9 @@ Envoy's ``--concurrency`` (worker threads; ``1,2`` measures both).
 The upstream is a second Envoy answering every request with a fixed JSON body
 (``direct_response``), so that neither proxy is held back by a slow upstream.  During each
 serve run the server's RSS is sampled every second: the report gives start / end / peak.
+Each row also gives the proxy's CPU time (user + system, its worker processes included) per
+request: on a shared machine req/s swings with what else runs, the CPU a request costs much
+less, so "Envoy ÷ this" (Envoy's CPU per request over serve's) is the steadier comparison.
 """
 
 from __future__ import annotations
@@ -197,6 +200,30 @@ def run_h2load(url: str, *, connections: int, seconds: float) -> LoadResult:
 # ---------------------------------------------------------------------------------------------
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` and its child processes (hypercorn's workers), so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    pids = [pid]
+    try:
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and entry != str(pid):
+                try:
+                    if Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1] == str(pid):
+                        pids.append(int(entry))
+                except (OSError, IndexError):
+                    continue
+    except OSError:
+        pass
+    total = 0.0
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -305,6 +332,7 @@ def measure(label: str, url: str, args: argparse.Namespace, pid: int | None = No
     warm = run_load(url, connections=min(args.connections, 8), seconds=1.0)
     if warm.errors:
         print(f"  warm-up errors for {label}: {warm.error_samples}", file=sys.stderr)
+    cpu0 = cpu_seconds(pid) if pid is not None else 0.0
     thread.start()
     if protocol == "h2":
         result = run_h2load(url, connections=args.connections, seconds=args.seconds)
@@ -315,13 +343,17 @@ def measure(label: str, url: str, args: argparse.Namespace, pid: int | None = No
     else:
         result = run_load(url, connections=args.connections, seconds=args.seconds)
         p50, p99 = result.percentile(50), result.percentile(99)
+    cpu = cpu_seconds(pid) - cpu0 if pid is not None else 0.0
     stop_sampling = True
     thread.join(2)
     row = {"label": label, "protocol": protocol, "round": round_no, "load": os.getloadavg()[0], "requests": result.requests, "seconds": round(result.seconds, 2),
            "rps": round(result.rps, 1), "errors": result.errors, "p50_ms": round(p50, 2), "p99_ms": round(p99, 2)}
     if samples:
         row["rss_kib"] = {"start": samples[0], "end": samples[-1], "peak": max(samples), "every_s": samples}
+    if pid is not None and result.requests:
+        row["cpu_us_per_request"] = round(cpu / result.requests * 1e6, 1)
     print(f"  {protocol} {label:38s} {row['rps']:9.1f} req/s  {row['errors']} errors  p50 {row['p50_ms']} ms  p99 {row['p99_ms']} ms"
+          + (f"  CPU {row['cpu_us_per_request']:.0f} µs/req" if "cpu_us_per_request" in row else "")
           + (f"  RSS {samples[0] / 1024:.1f} → {samples[-1] / 1024:.1f} MiB (peak {max(samples) / 1024:.1f})" if samples else "")
           + f"  load {row['load']:.1f}", flush=True)
     return row
@@ -346,7 +378,13 @@ def summarize(rows: list[dict]) -> None:
         ratio = (f"  {statistics.median(ratios):.2f}x {same.split(' →')[0]} ({min(ratios):.2f}-{max(ratios):.2f})"
                  if ratios and not label.startswith(("envoy", "upstream")) else "")
         each = ", ".join(f"{r['rps']:.0f}" for r in group)
-        print(f"  {protocol} {label:38s} {median:9.1f} req/s{ratio}  (rounds: {each})")
+        cpu = [r["cpu_us_per_request"] for r in group if "cpu_us_per_request" in r]
+        envoy_cpu = [r["cpu_us_per_request"] for r in rows if r["protocol"] == protocol and r["label"] == same
+                     and "cpu_us_per_request" in r]
+        cpu_text = (f"; CPU {statistics.median(cpu):.0f} µs/req" + (
+            f" (Envoy ÷ this: {statistics.median(envoy_cpu) / statistics.median(cpu):.2f})"
+            if envoy_cpu and not label.startswith(("envoy", "upstream")) else "")) if cpu else ""
+        print(f"  {protocol} {label:38s} {median:9.1f} req/s{ratio}  (rounds: {each}){cpu_text}")
 
 
 def main() -> int:

@@ -188,20 +188,22 @@ class FilterServer:
                          source="wasm")
 
     # -- running filter code -------------------------------------------------------------------
-    def sync_clock(self) -> None:
-        """Move the host's clock to real time; fires the ticks and callout timeouts now due."""
+    def sync_clock(self) -> bool:
+        """Move the host's clock to real time; fires the ticks and callout timeouts now due.
+        True when any fired (or one trapped): filter code ran, any stream may have moved."""
         host = self.host
         behind = (time.monotonic_ns() - self._mono0) - (host.clock.monotonic_ns - self._clock0)
         if behind > 0:
             try:
-                host.advance_time(behind / 1e6)
+                return host.advance_time(behind / 1e6) > 0
             except FilterTrap:
-                pass  # a tick trapped: the VM is failed, reported by drain_logs
+                return True  # a tick trapped: the VM is failed, reported by drain_logs
+        return False
 
     def filter_call(self, fn: Callable[[], Any], exchange: UpstreamLeg | None = None) -> Any:
         """Run ``fn`` (a call into the filter) with the clock synced; then print its logs and
         move on every stream it may have resumed."""
-        self.sync_clock()
+        ticked = self.sync_clock()
         result = None
         try:
             result = fn()
@@ -209,13 +211,21 @@ class FilterServer:
             pass  # root callback trapped (stream traps follow the failure policy instead)
         except HarnessUsageError as exc:
             self.log("error", f"[{self.name}] {exc}")
-        self.after_filter_work(exchange)
+        self.after_filter_work(None if ticked else exchange)
         return result
 
-    def after_filter_work(self, exchange: UpstreamLeg | None = None) -> None:
+    def after_filter_work(self, exchange: UpstreamLeg | None = None, *, everyone: bool = True) -> None:
+        """Print the filter's logs; move on ``exchange`` and the paused streams (a stream's
+        callback may resume another), or, without one, every stream (a tick, a callout's
+        answer: root context code may act on any stream, as may a trap, which fails the VM);
+        ``everyone=False``: only the paused."""
+        traps = self._traps_total
         self.drain_logs()
-        if exchange is not None:
-            exchange.pump()
+        if self._traps_total != traps:
+            exchange, everyone = None, True
+        if exchange is not None or not everyone:
+            if exchange is not None:
+                exchange.pump()
             for other in list(self.waiting):
                 if other is not exchange:
                     other.pump()
@@ -226,8 +236,8 @@ class FilterServer:
     async def _tick_loop(self) -> None:
         """Real-time ticks: keep the virtual clock on the wall clock."""
         while True:
-            self.sync_clock()
-            self.after_filter_work()
+            # every stream is moved on only when a tick (or a timeout) ran filter code
+            self.after_filter_work(everyone=self.sync_clock())
             self._close_grpc_calls()
             self._trim_history()
             delay = 0.05
