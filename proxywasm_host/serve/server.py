@@ -419,14 +419,17 @@ def limits_of(config: ServeConfig) -> Limits:
 GC_YOUNG_THRESHOLD = 10_000
 
 
-def tune_gc_for_serving() -> None:
+def tune_gc_for_serving(config: ServeConfig) -> None:
     """Set the cyclic garbage collector up for a process that only serves from now on (the
     CLI's, and each ``--workers`` process; not a process that calls :func:`serve` among other
     work, such as a test run): the modules and the filter loaded so far are frozen out of it
     (``gc.freeze``: they live as long as the process, and a full collection no longer walks
     them), and the youngest generation is collected every :data:`GC_YOUNG_THRESHOLD`
-    allocations.  Python's documented tuning (``gc.freeze``, ``gc.set_threshold``)."""
-    for name in ("aiohttp", "hypercorn.asyncio", "h2.connection", "h11"):  # loaded on the first request otherwise
+    allocations.  Python's documented tuning (``gc.freeze``, ``gc.set_threshold``).  The
+    modules the first request would load are loaded first (aiohttp only when there is an
+    upstream or a cluster to call: it is ~10 MiB)."""
+    needed = ["hypercorn.asyncio", "h2.connection", "h11"] + (["aiohttp"] if config.upstream or config.clusters else [])
+    for name in needed:
         try:
             importlib.import_module(name)
         except ImportError:
@@ -483,7 +486,7 @@ async def serve(config: ServeConfig, *, ready: Callable[[int, FilterServer], Non
                        f"if the filter fails (a panic or trap), {FAILURE_POLICIES[policy]}")
     await server.start()
     if own_process:
-        tune_gc_for_serving()
+        tune_gc_for_serving(config)
     if ready is not None:
         ready(port, server)
     try:

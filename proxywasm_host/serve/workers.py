@@ -55,7 +55,7 @@ class _WorkerApp:
                     bound_h2_closed_streams(config.max_concurrent_streams)  # (a spawned process: set here too)
                     self.server = FilterServer(config)
                     await self.server.start()
-                    tune_gc_for_serving()
+                    tune_gc_for_serving(config)
                 except Exception as exc:  # noqa: BLE001 - hypercorn reports a failed start-up
                     await send({"type": "lifespan.startup.failed", "message": f"{type(exc).__name__}: {exc}"})
                     return

@@ -414,6 +414,59 @@ def test_real_upstream_and_upstream_failures(http_server):
             assert get(srv.url + "/x").status_code == 503  # and still serving
 
 
+@pytest.mark.parametrize("http_server", SERVERS)
+def test_one_date_header_no_cookie_kept_and_the_path_as_the_filter_sent_it(http_server):
+    """Envoy's connection manager keeps the upstream's ``date`` and adds one only when there
+    is none (hypercorn's own came on top: two); a proxy keeps no cookies (aiohttp's default jar
+    would add an upstream's set-cookie to later requests); the path is not re-quoted."""
+    old_date = "Mon, 01 Jan 2001 00:00:00 GMT"
+    upstream_response = HttpResponse(status=200, headers=(("date", old_date), ("set-cookie", "session=1; Path=/")),
+                                     body_chunks=(b"ok",))
+    path = "/a%2Fb/%7Euser/x%20y?q=%2f&r=a+b"
+    with UpstreamServer(upstream_response) as upstream, \
+            serving(HELLO, upstream=upstream.url, http_server=http_server) as srv:
+        for http2 in (False, True):
+            request = HttpRequest(headers=((":method", "GET"), (":path", path), (":authority", f"127.0.0.1:{srv.port}")))
+            result = send_request(srv.port, request, http2=http2)
+            assert result.response is not None and result.response.status == 200
+            dates = [v for k, v in result.response.headers if k.lower() == "date"]
+            assert dates == [old_date], (http2, result.response.headers)
+            seen = upstream.requests[-1]
+            assert seen.path == path
+            assert seen.header("cookie") is None, seen.headers
+    with serving(HELLO, http_server=http_server) as srv:  # the built-in echo sends no date: one is added
+        for http2 in (False, True):
+            request = HttpRequest(headers=((":method", "GET"), (":path", "/headers"), (":authority", "x")))
+            result = send_request(srv.port, request, http2=http2)
+            assert result.response is not None and result.response.status == 200
+            dates = [v for k, v in result.response.headers if k.lower() == "date"]
+            assert len(dates) == 1 and dates[0].endswith(" GMT"), result.response.headers
+
+
+def test_serving_bounds_h2_closed_stream_records():
+    """h2 remembers each closed stream of a connection (65,536 by default: memory grew with
+    every HTTP/2 request on a long-lived connection); serving sets its documented bound."""
+    import h2.connection
+
+    with serving(HELLO, http_server="hypercorn", max_concurrent_streams=250) as srv:
+        assert h2.connection.H2Connection.MAX_CLOSED_STREAMS == 250
+        request = HttpRequest(headers=((":method", "GET"), (":path", "/headers"), (":authority", "x")))
+        assert send_request(srv.port, request, http2=True).response.status == 200
+    with serving(HELLO, http_server="builtin") as srv:  # a smaller ask does not lower it
+        assert h2.connection.H2Connection.MAX_CLOSED_STREAMS == 250
+
+
+def test_a_serving_process_tunes_the_garbage_collector():
+    code = ("import gc\n"
+            "from proxywasm_host.serve.server import GC_YOUNG_THRESHOLD, ServeConfig, tune_gc_for_serving\n"
+            f"tune_gc_for_serving(ServeConfig(wasm={str(HELLO)!r}))\n"
+            "assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD, gc.get_threshold()\n"
+            "assert gc.get_freeze_count() > 1000, gc.get_freeze_count()\n"
+            "import sys; assert 'aiohttp' not in sys.modules  # no upstream: not loaded\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+
+
 def _raw(port: int, data: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(data)
