@@ -54,8 +54,8 @@ H2_CLOSED_STREAMS_KEPT = 100
 def bound_h2_closed_streams(max_concurrent_streams: int) -> None:
     """Bound the record h2 keeps of a connection's closed streams (how each was closed, to
     answer a late frame on it with a stream error rather than a connection error) to the
-    last ``max(100, max_concurrent_streams)`` (the largest asked for in the process, never more
-    than it was before), instead of h2's 65,536 (~100 bytes each: a
+    last ``max(100, max_concurrent_streams)`` (of the server started last in the process),
+    instead of h2's 65,536 (~100 bytes each: a
     long-lived HTTP/2 connection's memory grew with every request until then).
 
     ``H2Connection.MAX_CLOSED_STREAMS`` is the setting h2 documents for this (its 3.1.0 release
@@ -66,17 +66,7 @@ def bound_h2_closed_streams(max_concurrent_streams: int) -> None:
     per connection."""
     import h2.connection
 
-    global _h2_closed_streams_before
-    cls = h2.connection.H2Connection
-    if _h2_closed_streams_before is None:
-        _h2_closed_streams_before = cls.MAX_CLOSED_STREAMS
-    keep = min(_h2_closed_streams_before, max(H2_CLOSED_STREAMS_KEPT, max_concurrent_streams))
-    # one value for the process: a server with more concurrent streams raises it, none lowers it
-    if cls.MAX_CLOSED_STREAMS == _h2_closed_streams_before or cls.MAX_CLOSED_STREAMS < keep:
-        cls.MAX_CLOSED_STREAMS = keep
-
-
-_h2_closed_streams_before: int | None = None
+    h2.connection.H2Connection.MAX_CLOSED_STREAMS = max(H2_CLOSED_STREAMS_KEPT, max_concurrent_streams)
 
 
 class _Disconnected(Exception):
