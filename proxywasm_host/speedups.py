@@ -99,11 +99,12 @@ def stale_sources(package: Path = _PACKAGE) -> list[str]:
     return stale
 
 
-def _use_source() -> bool:
+def _use_source(stale: list[str] | None = None) -> bool:
     """True when the compiled core must not run: the switch, mypyc's library missing, or a
     source changed since it was built (then every compiled module runs from its source: the
-    compiled ones call each other directly, so they are used all together or not at all)."""
-    return disabled() or _extension(COMPILED_GROUP) is None or bool(stale_sources())
+    compiled ones call each other directly, so they are used all together or not at all).
+    ``stale``: :func:`stale_sources` when the caller has it already."""
+    return disabled() or _extension(COMPILED_GROUP) is None or bool(stale_sources() if stale is None else stale)
 
 
 class SourceFinder(importlib.abc.MetaPathFinder):
@@ -140,18 +141,20 @@ def install() -> None:
         sys.meta_path.insert(0, SourceFinder())
 
 
-def _is_compiled(name: str) -> bool:
+def _is_compiled(name: str, use_source: bool) -> bool:
     module = sys.modules.get(name)
     if module is not None:
         return not str(getattr(module, "__file__", "")).endswith(".py")
-    return not _use_source() and _extension(name) is not None
+    return not use_source and _extension(name) is not None
 
 
 def describe() -> dict[str, object]:
     """Which path runs: ``core`` ("compiled", "pure" or "partly compiled"), the compiled
     modules, ``codec`` ("C" or "Python") and ``crossings`` ("C" or "ctypes").  Decided as
     the imports decide it, without importing wasmtime or the core."""
-    compiled = [name for name in COMPILED_MODULES if _is_compiled(name)]
+    stale = stale_sources()  # (once: the pytest header line runs this at every pytest start)
+    use_source = _use_source(stale)
+    compiled = [name for name in COMPILED_MODULES if _is_compiled(name, use_source)]
     core = "compiled" if len(compiled) == len(COMPILED_MODULES) else "partly compiled" if compiled else "pure"
     codec = sys.modules.get("proxywasm_host.core.codec")
     if codec is not None:
@@ -169,7 +172,7 @@ def describe() -> dict[str, object]:
         "codec": "C" if c_codec else "Python",
         "crossings": "C" if c_crossings else "ctypes",
         "switch": f"{SWITCH}=1" if disabled() else None,
-        "stale": stale_sources(),
+        "stale": stale,
     }
 
 

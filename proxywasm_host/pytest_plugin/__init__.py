@@ -17,18 +17,19 @@ Marker
 from __future__ import annotations
 
 import dataclasses
-import difflib
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-import proxywasm_host.speedups as speedups
-from proxywasm_host.core.headers import HeaderMap, compare_header_lists, one_or_all
-from proxywasm_host.errors import HarnessUsageError
+import proxywasm_host.speedups as speedups  # (imported by the package root anyway: it imports nothing)
 
-if TYPE_CHECKING:  # the harness (and wasmtime) load when a fixture is first used, not at pytest start
+# Nothing else of the package is imported at pytest start: the core (mypyc's library), the
+# errors, the harness and wasmtime load when a fixture or a hook first needs them, so a
+# pytest run that uses none of them pays only for this module (benchmarks/README.md).
+if TYPE_CHECKING:
     from proxywasm_host.fuzz import FuzzReport
     from proxywasm_host.harness.host import Host, Plugin
     from proxywasm_host.runtime.coverage import CodeCoverage
@@ -188,6 +189,20 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+_NO_MODULE = (
+    "no filter module configured: pass --proxywasm-module PATH, set proxywasm_module in the "
+    "ini file, or use @pytest.mark.proxywasm(wasm='path/to/filter.wasm') on the test"
+)
+
+
+def _usage_error(message: str) -> Exception:
+    """A :class:`~proxywasm_host.errors.HarnessUsageError` (the errors module loads when one
+    is first raised, not at pytest start)."""
+    from proxywasm_host.errors import HarnessUsageError
+
+    return HarnessUsageError(message)
+
+
 def _module_path(config: pytest.Config) -> str | None:
     path = config.getoption("proxywasm_module") or config.getini("proxywasm_module")
     if not path:
@@ -203,10 +218,7 @@ def proxywasm_module(pytestconfig: pytest.Config) -> CompiledModule:
     """The filter named on the command line or in the ini file, compiled once per session."""
     path = _module_path(pytestconfig)
     if path is None:
-        raise HarnessUsageError(
-            "no filter module configured: pass --proxywasm-module PATH, set proxywasm_module in the "
-            "ini file, or use @pytest.mark.proxywasm(wasm='path/to/filter.wasm') on the test"
-        )
+        raise _usage_error(_NO_MODULE)
     from proxywasm_host.runtime.module import CompiledModule
 
     return CompiledModule.load(path)
@@ -274,7 +286,7 @@ def proxywasm_plugin(request: pytest.FixtureRequest, proxywasm_host: Host) -> Pl
     try:
         spec = PluginSpec.of(wasm or "", **options)  # the one parser of the marker's options
     except ValueError as exc:
-        raise HarnessUsageError(f"proxywasm marker: {exc}") from None
+        raise _usage_error(f"proxywasm marker: {exc}") from None
     if wasm is None:
         module: CompiledModule = request.getfixturevalue("proxywasm_module")
         return proxywasm_host.load_plugin(module, **{k: getattr(spec, k) for k in PluginSpec.OPTIONS})
@@ -462,6 +474,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 
 
 def _as_pairs(value: Any) -> list[tuple[str, str]] | None:
+    from proxywasm_host.core.headers import HeaderMap
+
     if isinstance(value, HeaderMap):
         return value.items()
     if isinstance(value, dict):
@@ -473,6 +487,10 @@ def _as_pairs(value: Any) -> list[tuple[str, str]] | None:
 
 def header_diff(actual: list[tuple[str, str]], expected: list[tuple[str, str]], *, full: bool = False) -> list[str]:
     """Readable explanation of how two header lists differ (most useful lines first)."""
+    import difflib
+
+    from proxywasm_host.core.headers import compare_header_lists, one_or_all
+
     missing, unexpected, changed = compare_header_lists(actual, expected)
     lines = [f"missing header: {k}: {v}" for k, v in missing]
     lines += [f"unexpected header: {k}: {v}" for k, v in unexpected]
@@ -491,9 +509,14 @@ def header_diff(actual: list[tuple[str, str]], expected: list[tuple[str, str]], 
 
 
 def pytest_assertrepr_compare(config: pytest.Config, op: str, left: Any, right: Any) -> list[str] | None:
-    if op != "==" or not (isinstance(left, HeaderMap) or isinstance(right, HeaderMap)):
+    # no HeaderMap exists before its module is imported: the core is not loaded for a comparison
+    headers = sys.modules.get("proxywasm_host.core.headers")
+    if op != "==" or headers is None:
         return None
-    actual, expected = (left, right) if isinstance(left, HeaderMap) else (right, left)
+    header_map = headers.HeaderMap
+    if not (isinstance(left, header_map) or isinstance(right, header_map)):
+        return None
+    actual, expected = (left, right) if isinstance(left, header_map) else (right, left)
     a, e = _as_pairs(actual), _as_pairs(expected)
     if a is None or e is None:
         return None
@@ -589,10 +612,7 @@ def _backend_plugin_spec(request: pytest.FixtureRequest) -> tuple[dict[str, dict
     if wasm is None:
         wasm = _module_path(request.config)
         if wasm is None:
-            raise HarnessUsageError(
-                "no filter module configured: pass --proxywasm-module PATH, set proxywasm_module in the "
-                "ini file, or use @pytest.mark.proxywasm(wasm='path/to/filter.wasm') on the test"
-            )
+            raise _usage_error(_NO_MODULE)
     p = Path(wasm)
     if not p.is_absolute():
         p = Path(request.config.rootpath) / p
@@ -607,7 +627,7 @@ def _backend_plugin_spec(request: pytest.FixtureRequest) -> tuple[dict[str, dict
     try:
         spec = PluginSpec.of(p, **options)
     except ValueError as exc:
-        raise HarnessUsageError(f"proxywasm marker: {exc}") from None
+        raise _usage_error(f"proxywasm marker: {exc}") from None
     # the route metadata is given to Envoy as the route's (Topology), not as plugin properties
     return route_metadata, dataclasses.replace(spec, properties={})
 

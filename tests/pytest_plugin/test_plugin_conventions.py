@@ -58,6 +58,28 @@ def test_bad_backend_in_ini_is_a_usage_error(pytester: pytest.Pytester) -> None:
     result.stderr.fnmatch_lines(["*proxywasm_backend = 'docker': expected one of inprocess, envoy*"])
 
 
+LOADED_AT_START = '''
+import sys
+
+def test_what_the_plugin_loaded():
+    assert "proxywasm_host.pytest_plugin" in sys.modules
+    ours = sorted(m for m in sys.modules if m.startswith("proxywasm_host") or m.split(".")[0] == "wasmtime")
+    print("LOADED", ours)
+'''
+
+
+def test_a_pytest_start_loads_only_the_plugin(pytester: pytest.Pytester) -> None:
+    """Every pytest run pays for what the plugin imports when it registers: the package root,
+    ``speedups`` (for the header line) and the plugin itself; the core (mypyc's library), the
+    errors, the harness and wasmtime load when a fixture or a hook first needs them."""
+    pytester.makepyfile(test_user=LOADED_AT_START)
+    result = pytester.runpytest_subprocess("-s", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["proxywasm-host: core *"])  # the header line is still there
+    loaded = next(line.partition("LOADED ")[2] for line in result.stdout.lines if "LOADED " in line)
+    assert loaded == "['proxywasm_host', 'proxywasm_host.pytest_plugin', 'proxywasm_host.speedups']"
+
+
 def test_junit_xml_has_module_facts_logs_and_trace(pytester: pytest.Pytester) -> None:
     import hashlib
     from pathlib import Path
