@@ -184,3 +184,109 @@ def test_header_values_have_no_leading_or_trailing_space(hostile: bool) -> None:
     )
     assert found.pop("trimmed") is False
     assert all(found.values()), found
+
+
+def test_header_values_come_in_every_kind() -> None:
+    """Each kind of value is drawn (they share one byte string per header: its kind, list
+    separator and literal are picks, its characters the bytes after them)."""
+    token = re.compile(r"^[0-9a-z-]+$")
+    found = seen(
+        pst.header_values(), 500,
+        token=lambda v: bool(token.match(v)) and not v.lstrip("-").isdigit(),
+        negative_number=lambda v: v.startswith("-") and v[1:].isdigit(),
+        big_number=lambda v: v.isdigit() and int(v) > 2**32,
+        comma_list=lambda v: ", " in v or ("," in v and " " not in v and token.match(v.replace(",", "") or "a") is not None),
+        semicolon_list=lambda v: ";" in v and "=" not in v,
+        key_value=lambda v: re.fullmatch(r"[0-9a-z-]+=[0-9a-z-]+", v) is not None,
+        literal=lambda v: v == "application/json",
+        free_text=lambda v: any(c.isupper() or c in "\"'()<>@[]{}" for c in v) and v != '"quoted"',
+        empty=lambda v: v == "",
+    )
+    assert all(found.values()), found
+
+
+def test_numbers_stay_in_their_range() -> None:
+    @FAST
+    @given(pst.header_values())
+    def check(v: str) -> None:
+        if v.lstrip("-").isdigit() and not v.startswith("0") or v == "0":
+            assert -(2**31) <= int(v) <= 2**64
+
+    check()
+
+
+def test_shrinking_reaches_the_smallest_header_and_value() -> None:
+    """The shrinker lowers every pick to its first entry and shortens the characters: the
+    one header that matters, in the name's given casing, with the smallest list (what the
+    fuzzer's reproducers show); the smallest value of three characters is a token (or the
+    smallest ``key=value``, which lowering only the kind or only the length cannot leave)."""
+    from hypothesis import find
+
+    fast = settings(database=None, max_examples=2000, derandomize=True, suppress_health_check=list(HealthCheck))
+    headers = find(pst.header_lists(names=pst.header_names(extra=("x-t",))),
+                   lambda hs: any(k.lower() == "x-t" and "," in v for k, v in hs), settings=fast)
+    assert headers == (("x-t", ","),)
+    assert find(pst.header_values(), lambda v: len(v) >= 3, settings=fast) in ("000", "0=0")
+    assert find(pst.header_values(), lambda v: "=" in v, settings=fast) == "0=0"
+    assert find(pst.paths(), lambda p: "?" in p, settings=fast) == "/?"
+
+
+def test_paths_authorities_and_methods() -> None:
+    allowed = set("/?=&-._~%" + "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+    found = seen(
+        pst.http_requests(protocol=pst.HTTP1), 300,
+        segments=lambda r: "/" in r.headers[1][1][1:].partition("?")[0],
+        query=lambda r: "?" in r.headers[1][1],
+        root=lambda r: r.headers[1][1] == "/",
+        port=lambda r: ":" in r.headers[2][1] and not r.headers[2][1].endswith("]"),
+        no_port=lambda r: ":" not in r.headers[2][1],
+        post=lambda r: r.headers[0][1] == "POST",
+        content_length=lambda r: any(k == "content-length" for k, _ in r.headers),
+        made_up_name=lambda r: any(k.lower().startswith("x-") and k.lower() not in pst.COMMON_REQUEST_HEADERS
+                                   for k, _ in r.headers[3:]),
+    )
+    assert all(found.values()), found
+
+    @FAST
+    @given(pst.http_requests(protocol=pst.HTTP1))
+    def check(r: pst.HttpRequest) -> None:
+        path = r.headers[1][1]
+        assert path.startswith("/") and set(path) <= allowed
+        assert r.headers[0][1] in ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH")
+        host, _, port = r.headers[2][1].rpartition(":") if not r.headers[2][1].endswith("]") else ("", "", "")
+        if host and port:
+            assert 1 <= int(port) <= 65535
+
+    check()
+
+
+def test_statuses_are_common_and_any() -> None:
+    found = seen(pst.statuses(), 300, common=lambda s: s in (200, 404, 503), other=lambda s: s not in (
+        200, 201, 204, 301, 304, 400, 401, 403, 404, 429, 500, 502, 503))
+    assert all(found.values()), found
+
+    @FAST
+    @given(pst.statuses())
+    def check(status: int) -> None:
+        assert 200 <= status <= 599
+
+    check()
+
+
+def test_bodies_come_in_every_kind() -> None:
+    def utf8(b: bytes) -> bool:
+        try:
+            b.decode()
+        except UnicodeDecodeError:
+            return False
+        return True
+
+    found = seen(
+        pst.bodies(), 400,
+        empty=lambda b: b == b"",
+        json_number=lambda b: re.fullmatch(rb'\{"[0-9a-z-]*": -?\d+(, .*)?\}', b) is not None,
+        json_text=lambda b: re.fullmatch(rb'\{"[0-9a-z-]*": ".*\}', b, re.S) is not None,
+        text=lambda b: utf8(b) and not b.startswith(b"{") and len(b) > 1,
+        binary=lambda b: not utf8(b),
+    )
+    assert all(found.values()), found
