@@ -37,6 +37,7 @@ SWITCH = "PROXYWASM_HOST_NO_SPEEDUPS"
 #: the modules setup.py has mypyc compile (setup.py reads this tuple from this file)
 COMPILED_MODULES = (
     "proxywasm_host.core.text",
+    "proxywasm_host.core.lazy",
     "proxywasm_host.core.codec",
     "proxywasm_host.core.headers",
     "proxywasm_host.core.context",

@@ -51,6 +51,7 @@ class Plugin:
         #: every TCP connection opened with tcp_connection()
         self.connections: list[TcpConnection] = []
         self._streams_scanned = 0  # streams before this index were open at the last trim
+        self._last_exchange: Any = None  # Plugin.exchange's last plan (see _plan_exchange)
         self._streams_full_scan_at = 2 * STREAM_HISTORY
         self._old_traps: list[FilterTrap] = []
         self.reloads = 0
@@ -286,11 +287,21 @@ class Plugin:
         # (no intermediate HttpRequest/HttpResponse), what each side saw is read once, and
         # the rest runs compiled with the stream driver (harness/stream.run_exchange;
         # benchmarks/README.md: exchange vs stream).
-        prof = get_profile(profile).resolve(request, response)
-        events = prof.request_events(request)
+        plan = self._last_exchange  # the same exchange again (a loop): its events as they were
+        if plan is None or plan[0] is not request or plan[1] is not response or plan[2] is not profile:
+            plan = self._plan_exchange(request, response, profile)
         log_mark = len(self.vm.host.logs)
         stream = self.http_stream(attributes=attributes)
-        return run_exchange(self, stream, prof, events, response, wait_ms, self._wait, log_mark)
+        return run_exchange(self, stream, plan[3], plan[4], plan[5], wait_ms, self._wait, log_mark)
+
+    def _plan_exchange(self, request: HttpRequest, response: HttpResponse, profile: StreamProfile | str | None) -> Any:
+        """(request, response, profile, drops response trailers, request events, response
+        events), kept for the next exchange when the profile remembers both objects' events."""
+        prof, request_events, response_events, remembered = get_profile(profile).exchange_events(request, response)
+        plan = (request, response, profile, prof.drops_response_trailers, request_events, response_events)
+        if remembered:
+            self._last_exchange = plan  # (holds the objects: their ids are not reused while here)
+        return plan
 
     def _wait(self, stream: HttpStream, wait_ms: float, held: Callable[[], bool]) -> None:
         step = 10.0

@@ -9,6 +9,7 @@ from mypy_extensions import mypyc_attr
 
 from proxywasm_host.core.callouts import HttpCallout
 from proxywasm_host.core.headers import HeaderMap
+from proxywasm_host.core.lazy import Later
 from proxywasm_host.core.observer import (
     LogEntry,
 )
@@ -21,7 +22,6 @@ from proxywasm_host.core.types import Action
 from proxywasm_host.http.scenario import (
     DownstreamResponse,
     ExchangeResult,
-    Later,
     LocalReply,
     LogRecord,
     UpstreamRequest,
@@ -29,8 +29,6 @@ from proxywasm_host.http.scenario import (
 
 if TYPE_CHECKING:
     from proxywasm_host.harness.plugin import Plugin
-    from proxywasm_host.http.profiles import StreamProfile
-    from proxywasm_host.http.scenario import HttpResponse
 
 
 def _has_status(pairs: list[Any]) -> bool:
@@ -258,14 +256,14 @@ def deliver_side(
 def run_exchange(
     plugin: Plugin,
     stream: HttpStream,
-    prof: StreamProfile,
+    drops_response_trailers: bool,
     request_events: tuple[Any, Sequence[Any], Headers | None],
-    response: HttpResponse,
+    response_events: tuple[Any, Sequence[Any], Headers | None],
     wait_ms: float,
     wait: Callable[[HttpStream, float, Callable[[], bool]], None],
     log_mark: int,
 ) -> ExchangeResult:
-    """Plugin.exchange after the profile is resolved and the stream opened: deliver both
+    """Plugin.exchange after the profile is resolved (its events given) and the stream opened: deliver both
     sides, let ``wait`` advance the clock while the stream is held (up to ``wait_ms``), and
     report what each side saw."""
     context = stream.context
@@ -274,9 +272,8 @@ def run_exchange(
     if wait_ms > 0:
         wait(stream, wait_ms, lambda: stream.request_paused)
     if context.request.forwarded_pairs is not None and not context.completed:  # (the pairs: no map made)
-        headers, chunks, trailers = prof.response_events(response)
-        # :status first (send_response_headers would add a 200 in front when absent)
-        deliver_side(context, context.response, [(":status", str(response.status)), *headers], chunks, trailers)
+        headers, chunks, trailers = response_events  # (:status first: StreamProfile.exchange_events)
+        deliver_side(context, context.response, headers, chunks, trailers)
         if wait_ms > 0:
             wait(stream, wait_ms, lambda: not stream.completed)
     host_logs = plugin.vm.host.logs
@@ -289,7 +286,7 @@ def run_exchange(
     local = context.local_response
     # Both sides as they are now (immutable snapshots: the forwarded headers' frozen pairs, a
     # copy of the trailers), decoded when first read; an HTTP/1.1 client gets no response
-    # trailers (prof.apply_result's rule, applied here so that it does not decode the
+    # trailers (StreamProfile.apply_result's rule, applied here so that it does not decode the
     # response to look at them).
     d = context.request
     pairs = d.forwarded_pairs
@@ -301,7 +298,7 @@ def run_exchange(
     down_body = bytes(d.forwarded_body)
     downstream = None if pairs is None else Later(
         downstream_response_of, pairs, down_body,
-        None if prof.drops_response_trailers else snapshot(d.forwarded_trailers))
+        None if drops_response_trailers else snapshot(d.forwarded_trailers))
     # A local reply's body is what the client got (a gRPC request gets none: the text travels
     # in grpc-message), as the Envoy backend reports it.
     local_body = b"" if local is None else (local.body if pairs is None else down_body)

@@ -342,6 +342,7 @@ def envoy_response_body(
 #: (headers, body chunks, trailers) as the filter receives them
 Events = tuple[Sequence[tuple[str, str]], Sequence[bytes], Sequence[tuple[str, str]] | None]
 _MEMO_MAX = 512
+_UNSEEN = (None,)
 
 
 def _plain(pairs: object) -> bool:
@@ -489,6 +490,22 @@ class StreamProfile:
         )
         _remember(memo, response, headers, chunks, trailers)
         return headers, chunks, trailers
+
+    def exchange_events(
+        self, request: HttpRequest, response: HttpResponse
+    ) -> tuple[StreamProfile, Events, Events, bool]:
+        """:meth:`resolve`, :meth:`request_events` and :meth:`response_events` in one call, for
+        ``Plugin.exchange``: the resolved profile, the request's events and the response's
+        (its headers with ``:status`` in front), and whether both sides were remembered by
+        identity before (then these same two objects always give these same events: only
+        exact str/bytes values are remembered, see ``_remember``).  The header lists may be
+        remembered ones: read them, do not change them."""
+        prof = self.resolve(request, response)
+        sub = prof._memo
+        again = sub.get(id(request), _UNSEEN)[0] is request and sub.get(id(response), _UNSEEN)[0] is response
+        req = prof.request_events(request)
+        headers, chunks, trailers = prof.response_events(response)
+        return prof, req, ([(":status", str(response.status)), *headers], chunks, trailers), again
 
     @functools.cached_property
     def _memo(self) -> dict[Any, Any]:

@@ -9,11 +9,12 @@ backends can be compared field by field.  Pure data: no I/O here.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Union
 
+from proxywasm_host.core.lazy import Later
 from proxywasm_host.core.stream import LocalResponse
 
 HeaderPair = tuple[str, str]
@@ -143,26 +144,13 @@ class LogRecord:
     message: str
 
 
-class Later:
-    """A value made when it is first read: what ``Plugin.exchange`` gives an
-    :class:`ExchangeResult`'s two sides (a test reads a header or two, a fuzzer or a
-    benchmark often nothing; decoding both sides took a third of an exchange's overhead).
-    ``fn(*args)`` must depend only on ``args``, snapshots taken when the Later is made."""
-
-    __slots__ = ("fn", "args")
-
-    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
-        self.fn = fn
-        self.args = args
-
-
 def _made_when_read(name: str) -> property:
     key = "_" + name
 
     def get(self: Any) -> Any:
         value = self.__dict__[key]
         if type(value) is Later:
-            value = self.__dict__[key] = value.fn(*value.args)
+            value = self.__dict__[key] = value.make()
         return value
 
     def set(self: Any, value: Any) -> None:

@@ -298,3 +298,31 @@ def test_exchange_result_of_is_the_constructor() -> None:
     assert [getattr(made, f.name) for f in dataclasses.fields(ExchangeResult)] == list(args)
     later = ExchangeResult.of("0.2.1", Later(lambda: up), Later(lambda: down), None, [])
     assert later.upstream_request is up and later.downstream_response is down
+
+
+def test_a_repeated_exchange_reuses_its_events_only_while_they_cannot_change() -> None:
+    """Plugin.exchange keeps the last exchange's events (a test looping over one request):
+    the same objects again give the same result; a request whose headers are a list (it can
+    change in place) is worked out anew every time."""
+    plugin = _plugin()
+    request = HttpRequest(((":authority", "a.example"), (":path", "/")))
+    first = plugin.exchange(request)
+    for _ in range(3):
+        again = plugin.exchange(request)  # (its logs name another context id)
+        assert (again.upstream_request, again.downstream_response) == (first.upstream_request, first.downstream_response)
+    assert first.upstream_request is not None
+    assert ("x-hello", "Hello world from a.example") in first.upstream_request.headers
+    # the same objects under another profile: its own events (HTTP/2 keeps the client's order)
+    h2 = plugin.exchange(request, profile="envoy-http2")
+    assert h2.upstream_request is not None
+    assert [k for k, _ in h2.upstream_request.headers][:3] == [":authority", ":path", ":method"]
+    assert [k for k, _ in plugin.exchange(request, profile="envoy-http1").upstream_request.headers][:4] == [  # type: ignore[union-attr]
+        ":authority", ":path", ":method", ":scheme"]
+    headers = [(":authority", "one.example"), (":path", "/")]
+    mutable = HttpRequest(headers)  # type: ignore[arg-type]
+    for _ in range(2):
+        up = plugin.exchange(mutable).upstream_request
+        assert up is not None and ("x-hello", "Hello world from one.example") in up.headers
+    headers[0] = (":authority", "two.example")
+    up = plugin.exchange(mutable).upstream_request
+    assert up is not None and ("x-hello", "Hello world from two.example") in up.headers
