@@ -629,7 +629,7 @@ def http_requests(
             regular = tuple((k.lower(), v) for k, v in regular)
         chunks = make_chunks(draw, picks)
         method, path, authority = make_method(draw, picks), make_path(draw, picks), make_authority(draw, picks)
-        host_name, scheme = picks.pick(_HOST_NAMES), _SCHEMES[picks.number(1) % 2]
+        host_name, scheme = picks.pick(_HOST_NAMES), picks.pick(_SCHEMES)
         with_length, trailing = picks.pick(_YES_NO), picks.pick(_YES_NO)
         if proto == HTTP1:
             pseudo: HeaderList = ((":method", method), (":path", path), (host_name, authority))

@@ -53,6 +53,12 @@ def http_date() -> bytes:
     return _date_cache[1]
 
 
+def _plain_headers(body: bytes) -> list[tuple[bytes, bytes]]:
+    """The headers of a plain-text answer serve gives itself (a timeout, a failure of its own)."""
+    return [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode()),
+            (b"date", http_date()), (b"server", _SERVER)]
+
+
 def _wire_text(value: str) -> str:
     """A header the HTTP server decoded as latin-1 (HTTP/2 raw list) → serve's text."""
     return text(value.encode("latin-1"))
@@ -378,9 +384,7 @@ class Exchange(UpstreamLeg):
             self.down_started = True
             self.status = status
             body = (reason + "\n").encode()
-            self._down_append({"type": "http.response.start", "status": status,
-                               "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode()),
-                                           (b"date", http_date()), (b"server", _SERVER)]})
+            self._down_append({"type": "http.response.start", "status": status, "headers": _plain_headers(body)})
             self._down_append({"type": "http.response.body", "body": body, "more_body": False})
             self.down_done = True
             if self.up_task is not None and not self.up_task.done():
@@ -457,8 +461,7 @@ class Exchange(UpstreamLeg):
     async def _plain(self, status: int, reason: str) -> None:
         body = (reason + "\n").encode()
         self.status = status
-        headers = [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode()),
-                   (b"date", http_date()), (b"server", _SERVER)]
+        headers = _plain_headers(body)
         if status == 400 and not self.h2:
             headers.append((b"connection", b"close"))  # as Envoy's codec errors: the connection goes
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
